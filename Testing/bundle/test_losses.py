@@ -1,0 +1,108 @@
+"""MultiTaskLoss: pinned values on tiny tensors, partial-label masking, learned task weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scripts.losses import MultiTaskLoss
+from scripts.tasks import Keys, Task
+
+LN2, LN4 = math.log(2), math.log(4)
+# DiceCE on uniform logits (p = 0.5) over a 1x2 mask [0, 1]: Dice = 2*0.5/(1+1) per class -> loss 0.5; CE = ln 2
+SEG_UNIFORM = 0.5 + LN2
+
+
+def _batch(has_seg=(1.0,), has_cls=(1.0,), classes=(0,)) -> tuple[dict, dict]:
+    n = len(has_seg)
+    preds = {Task.SEG.value: torch.zeros(n, 2, 1, 2, requires_grad=True), Task.CLS.value: torch.zeros(n, 4, requires_grad=True)}
+    targets = {
+        Task.SEG.value: torch.tensor([[[[0, 1]]]] * n),
+        Task.CLS.value: torch.tensor(classes),
+        Keys.HAS_SEG.value: torch.tensor(has_seg),
+        Keys.HAS_CLS.value: torch.tensor(has_cls),
+    }
+    return preds, targets
+
+
+def test_pinned_fixed_weights() -> None:
+    loss = MultiTaskLoss(2, 4, task_weights={"seg": 1.0, "cls": 0.5})
+    preds, targets = _batch()
+    assert loss(preds, targets).item() == pytest.approx(SEG_UNIFORM + 0.5 * LN4, abs=1e-4)
+    assert loss.last_terms == pytest.approx({"seg": SEG_UNIFORM, "cls": LN4}, abs=1e-4)
+
+
+def test_pinned_uncertainty_weights_at_zero_log_variance() -> None:
+    loss = MultiTaskLoss(2, 4, weighting="uncertainty")
+    preds, targets = _batch()
+    assert loss(preds, targets).item() == pytest.approx(0.5 * SEG_UNIFORM + 0.5 * LN4, abs=1e-4)
+
+
+def test_seg_only_warmup_drops_the_diagnosis_term() -> None:
+    loss = MultiTaskLoss(2, 4)
+    loss.seg_only = True
+    preds, targets = _batch()
+    assert loss(preds, targets).item() == pytest.approx(SEG_UNIFORM, abs=1e-4)
+
+
+def test_samples_without_a_target_do_not_count() -> None:
+    loss = MultiTaskLoss(2, 4)
+    preds, targets = _batch(has_seg=(1.0, 0.0), has_cls=(0.0, 1.0), classes=(-1, 0))
+    with torch.no_grad():  # garbage where the target is missing must not change the loss
+        preds[Task.SEG.value][1] = 50.0
+        preds[Task.CLS.value][0] = torch.tensor([9.0, -9.0, 3.0, 1.0])
+    assert loss(preds, targets).item() == pytest.approx(SEG_UNIFORM + LN4, abs=1e-4)
+
+
+def test_batch_without_any_target_gives_zero_with_a_graph() -> None:
+    loss = MultiTaskLoss(2, 4)
+    preds, targets = _batch(has_seg=(0.0,), has_cls=(0.0,), classes=(-1,))
+    value = loss(preds, targets)
+    value.backward()
+    assert value.item() == 0.0 and loss.last_terms == {}
+
+
+def test_uncertainty_weights_are_optimised_and_fixed_ones_are_not() -> None:
+    torch.manual_seed(0)
+    for weighting, should_move in (("uncertainty", True), ("fixed", False)):
+        loss = MultiTaskLoss(2, 4, weighting=weighting)
+        head = torch.nn.Linear(3, 4)
+        params = list(head.parameters()) + [p for p in loss.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=0.1)
+        before = {k: float(v) for k, v in loss.log_vars.items()}
+        for _ in range(5):
+            preds, targets = _batch()
+            preds[Task.CLS.value] = head(torch.randn(1, 3))
+            opt.zero_grad()
+            loss(preds, targets).backward()
+            opt.step()
+        after = {k: float(v) for k, v in loss.log_vars.items()}
+        moved = all(abs(after[k] - before[k]) > 1e-3 for k in before)
+        assert moved is should_move, (weighting, before, after)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"weighting": "gradnorm"}, "weighting must be one of"),
+        ({"task_weights": {"seg": 1.0, "det": 1.0}}, "task_weights keys must be"),
+        ({"task_weights": {"seg": -1.0}}, "task_weights must be non-negative"),
+        ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\), got 1.0"),
+        ({"seg_class_weights": [1.0]}, "seg_class_weights must have 2 entries"),
+        ({"cls_class_weights": [0.0, 0.0, 0.0, 0.0]}, "cls_class_weights must be non-negative and not all zero"),
+    ],
+)
+def test_invalid_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MultiTaskLoss(2, 4, **kwargs)
+
+
+def test_class_weights_change_the_value() -> None:
+    preds, targets = _batch()
+    with torch.no_grad():
+        preds[Task.CLS.value][0, 1] = 2.0
+    plain = MultiTaskLoss(2, 4, task_weights={"seg": 0.0, "cls": 1.0})(preds, targets)
+    smoothed = MultiTaskLoss(2, 4, task_weights={"seg": 0.0, "cls": 1.0}, label_smoothing=0.2)(preds, targets)
+    assert plain.item() != pytest.approx(smoothed.item())

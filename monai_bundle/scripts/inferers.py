@@ -1,0 +1,82 @@
+"""Whole-image inference for a multi-task network: dict outputs, sliding windows for 3D.
+
+MONAI's ``sliding_window_inference`` stitches spatial outputs only; a ``(B, K)`` diagnosis cannot
+be stitched. :class:`MultiTaskSlidingWindowInferer` lets MONAI stitch the segmentation and
+aggregates the per-window class logits itself, with this rule:
+
+    study logits = sum_w a_w * logits_w / sum_w a_w,   a_w = eps + (predicted tumor voxels in window w)
+
+so windows that show tumor decide the diagnosis, and with no tumor anywhere every window counts
+equally (plain mean). The same rule serves validation during training and the Predictor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.inferers import Inferer, sliding_window_inference
+
+from scripts.tasks import Task
+
+EPS_WEIGHT = 1.0  # a window without tumor still counts as one voxel's worth
+
+
+def aggregate_class_logits(logits: torch.Tensor, tumor_voxels: torch.Tensor) -> torch.Tensor:
+    """Combine per-window (or per-slice) class logits into one.
+
+    Args:
+        logits: ``(N, K)`` class logits of N windows/slices of one image.
+        tumor_voxels: ``(N,)`` predicted tumor voxel count of each window/slice.
+
+    Returns:
+        ``(K,)`` logits, weighted mean by ``EPS_WEIGHT + tumor_voxels``.
+
+    Raises:
+        ValueError: the shapes disagree or N is 0.
+    """
+    if logits.ndim != 2 or tumor_voxels.shape != logits.shape[:1] or logits.shape[0] == 0:
+        raise ValueError(f"need logits (N, K) and tumor_voxels (N,) with N > 0, got {tuple(logits.shape)} and {tuple(tumor_voxels.shape)}")
+    weights = EPS_WEIGHT + tumor_voxels.to(logits.dtype).clamp_min(0)
+    return (weights[:, None] * logits).sum(0) / weights.sum()
+
+
+class MultiTaskSlidingWindowInferer(Inferer):
+    """Sliding-window inference returning ``{"seg": (B, S, *spatial), "cls": (B, K)}``.
+
+    Each image of the batch is run on its own so that windows of different images never mix in
+    one class aggregate. Windows use Gaussian blending for the segmentation.
+    """
+
+    def __init__(self, roi_size: Sequence[int], sw_batch_size: int = 2, overlap: float = 0.25, mode: str = "gaussian") -> None:
+        super().__init__()
+        self.roi_size = tuple(int(r) for r in roi_size)
+        self.sw_batch_size = sw_batch_size
+        self.overlap = overlap
+        self.mode = mode
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> dict[str, torch.Tensor]:
+        segs, clss = [], []
+        for image in inputs:  # (C, *spatial)
+            window_logits: list[torch.Tensor] = []
+            window_tumor: list[torch.Tensor] = []
+
+            def seg_of(x: torch.Tensor) -> torch.Tensor:
+                out = network(x, *args, **kwargs)
+                seg = out[Task.SEG]
+                window_logits.append(out[Task.CLS].float())
+                window_tumor.append((seg.argmax(1) > 0).flatten(1).sum(1))  # (b,) tumor voxels per window
+                return seg
+
+            seg = sliding_window_inference(image[None], self.roi_size, self.sw_batch_size, seg_of, self.overlap, self.mode)
+            segs.append(seg)
+            clss.append(aggregate_class_logits(torch.cat(window_logits), torch.cat(window_tumor)))
+        return {Task.SEG.value: torch.cat(segs), Task.CLS.value: torch.stack(clss)}
+
+
+class MultiTaskSimpleInferer(Inferer):
+    """Whole-input forward pass returning the network's ``{"seg", "cls"}`` (2D validation)."""
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> dict[str, torch.Tensor]:
+        out = network(inputs, *args, **kwargs)
+        return {Task.SEG.value: out[Task.SEG], Task.CLS.value: out[Task.CLS]}

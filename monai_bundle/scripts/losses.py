@@ -1,0 +1,121 @@
+"""Multi-task loss: Dice + CE for segmentation, CE for diagnosis, fixed or learned task weights.
+
+Partial labels are the normal case: a sample without a mask (``has_seg == 0``) adds nothing to the
+segmentation term, one without a diagnosis (``has_cls == 0``) nothing to the classification term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+
+from scripts.tasks import Keys, Task
+
+WEIGHTINGS = ("fixed", "uncertainty")
+
+
+def _class_weights(name: str, weights: Sequence[float] | None, expected: int) -> torch.Tensor | None:
+    if weights is None:
+        return None
+    w = torch.as_tensor(list(weights), dtype=torch.float32)
+    if w.ndim != 1 or len(w) != expected:
+        raise ValueError(f"{name} must have {expected} entries, got {list(weights)}")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"{name} must be non-negative and not all zero, got {list(weights)}")
+    return w
+
+
+class MultiTaskLoss(nn.Module):
+    """``loss(preds, targets)`` for the dictionaries of the network and of ``prepare_batch``.
+
+    Args:
+        seg_classes: S, segment classes including background.
+        num_classes: K, diagnosis classes.
+        task_weights: ``{"seg": w, "cls": w}`` for ``weighting="fixed"`` (default 1.0 / 1.0).
+        weighting: ``"fixed"`` or ``"uncertainty"`` (Kendall et al. 2018: per task a learnable
+            log-variance ``s``; ``0.5 * exp(-s) * L + 0.5 * s``). The ``s`` are parameters of this
+            module: give ``loss.parameters()`` to the optimizer (the training config does).
+        seg_class_weights: S weights of the segmentation CE term (e.g. to up-weight tumor pixels).
+        cls_class_weights: K weights of the diagnosis CE (class imbalance).
+        label_smoothing: of the diagnosis CE, in [0, 1).
+        lambda_dice, lambda_ce: mix of the segmentation Dice and CE terms.
+
+    ``forward(preds, targets)``: ``preds = {"seg": (B, S, *spatial) logits, "cls": (B, K) logits}``;
+    ``targets = {"seg": (B, 1, *spatial) int, "cls": (B,) int, "has_seg": (B,), "has_cls": (B,)}``.
+    Returns the scalar total; the per-task terms of the last call are in ``last_terms``.
+    ``seg_only = True`` (the warm-up phase) drops the diagnosis term.
+
+    Raises:
+        ValueError: an argument is out of range; the message names it and its value.
+    """
+
+    def __init__(
+        self,
+        seg_classes: int,
+        num_classes: int,
+        task_weights: dict[str, float] | None = None,
+        weighting: str = "fixed",
+        seg_class_weights: Sequence[float] | None = None,
+        cls_class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        lambda_dice: float = 1.0,
+        lambda_ce: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        weights = {Task.SEG.value: 1.0, Task.CLS.value: 1.0, **(task_weights or {})}
+        unknown = set(weights) - {t.value for t in Task}
+        if unknown:
+            raise ValueError(f"task_weights keys must be {[t.value for t in Task]}, got {sorted(weights)}")
+        if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(f"task_weights must be non-negative and not all zero, got {weights}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.weighting = weighting
+        self.task_weights = {Task(k): float(v) for k, v in weights.items()}
+        self.seg_loss = DiceCELoss(
+            to_onehot_y=True, softmax=True, batch=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
+            weight=_class_weights("seg_class_weights", seg_class_weights, seg_classes),
+        )
+        self.cls_loss = nn.CrossEntropyLoss(
+            weight=_class_weights("cls_class_weights", cls_class_weights, num_classes), label_smoothing=label_smoothing
+        )
+        # one log-variance per task, used only with weighting="uncertainty"
+        self.log_vars = nn.ParameterDict({t.value: nn.Parameter(torch.zeros(())) for t in Task})
+        if weighting == "fixed":
+            self.log_vars.requires_grad_(False)
+        self.seg_only = False
+        self.last_terms: dict[str, float] = {}
+
+    def task_terms(self, preds: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[Task, torch.Tensor]:
+        """Unweighted per-task losses over the samples that carry that task's target.
+
+        A task no sample of the batch carries is absent from the returned dict.
+        """
+        seg_logits, cls_logits = preds[Task.SEG], preds[Task.CLS]
+        has_seg = targets[Keys.HAS_SEG].reshape(-1) > 0
+        has_cls = targets[Keys.HAS_CLS].reshape(-1) > 0
+        terms: dict[Task, torch.Tensor] = {}
+        if has_seg.any():
+            terms[Task.SEG] = self.seg_loss(seg_logits[has_seg], targets[Task.SEG][has_seg].long())
+        if has_cls.any():
+            terms[Task.CLS] = self.cls_loss(cls_logits[has_cls], targets[Task.CLS].reshape(-1)[has_cls].long())
+        return terms
+
+    def forward(self, preds: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        terms = self.task_terms(preds, targets)
+        active = [t for t in ((Task.SEG,) if self.seg_only else tuple(Task)) if t in terms]
+        # zero with a graph, so a batch with no usable target still back-propagates (nothing)
+        total = preds[Task.SEG].sum() * 0.0 + preds[Task.CLS].sum() * 0.0
+        for task in active:
+            if self.weighting == "uncertainty":
+                s = self.log_vars[task.value]
+                total = total + 0.5 * torch.exp(-s) * terms[task] + 0.5 * s
+            else:
+                total = total + self.task_weights[task] * terms[task]
+        self.last_terms = {t.value: float(v.detach()) for t, v in terms.items()}
+        return total

@@ -1,0 +1,100 @@
+"""The model card: what inference needs to rebuild a trained model, saved next to its weights.
+
+Training writes ``models/model_card.json`` beside ``models/model.pt``; the Predictor, the export
+command and ``configs/inference.json`` read it, so a model trained on any datalist (other classes,
+channels, encoder) is served without editing a config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from scripts.networks import MultiTaskUNet
+
+CARD_FILE = "models/model_card.json"
+WEIGHTS_FILE = "models/model.pt"
+
+#: the card of a model trained with the default configs on the built-in synthetic data
+DEFAULT_CARD: dict[str, Any] = {
+    "name": "MultiTaskUNet",
+    "version": "0.1.0",
+    "network": {
+        "spatial_dims": 2,
+        "in_channels": 1,
+        "seg_classes": 2,
+        "num_classes": 4,
+        "encoder": "unet",
+        "channels": [16, 32, 64, 128, 256],
+        "dropout": 0.5,
+        "cls_hidden": 0,
+    },
+    "channels": ["T1c"],
+    "segments": ["background", "tumor"],
+    "classes": ["glioma", "meningioma", "no_tumor", "pituitary"],
+    "spatial_size": [128, 128],
+    "no_tumor_class": "no_tumor",
+}
+
+_REQUIRED = ("network", "channels", "segments", "classes", "spatial_size")
+
+
+def load_model_card(bundle_root: str | os.PathLike, card_file: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Read ``models/model_card.json`` of a bundle (or ``card_file``); the default card if none exists.
+
+    Raises:
+        ValueError: the card exists but is not valid JSON or lacks a required key (names the file).
+    """
+    path = Path(card_file) if card_file is not None else Path(bundle_root) / CARD_FILE
+    if not path.is_file():
+        if card_file is not None:
+            raise ValueError(f"{path}: model card not found")
+        return json.loads(json.dumps(DEFAULT_CARD))  # a deep copy callers may change
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: model card is not valid JSON ({e})") from e
+    missing = [k for k in _REQUIRED if k not in card]
+    if missing:
+        raise ValueError(f"{path}: model card lacks {missing}")
+    return card
+
+
+def build_network(card: dict[str, Any]) -> MultiTaskUNet:
+    """The (untrained) network a card describes."""
+    return MultiTaskUNet(**card["network"])
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON to a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: list[str], classes: list[str],
+              spatial_size: list[int], name: str = "MultiTaskUNet", version: str = "0.1.0") -> dict[str, Any]:
+    """Assemble a card from the training configuration."""
+    no_tumor = next((c for c in classes if c.lower().replace("-", "_").replace(" ", "_") in ("no_tumor", "normal", "no_tumour")), None)
+    return {
+        "name": name,
+        "version": version,
+        "network": dict(network_kwargs),
+        "channels": list(channels),
+        "segments": list(segments),
+        "classes": list(classes),
+        "spatial_size": [int(s) for s in spatial_size],
+        "no_tumor_class": no_tumor,
+    }

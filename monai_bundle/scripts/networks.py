@@ -1,0 +1,225 @@
+"""Multi-task U-Net: one encoder, a segmentation decoder and a diagnosis head.
+
+``MultiTaskUNet(x) -> {"seg": (B, S, *spatial) logits, "cls": (B, K) logits, "pred": <the seg tensor>}``
+for 2D and 3D inputs
+``(B, C, H, W[, D])``. The encoder is either the plain BatchNorm U-Net encoder of the earlier
+multi-task projects (``"unet"``) or a ResNet trained from scratch (``"resnet18" | "resnet34" |
+"resnet50"``). The classification head reads the deepest encoder features. Scriptable with
+``torch.jit.script``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.layers.factories import Conv, Norm, Pool
+from monai.networks.nets.resnet import ResNet, get_inplanes
+from torch import nn
+from torch.nn import functional as F
+
+from scripts.tasks import Task
+
+RESNET_ENCODERS = ("resnet18", "resnet34", "resnet50")
+ENCODERS = ("unet",) + RESNET_ENCODERS
+#: MONAI bundle tooling's name for a network's primary output; an alias of the ``seg`` output
+PRED_KEY = "pred"
+
+
+class ConvBlock(nn.Sequential):
+    """Two ``Conv(bias off) - BatchNorm - ReLU`` layers, the block of the earlier U-Nets."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+        conv, norm = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims]
+        super().__init__(
+            conv(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            norm(out_channels),
+            nn.ReLU(inplace=True),
+            conv(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            norm(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNetEncoder(nn.Module):
+    """Plain U-Net encoder: ``ConvBlock`` then ``(MaxPool, ConvBlock)`` per further level.
+
+    ``forward(x)`` returns the feature maps of every level, full resolution first; level ``i`` has
+    ``channels[i]`` channels at ``1 / 2**i`` of the input size.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, channels: Sequence[int]) -> None:
+        super().__init__()
+        pool = Pool[Pool.MAX, spatial_dims]
+        blocks = [ConvBlock(spatial_dims, in_channels, channels[0])]
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            blocks.append(nn.Sequential(pool(kernel_size=2), ConvBlock(spatial_dims, c_in, c_out)))
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels = list(channels)
+        self.input_stride = 1  # level 0 is at full resolution
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features: list[torch.Tensor] = []
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        return features
+
+
+# name -> (block, blocks per stage); all use projection shortcuts ("B"), which TorchScript can compile
+_RESNETS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]), "resnet50": ("bottleneck", [3, 4, 6, 3])}
+
+
+class ResNetEncoder(nn.Module):
+    """ResNet feature pyramid built on MONAI's ``ResNet`` (random init: no weights are downloaded).
+
+    Returns 5 maps at strides 2, 4, 8, 16, 32.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, name: str) -> None:
+        super().__init__()
+        block, layers = _RESNETS[name]
+        self.body = ResNet(
+            block, layers, get_inplanes(), spatial_dims=spatial_dims, n_input_channels=in_channels,
+            conv1_t_stride=2, shortcut_type="B", feed_forward=False, bias_downsample=False,
+        )
+        expansion = 4 if block == "bottleneck" else 1
+        self.out_channels = [64] + [c * expansion for c in (64, 128, 256, 512)]
+        self.input_stride = 2  # conv1 halves the input
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        b = self.body
+        x = b.act(b.bn1(b.conv1(x)))
+        features = [x]
+        x = b.layer1(b.maxpool(x))
+        features.append(x)
+        x = b.layer2(x)
+        features.append(x)
+        x = b.layer3(x)
+        features.append(x)
+        features.append(b.layer4(x))
+        return features
+
+
+class UpBlock(nn.Module):
+    """Upsample x2 with a transposed convolution, concatenate the skip, then ``ConvBlock``."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.up = Conv[Conv.CONVTRANS, spatial_dims](in_channels, out_channels, kernel_size=2, stride=2)
+        self.conv = ConvBlock(spatial_dims, out_channels + skip_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        if x.shape[2:] != skip.shape[2:]:  # odd input sizes: pad/crop the upsampled map to the skip's size
+            x = F.interpolate(x, size=skip.shape[2:], mode="nearest")
+        return self.conv(torch.cat([x, skip], dim=1))
+
+
+class UNetDecoder(nn.Module):
+    """Decoder over an encoder's feature list; returns a full-resolution map of ``channels[0]``."""
+
+    def __init__(self, spatial_dims: int, encoder_channels: Sequence[int], input_stride: int, in_channels: int) -> None:
+        super().__init__()
+        rev = list(encoder_channels)[::-1]
+        self.ups = nn.ModuleList(UpBlock(spatial_dims, c_in, c_skip, c_skip) for c_in, c_skip in zip(rev[:-1], rev[1:]))
+        # a strided encoder (ResNet) has no full-resolution level: one more up-step uses the input as skip
+        self.final_up = (
+            UpBlock(spatial_dims, encoder_channels[0], in_channels, max(encoder_channels[0] // 2, 16))
+            if input_stride == 2
+            else None
+        )
+        self.out_channels = self.final_up.conv[3].out_channels if self.final_up is not None else encoder_channels[0]
+
+    def forward(self, features: list[torch.Tensor], x_in: torch.Tensor) -> torch.Tensor:
+        x = features[-1]
+        n = len(features)
+        for i, up in enumerate(self.ups):
+            x = up(x, features[n - 2 - i])
+        if self.final_up is not None:
+            x = self.final_up(x, x_in)
+        return x
+
+
+class ClassificationHead(nn.Module):
+    """Global average pooling of the deepest features, dropout, optional hidden layer, linear."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float, hidden: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        if hidden > 0:
+            layers += [nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            in_channels = hidden
+        layers.append(nn.Linear(in_channels, num_classes))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, deepest: torch.Tensor) -> torch.Tensor:
+        pooled = deepest.flatten(2).mean(dim=2)  # (B, C, *spatial) -> (B, C)
+        return self.mlp(pooled)
+
+
+class MultiTaskUNet(nn.Module):
+    """Joint segmentation + diagnosis network.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels C (1 grey, 3 RGB, 4 multi-sequence MRI, ...).
+        seg_classes: segment classes S including background (2 for binary tumor masks).
+        num_classes: diagnosis classes K.
+        encoder: ``"unet"`` or one of ``"resnet18" | "resnet34" | "resnet50"``.
+        channels: encoder widths per level for ``"unet"`` (ignored by ResNet encoders).
+        dropout: dropout probability in the classification head.
+        cls_hidden: width of a hidden layer in the classification head, 0 for none.
+
+    ``forward(x)`` with ``x`` of shape ``(B, C, *spatial)`` returns
+    ``{"seg": (B, S, *spatial), "cls": (B, K)}``. Spatial sizes need not be divisible by the
+    total stride: up-sampled maps are matched to their skips.
+
+    ``"pred"`` is the same tensor as ``"seg"``: MONAI's bundle tooling (``verify_net_in_out``,
+    ``ckpt_export``, the ``channel_def`` meta property) looks for the primary output under that
+    name. Code of this project reads the outputs by :class:`scripts.tasks.Task` only.
+
+    Raises:
+        ValueError: an argument is out of range; the message names it and the value.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        seg_classes: int = 2,
+        num_classes: int = 4,
+        encoder: str = "unet",
+        channels: Sequence[int] = (32, 64, 128, 256, 512),
+        dropout: float = 0.5,
+        cls_hidden: int = 0,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+        for name, value, low in (("in_channels", in_channels, 1), ("seg_classes", seg_classes, 2), ("num_classes", num_classes, 2)):
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        if encoder == "unet" and (len(channels) < 2 or any(c < 1 for c in channels)):
+            raise ValueError(f"channels must list >= 2 positive widths, got {list(channels)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.seg_key: str = Task.SEG.value
+        self.cls_key: str = Task.CLS.value
+        self.pred_key: str = PRED_KEY
+        if encoder == "unet":
+            self.encoder: nn.Module = UNetEncoder(spatial_dims, in_channels, channels)
+        else:
+            self.encoder = ResNetEncoder(spatial_dims, in_channels, encoder)
+        enc_channels: list[int] = self.encoder.out_channels
+        self.decoder = UNetDecoder(spatial_dims, enc_channels, self.encoder.input_stride, in_channels)
+        self.segmentation_head = Conv[Conv.CONV, spatial_dims](self.decoder.out_channels, seg_classes, kernel_size=1)
+        self.classification_head = ClassificationHead(enc_channels[-1], num_classes, dropout, cls_hidden)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.encoder(x)
+        seg = self.segmentation_head(self.decoder(features, x))
+        cls = self.classification_head(features[-1])
+        return {self.seg_key: seg, self.cls_key: cls, self.pred_key: seg}

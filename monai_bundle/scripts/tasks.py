@@ -1,0 +1,36 @@
+"""The two tasks of the network, named once.
+
+Every dictionary of predictions, targets, loss weights, metrics and output files is keyed by
+:class:`Task` values (``"seg"`` and ``"cls"``), never by bare strings.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Task(str, Enum):
+    """Head / task names. ``Task.SEG == "seg"`` holds, so the values index plain dicts too."""
+
+    SEG = "seg"
+    CLS = "cls"
+
+
+class Keys(str, Enum):
+    """Keys of a sample dictionary after loading (see ``scripts.transforms``).
+
+    ``label`` is the segmentation mask ``(1, *spatial)``; ``class`` the diagnosis index. A sample
+    without a mask has ``has_seg == 0`` and an all-zero ``label``; one without a diagnosis has
+    ``has_cls == 0`` and ``class == -1``. Losses and metrics ignore the missing part.
+    """
+
+    IMAGE = "image"
+    LABEL = "label"
+    CLASS = "class"
+    GROUP = "group"
+    HAS_SEG = "has_seg"
+    HAS_CLS = "has_cls"
+
+
+#: the value a missing diagnosis takes in a batch (``torch.nn.CrossEntropyLoss(ignore_index=...)`` style)
+MISSING_CLASS = -1
