@@ -1,0 +1,367 @@
+"""Pre-processing and augmentation: array functions plus thin dictionary wrappers.
+
+The array functions here (``normalize_intensity``, ``match_channels``, ``map_mask_values``) are the
+single definition of pre-processing shared by training and by the inference API.
+
+``train_transforms`` / ``val_transforms`` turn a datalist entry (``{"image": path or [paths],
+"label": path?, "class": int?, "group": str}``) into the sample dict of the contract: ``image``
+float32 ``(C, *spatial)``, ``label`` uint8 ``(1, *spatial)``, ``class`` int64 (``-1`` when missing),
+``has_seg`` / ``has_cls`` float32 0/1, plus ``image_source`` / ``label_source`` (file names, for
+error messages). The deterministic part comes first (load, channels first, partial labels, channel
+count, mask values, intensity normalisation, 2D resize, types), so ``CacheDataset`` caches it; the
+random part (3D patch crop and the augmentations of the BUSI project) comes last. Neither needs
+metadata: both run under ``monai.data.set_track_meta(False)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import PILReader
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Rand2DElasticd,
+    Rand3DElasticd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Resized,
+    SpatialPadd,
+)
+from monai.utils import convert_to_dst_type
+
+from scripts.tasks import MISSING_CLASS, Keys
+
+LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
+IMAGE, LABEL, CLASS, GROUP, HAS_SEG, HAS_CLS = (k.value for k in Keys)
+#: where the file name(s) of ``image`` / ``label`` are kept, so that errors can name the file
+IMAGE_SOURCE, LABEL_SOURCE = f"{IMAGE}_source", f"{LABEL}_source"
+#: how 2D images are resized to the model's ``spatial_size`` (masks: nearest); inference must agree
+IMAGE_RESIZE_MODE = "bilinear"
+
+
+def normalize_intensity(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Map each channel's 0.5..99.5 percentile range to 0..1 and clip.
+
+    Works for any input range (uint8 PNG, int16 CT/MR, float NIfTI). A constant channel becomes 0.
+
+    Args:
+        image: ``(C, *spatial)`` array or tensor.
+
+    Returns:
+        float32 array/tensor of the same shape and type family.
+    """
+    is_tensor = isinstance(image, torch.Tensor)
+    arr = image.detach().cpu().numpy() if is_tensor else np.asarray(image)
+    arr = arr.astype(np.float32, copy=False)
+    out = np.empty_like(arr, dtype=np.float32)
+    for c in range(arr.shape[0]):
+        lo, hi = np.percentile(arr[c], [LOW_PERCENTILE, HIGH_PERCENTILE])
+        scale = hi - lo
+        out[c] = 0.0 if scale <= 0 else np.clip((arr[c] - lo) / scale, 0.0, 1.0)
+    return torch.from_numpy(out) if is_tensor else out
+
+
+def match_channels(image: np.ndarray, in_channels: int, source: str = "image") -> np.ndarray:
+    """Make a ``(C, *spatial)`` image have the model's channel count.
+
+    RGB/RGBA -> grey by luminance when the model takes 1 channel (ultrasound and MRI exports are
+    often grey stored as RGB); grey -> RGB by repetition when the model takes 3.
+
+    Raises:
+        ValueError: the counts cannot be reconciled; names ``source`` and both counts.
+    """
+    c = image.shape[0]
+    if c == in_channels:
+        return image
+    if in_channels == 1 and c in (3, 4):
+        rgb = image[:3].astype(np.float32)
+        return (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])[None]
+    if in_channels == 3 and c == 1:
+        return np.repeat(image, 3, axis=0)
+    if in_channels == 3 and c == 4:
+        return image[:3]
+    raise ValueError(f"{source}: has {c} channel(s) but the model expects {in_channels}")
+
+
+def map_mask_values(mask: np.ndarray | torch.Tensor, num_segments: int, source: str = "label") -> np.ndarray:
+    """Turn a stored mask into segment indices ``0..num_segments - 1``.
+
+    Binary (``num_segments == 2``): any value above 0 is the lesion, so masks stored 0/1 or 0/255
+    both work. Multi-class: values must already be ``0..S-1``; a mask holding only 0 and 255 is taken
+    as a binary mask stored 0/255. A mask with several identical channels (grey saved as RGB; an
+    RGBA mask's alpha is ignored) is reduced to one.
+
+    Args:
+        mask: ``(C, *spatial)`` array or tensor.
+
+    Returns:
+        uint8 array ``(1, *spatial)``.
+
+    Raises:
+        ValueError: channels that differ, or a value outside ``0..S-1``; names ``source`` and the value.
+    """
+    arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+    arr = arr[:3] if arr.shape[0] == 4 else arr  # RGBA: the alpha channel is not part of the mask
+    if arr.shape[0] > 1:
+        if not all(np.array_equal(arr[0], arr[c]) for c in range(1, arr.shape[0])):
+            raise ValueError(f"{source}: mask has {arr.shape[0]} channels that differ; expected one")
+        arr = arr[:1]
+    if num_segments == 2:
+        return (arr > 0).astype(np.uint8)
+    values = np.unique(arr)
+    if values.size and set(values.tolist()) <= {0, 255}:
+        return (arr > 0).astype(np.uint8)
+    bad = [v for v in values.tolist() if v < 0 or v > num_segments - 1 or v != int(v)]
+    if bad:
+        raise ValueError(f"{source}: mask value {bad[0]:g} is outside the segment indices 0..{num_segments - 1}")
+    return arr.astype(np.uint8)
+
+
+def _source_of(value: Any) -> str:
+    """A readable name for a datalist path or list of paths (one file per channel)."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+class RememberSourced(MapTransform):
+    """Copy the file name(s) of each key to ``<key>_source`` before loading (``""`` when absent)."""
+
+    def __init__(self, keys: KeysCollection = (IMAGE, LABEL)) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.keys:
+            d[f"{key}_source"] = _source_of(d[key]) if d.get(key) is not None else ""
+        return d
+
+
+class PartialLabelsd(MapTransform):
+    """Fill in what a partially labelled sample lacks and flag what it has.
+
+    No ``label``: an all-zero uint8 ``(1, *spatial)`` label and ``has_seg = 0`` (else 1). No
+    ``class`` (or ``None``): ``class = -1`` and ``has_cls = 0`` (else 1). No ``group``: ``""``, so
+    batches of mixed samples still collate. Run after loading (it needs the image's shape).
+
+    Raises:
+        ValueError: the label's spatial shape differs from the image's, or ``class`` is not an
+            integer; names the file.
+    """
+
+    def __init__(self, image_key: str = IMAGE, label_key: str = LABEL) -> None:
+        super().__init__([image_key, label_key], allow_missing_keys=True)
+        self.image_key, self.label_key = image_key, label_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        spatial = tuple(d[self.image_key].shape[1:])
+        source = d.get(f"{self.image_key}_source", self.image_key)
+        if d.get(self.label_key) is None:
+            d[self.label_key] = torch.zeros((1, *spatial), dtype=torch.uint8)
+            d[HAS_SEG] = torch.tensor(0.0)
+        else:
+            if tuple(d[self.label_key].shape[1:]) != spatial:
+                label_source = d.get(f"{self.label_key}_source", self.label_key)
+                raise ValueError(f"{label_source}: mask shape {tuple(d[self.label_key].shape[1:])} differs "
+                                 f"from its image's {spatial} ({source})")
+            d[HAS_SEG] = torch.tensor(1.0)
+        cls = d.get(CLASS)
+        cls = cls.item() if isinstance(cls, (torch.Tensor, np.generic)) else cls
+        if cls is None or cls == MISSING_CLASS:
+            d[CLASS], d[HAS_CLS] = torch.tensor(MISSING_CLASS, dtype=torch.int64), torch.tensor(0.0)
+        else:
+            if isinstance(cls, bool) or not isinstance(cls, int) or cls < 0:
+                raise ValueError(f"{source}: class {cls!r} is not a class index")
+            d[CLASS], d[HAS_CLS] = torch.tensor(cls, dtype=torch.int64), torch.tensor(1.0)
+        d.setdefault(GROUP, "")
+        return d
+
+
+class MatchChannelsd(MapTransform):
+    """Dict wrapper of :func:`match_channels` (grey <-> RGB); other counts raise, naming the file."""
+
+    def __init__(self, in_channels: int, keys: KeysCollection = IMAGE) -> None:
+        super().__init__(keys)
+        self.in_channels = in_channels
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if img.shape[0] != self.in_channels:
+                source = d.get(f"{key}_source", key)
+                out = match_channels(np.asarray(img.detach().cpu()), self.in_channels, source)
+                d[key] = convert_to_dst_type(out, img)[0]
+        return d
+
+
+class MapMaskValuesd(MapTransform):
+    """Dict wrapper of :func:`map_mask_values`; the label becomes uint8 ``(1, *spatial)``."""
+
+    def __init__(self, num_segments: int, keys: KeysCollection = LABEL) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.num_segments = num_segments
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            source = d.get(f"{key}_source", key)
+            out = map_mask_values(d[key], self.num_segments, source)
+            d[key] = convert_to_dst_type(out, d[key], dtype=torch.uint8)[0]
+        return d
+
+
+class PercentileNormalized(MapTransform):
+    """Dict wrapper of :func:`normalize_intensity` (per channel, percentiles 0.5..99.5 -> 0..1)."""
+
+    def __init__(self, keys: KeysCollection = IMAGE) -> None:
+        super().__init__(keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = convert_to_dst_type(normalize_intensity(d[key]), d[key], dtype=torch.float32)[0]
+        return d
+
+
+def load_transforms() -> list:
+    """Load ``image`` (one file, or a list stacked as channels in list order) and ``label`` if present.
+
+    Raster files (PNG/JPG/BMP) are read rows first, ``(C, H, W)``, by ``PILReader(reverse_indexing=False)``;
+    other formats fall back to MONAI's readers (NIfTI, NRRD, DICOM: ``(C, X, Y, Z)`` in file index order).
+    """
+    raster = PILReader(reverse_indexing=False)  # tried first; MONAI's other readers take what it cannot read
+    return [RememberSourced((IMAGE, LABEL)),
+            LoadImaged((IMAGE, LABEL), reader=raster, ensure_channel_first=True, image_only=True,
+                       allow_missing_keys=True)]
+
+
+def deterministic_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels: int,
+                             num_segments: int) -> list:
+    """The cacheable part shared by training and validation (see the module docstring for the order).
+
+    Raises:
+        ValueError: ``spatial_dims`` not 2/3, ``spatial_size`` of another length or not positive,
+            ``in_channels < 1`` or ``num_segments < 2``.
+    """
+    _check_args(spatial_dims, spatial_size, in_channels, num_segments)
+    chain = load_transforms() + [
+        PartialLabelsd(),
+        MatchChannelsd(in_channels),
+        MapMaskValuesd(num_segments),
+        PercentileNormalized(),
+    ]
+    if spatial_dims == 2:  # 2D models see the whole image at one size; 3D ones see patches (training)
+        chain.append(Resized((IMAGE, LABEL), spatial_size=tuple(spatial_size), mode=(IMAGE_RESIZE_MODE, "nearest")))
+    chain.append(EnsureTyped((IMAGE, LABEL), dtype=(torch.float32, torch.uint8)))
+    return chain
+
+
+def augmentations(spatial_dims: int, spatial_size: Sequence[int], p_flip: float = 0.5, p_rot90: float = 0.5,
+                  p_affine: float = 0.5, p_elastic: float = 0.2, p_intensity: float = 0.5, p_gamma: float = 0.25,
+                  p_noise: float = 0.2, rotate_deg: float = 15.0, scale: float = 0.1, shift: float = 0.0625,
+                  noise_std: float = 0.05) -> list:
+    """The random augmentations of the BUSI project, each with its probability knob.
+
+    Spatial ones (flips on every axis, rotate-90 in the image plane, shift-scale-rotate, elastic)
+    draw once per sample and move ``image`` and ``label`` together (label by nearest neighbour);
+    intensity ones (brightness, contrast, gamma, Gaussian noise) touch only ``image``.
+    ``shift`` is a fraction of the image size; ``rotate_deg`` rotates in the image plane.
+
+    Raises:
+        ValueError: a probability outside 0..1 (names the knob).
+    """
+    probs = {"p_flip": p_flip, "p_rot90": p_rot90, "p_affine": p_affine, "p_elastic": p_elastic,
+             "p_intensity": p_intensity, "p_gamma": p_gamma, "p_noise": p_noise}
+    for name, p in probs.items():
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must be a probability in 0..1, got {p}")
+    keys, modes = (IMAGE, LABEL), ("bilinear", "nearest")
+    rotate = math.radians(rotate_deg)
+    # in 3D the image plane is (X, Y): rotations turn about the slice axis only
+    rotate_range = rotate if spatial_dims == 2 else (0.0, 0.0, rotate)
+    chain: list = [RandFlipd(keys, prob=p_flip, spatial_axis=axis) for axis in range(spatial_dims)]
+    chain += [
+        RandRotate90d(keys, prob=p_rot90, spatial_axes=(0, 1)),
+        RandAffined(keys, prob=p_affine, rotate_range=rotate_range, scale_range=scale,
+                    translate_range=[shift * s for s in spatial_size], mode=modes, padding_mode="zeros"),
+    ]
+    if spatial_dims == 2:  # control points every 1/8 of the image, moved up to ~1.5 spacings: albumentations' Elastic
+        spacing = tuple(max(4, s // 8) for s in spatial_size)
+        chain.append(Rand2DElasticd(keys, spacing=spacing, magnitude_range=(0.5, 1.5), prob=p_elastic,
+                                    mode=modes, padding_mode="zeros"))
+    else:
+        chain.append(Rand3DElasticd(keys, sigma_range=(5.0, 8.0), magnitude_range=(50.0, 150.0), prob=p_elastic,
+                                    mode=modes, padding_mode="zeros"))
+    chain += [
+        RandShiftIntensityd(IMAGE, offsets=0.1, prob=p_intensity),  # brightness
+        RandScaleIntensityd(IMAGE, factors=0.2, prob=p_intensity),  # contrast
+        RandAdjustContrastd(IMAGE, gamma=(0.7, 1.5), prob=p_gamma),
+        RandGaussianNoised(IMAGE, std=noise_std, prob=p_noise),
+    ]
+    return chain
+
+
+def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels: int, num_segments: int,
+                     augment: bool = True, crop_pos: float = 2.0, crop_neg: float = 1.0,
+                     **augment_kwargs: float) -> Compose:
+    """The training chain: deterministic part, then (3D) a patch crop, then augmentations.
+
+    3D volumes are padded to ``spatial_size`` and one patch of that size is cropped, centred on the
+    lesion with odds ``crop_pos : crop_neg``. ``augment_kwargs`` go to :func:`augmentations`
+    (probability knobs ``p_flip``, ``p_rot90``, ``p_affine``, ``p_elastic``, ``p_intensity``,
+    ``p_gamma``, ``p_noise``, and ``rotate_deg``, ``scale``, ``shift``, ``noise_std``).
+
+    Returns:
+        ``Compose`` producing ``image`` float32 ``(C, *spatial_size)``, ``label`` uint8 ``(1, *spatial_size)``,
+        ``class`` int64, ``has_seg`` / ``has_cls`` float32 (a list of one such dict in 3D).
+
+    Raises:
+        ValueError: as :func:`deterministic_transforms` and :func:`augmentations`; negative crop odds.
+    """
+    chain = deterministic_transforms(spatial_dims, spatial_size, in_channels, num_segments)
+    if spatial_dims == 3:
+        if crop_pos < 0 or crop_neg < 0 or crop_pos + crop_neg == 0:
+            raise ValueError(f"crop_pos and crop_neg must be >= 0 and not both 0, got {crop_pos}, {crop_neg}")
+        chain += [SpatialPadd((IMAGE, LABEL), spatial_size=tuple(spatial_size)),
+                  RandCropByPosNegLabeld((IMAGE, LABEL), label_key=LABEL, spatial_size=tuple(spatial_size),
+                                         pos=crop_pos, neg=crop_neg, num_samples=1)]
+    if augment:
+        chain += augmentations(spatial_dims, spatial_size, **augment_kwargs)
+        chain.append(EnsureTyped((IMAGE, LABEL), dtype=(torch.float32, torch.uint8)))  # spatial ones return float
+    return Compose(chain)
+
+
+def val_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels: int, num_segments: int) -> Compose:
+    """The validation / test chain: the deterministic part only (3D: the whole volume, for sliding windows).
+
+    Raises:
+        ValueError: as :func:`deterministic_transforms`.
+    """
+    return Compose(deterministic_transforms(spatial_dims, spatial_size, in_channels, num_segments))
+
+
+def _check_args(spatial_dims: int, spatial_size: Sequence[int], in_channels: int, num_segments: int) -> None:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    if len(spatial_size) != spatial_dims or min(int(s) for s in spatial_size) < 1:
+        raise ValueError(f"spatial_size must be {spatial_dims} positive sizes, got {list(spatial_size)}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+    if num_segments < 2:
+        raise ValueError(f"num_segments must be at least 2 (background + one segment), got {num_segments}")
