@@ -210,3 +210,14 @@ def check_samples(datalist: Datalist, splits: tuple[str, ...] = ("training", "va
                 problems.append(f"{label}: mask size {label_shape} differs from its image {files[0]} {shape}")
     if problems:
         raise DatalistError(datalist.path, problems)
+
+
+def load_and_check(path: str | os.PathLike, splits: tuple[str, ...] = ("training", "validation")) -> Datalist:
+    """``load_datalist`` then ``check_samples``: what training calls before its first step.
+
+    Raises:
+        DatalistError: any problem of either, each naming its file.
+    """
+    datalist = load_datalist(path)
+    check_samples(datalist, splits)
+    return datalist

@@ -28,14 +28,14 @@ DEFAULT_CARD: dict[str, Any] = {
         "seg_classes": 2,
         "num_classes": 4,
         "encoder": "unet",
-        "channels": [16, 32, 64, 128, 256],
+        "channels": [8, 16, 32, 64, 128],
         "dropout": 0.5,
         "cls_hidden": 0,
     },
     "channels": ["T1c"],
     "segments": ["background", "tumor"],
     "classes": ["glioma", "meningioma", "no_tumor", "pituitary"],
-    "spatial_size": [128, 128],
+    "spatial_size": [96, 96],
     "no_tumor_class": "no_tumor",
 }
 

@@ -1,0 +1,216 @@
+"""Glue between the bundle configs and MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator``.
+
+The engines are MONAI's own; what a multi-task bundle needs on top of them is here:
+``prepare_batch`` (keeps the target dictionary MONAI's default would drop), and handlers for the
+segmentation-only warm-up, the per-epoch history, best/last checkpoints with resume, and the
+model card written next to the weights.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from torch import nn
+
+from scripts.losses import MultiTaskLoss
+from scripts.model_card import write_json_atomic
+from scripts.tasks import Keys, Task
+
+
+def prepare_batch(batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Split a collated batch into the network input and the multi-task target dict.
+
+    Returns:
+        ``image (B, C, *spatial)`` and ``{"seg": (B, 1, *spatial) long, "cls": (B,) long,
+        "has_seg": (B,), "has_cls": (B,)}`` on ``device``.
+    """
+
+    def to(x: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+        t = torch.as_tensor(x)
+        t = t.as_tensor() if hasattr(t, "as_tensor") else t  # MetaTensor -> plain tensor for the loss
+        return t.to(device=device, dtype=dtype, non_blocking=non_blocking)
+
+    image = to(batchdata[Keys.IMAGE.value], torch.float32)
+    targets = {
+        Task.SEG.value: to(batchdata[Keys.LABEL.value], torch.long),
+        Task.CLS.value: to(batchdata[Keys.CLASS.value], torch.long).reshape(-1),
+        Keys.HAS_SEG.value: to(batchdata[Keys.HAS_SEG.value], torch.float32).reshape(-1),
+        Keys.HAS_CLS.value: to(batchdata[Keys.HAS_CLS.value], torch.float32).reshape(-1),
+    }
+    return image, targets
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temp file in the target folder, then rename (no half-written checkpoint)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The plain network inside a DistributedDataParallel wrapper (state dict keys without 'module.')."""
+    return network.module if hasattr(network, "module") else network
+
+
+class WarmupHandler:
+    """Segmentation-only training for the first ``warmup_epochs`` epochs (the BUSI project's recipe)."""
+
+    def __init__(self, loss: MultiTaskLoss, warmup_epochs: int = 0) -> None:
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        self.loss = loss
+        self.warmup_epochs = warmup_epochs
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.loss.seg_only = engine.state.epoch <= self.warmup_epochs
+
+
+class CheckpointHandler:
+    """Best model by validation score, a resumable last checkpoint each epoch, and the model card.
+
+    Attached to the trainer. At start it writes ``model_card.json`` and, when ``resume`` and
+    ``checkpoint_last.pt`` exist, restores the objects of ``to_save`` (network, optimizer, scheduler,
+    loss), the trainer's epoch and the best score. After each epoch's validation it saves ``model.pt`` (plain network state dict) when
+    ``score_name`` of the evaluator improved, then ``checkpoint_last.pt``. Only rank 0 writes.
+    """
+
+    def __init__(self, ckpt_dir: str, network: nn.Module, evaluator: Engine, to_save: dict[str, Any],
+                 model_card: dict[str, Any], score_name: str = "val_score", resume: bool = True) -> None:
+        self.dir = Path(ckpt_dir)
+        self.network, self.evaluator, self.to_save = network, evaluator, to_save
+        self.card, self.score_name, self.resume = model_card, score_name, resume
+        self.best_score, self.best_epoch = -float("inf"), 0
+
+    @property
+    def last_path(self) -> Path:
+        return self.dir / "checkpoint_last.pt"
+
+    def attach(self, engine: Engine) -> None:
+        # the trainer joins the saved objects here: passing it in the config would be a circular reference
+        self.to_save = {**self.to_save, "trainer": engine}
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def started(self, engine: Engine) -> None:
+        if is_main_process():
+            write_json_atomic(self.dir / "model_card.json", self.card)
+        if not (self.resume and self.last_path.is_file()):
+            return
+        state = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        max_epochs = engine.state.max_epochs  # the config's, so a resumed run may also be extended
+        for name, obj in self.to_save.items():
+            if name in state:
+                unwrap(obj).load_state_dict(state[name]) if name == "network" else obj.load_state_dict(state[name])
+        engine.state.max_epochs = max(max_epochs, engine.state.epoch)
+        self.best_score, self.best_epoch = state["best"]["score"], state["best"]["epoch"]
+        engine.logger.info(f"resumed from {self.last_path} at epoch {engine.state.epoch}")
+
+    def epoch_completed(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        score = self.evaluator.state.metrics.get(self.score_name) if self.evaluator.state else None
+        # the evaluator ran this epoch only when its epoch counter equals the trainer's (ValidationHandler)
+        fresh = self.evaluator.state is not None and getattr(self.evaluator.state, "trainer_epoch", None) == engine.state.epoch
+        if score is not None and fresh and score > self.best_score:
+            self.best_score, self.best_epoch = float(score), engine.state.epoch
+            save_atomic(unwrap(self.network).state_dict(), self.dir / "model.pt")
+            engine.logger.info(f"epoch {engine.state.epoch}: new best {self.score_name} {score:.4f} -> {self.dir / 'model.pt'}")
+        state = {name: (unwrap(obj) if name == "network" else obj).state_dict() for name, obj in self.to_save.items()}
+        state["best"] = {"score": self.best_score, "epoch": self.best_epoch}
+        save_atomic(state, self.last_path)
+
+
+class HistoryHandler:
+    """Per-epoch record (train loss and its task terms, learning rate, validation metrics) -> JSON.
+
+    Attach to the trainer after the ``ValidationHandler`` so each epoch's record holds its
+    validation. Also stamps the evaluator state with the trainer epoch it validated.
+    """
+
+    def __init__(self, path: str, loss: MultiTaskLoss, optimizer: torch.optim.Optimizer, evaluator: Engine) -> None:
+        self.path, self.loss, self.optimizer, self.evaluator = Path(path), loss, optimizer, evaluator
+        self.records: list[dict[str, Any]] = []
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._t0 = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        self.evaluator.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "trainer_epoch", engine.state.epoch))
+
+    def started(self, engine: Engine) -> None:
+        import json
+
+        if engine.state.epoch > 0 and self.path.is_file():  # resumed: keep the earlier epochs
+            self.records = [r for r in json.loads(self.path.read_text()) if r["epoch"] <= engine.state.epoch]
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._sums, self._count, self._t0 = {}, 0, time.perf_counter()
+
+    def iteration_completed(self, engine: Engine) -> None:
+        out = engine.state.output
+        loss = out["loss"] if isinstance(out, dict) else out[0]["loss"]
+        self._sums["loss"] = self._sums.get("loss", 0.0) + float(torch.as_tensor(loss).detach())
+        for task, value in self.loss.last_terms.items():
+            self._sums[f"loss_{task}"] = self._sums.get(f"loss_{task}", 0.0) + value
+        self._count += 1
+
+    def epoch_completed(self, engine: Engine) -> None:
+        record: dict[str, Any] = {"epoch": engine.state.epoch, "seconds": round(time.perf_counter() - self._t0, 2),
+                                  "iterations": self._count,
+                                  "lr": self.optimizer.param_groups[0]["lr"], "seg_only": self.loss.seg_only}
+        record.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
+        ev = self.evaluator.state
+        if ev is not None and getattr(ev, "trainer_epoch", None) == engine.state.epoch:
+            record.update({f"val_{k}" if not k.startswith("val") else k: v for k, v in ev.metrics.items() if isinstance(v, (int, float))})
+            details = getattr(ev, "metric_details", None)
+            if details:
+                record["val_details"] = details
+        if self.loss.weighting == "uncertainty":
+            record["log_vars"] = {k: float(v.detach()) for k, v in self.loss.log_vars.items()}
+        self.records.append(record)
+        if is_main_process():
+            write_json_atomic(self.path, self.records)
+
+
+def sync_loss_gradients(loss: nn.Module) -> nn.Module:
+    """Average the gradients of the loss's own parameters across DDP ranks (uncertainty weights).
+
+    DDP only synchronises the wrapped network; the learnable task weights live in the loss.
+    """
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+
+        def average(grad: torch.Tensor) -> torch.Tensor:
+            grad = grad.clone()
+            dist.all_reduce(grad)
+            return grad / world
+
+        for p in loss.parameters():
+            if p.requires_grad:
+                p.register_hook(average)
+    return loss
