@@ -1,0 +1,212 @@
+"""What every adapter shares: the sample record, the collected data set, atomic writes, paths.
+
+An adapter (``busi``, ``brisc``, ``msd``, ``brats``, ``plain_csv``) reads a published layout and
+returns a :class:`Collection`: samples with absolute file paths, the data set's channel / segment /
+class names, and the problems it met. :mod:`scripts.prepare.pipeline` then checks duplicates,
+splits and writes the datalist. Adapters never write into the source folder: every derived file
+(merged mask, grey copy, remapped label) goes under the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scripts.tasks import Keys
+
+#: datalist split names, in the order they are written
+SPLITS = ("training", "validation", "test")
+#: extra columns of the count table
+NO_CLASS, WITH_MASK, TOTAL = "(no class)", "with mask", "total"
+
+
+class PrepareError(ValueError):
+    """A data set cannot be prepared; the message names the file or folder and the problem."""
+
+
+@dataclass
+class Sample:
+    """One datalist entry before splitting.
+
+    Attributes:
+        key: a short unique id used in reports (a file stem or case id, never a path).
+        image: absolute path of the image, or a list of per-channel paths in channel order.
+        label: absolute path of the mask (values ``0..S-1``), or None when the sample has no mask.
+        class_index: index into the collection's ``classes``, or None when unknown.
+        group: samples of one group (patient) always share a split.
+        split: an official split (one of :data:`SPLITS`) that must be kept, or None.
+    """
+
+    key: str
+    image: str | list[str]
+    label: str | None = None
+    class_index: int | None = None
+    group: str = ""
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            self.group = self.key
+
+    @property
+    def first_image(self) -> str:
+        """The image file (first channel file for a per-channel list)."""
+        return self.image[0] if isinstance(self.image, list) else self.image
+
+
+@dataclass
+class Collection:
+    """What an adapter found: samples plus the names the datalist declares.
+
+    ``problems`` make the command fail unless ``--skip-bad`` is given (the samples they concern are
+    already left out); ``warnings`` are reported but never fail.
+    """
+
+    name: str
+    spatial_dims: int
+    channels: list[str]
+    segments: list[str]
+    classes: list[str]
+    samples: list[Sample] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_out_dir(source: Path, out: Path, inside: bool = True) -> None:
+    """Refuse an output folder that is the source folder or (``inside=True``) lies inside it.
+
+    Derived files written into the source tree would be picked up as data by the next run.
+
+    Raises:
+        PrepareError: ``out`` is ``source`` or inside it.
+    """
+    src, dst = Path(source).resolve(), Path(out).resolve()
+    if dst == src or (inside and src in dst.parents):
+        raise PrepareError(f"{out}: the output folder must not be the source folder or inside it ({source})")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def path_for_datalist(path: str, datalist_dir: Path, absolute: bool) -> str:
+    """A file path as the datalist stores it.
+
+    Relative to the datalist's folder by default (POSIX separators; may contain ``..`` when the
+    source lies beside the output folder), absolute with ``absolute=True`` or when no relative path
+    exists (another drive on Windows).
+    """
+    if absolute:
+        return str(Path(path).resolve())
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), Path(datalist_dir).resolve())).as_posix()
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def sample_entry(sample: Sample, datalist_dir: Path, absolute: bool) -> dict[str, Any]:
+    """The datalist dictionary of a sample: ``image``, optional ``label`` / ``class``, ``group``."""
+
+    def conv(p: str) -> str:
+        return path_for_datalist(p, datalist_dir, absolute)
+
+    image = [conv(p) for p in sample.image] if isinstance(sample.image, list) else conv(sample.image)
+    entry: dict[str, Any] = {Keys.IMAGE.value: image}
+    if sample.label is not None:
+        entry[Keys.LABEL.value] = conv(sample.label)
+    if sample.class_index is not None:
+        entry[Keys.CLASS.value] = int(sample.class_index)
+    entry[Keys.GROUP.value] = sample.group
+    return entry
+
+
+def class_lookup(classes: list[str]) -> dict[str, int]:
+    """Case-insensitive name -> index map of a class list."""
+    return {c.lower(): i for i, c in enumerate(classes)}
+
+
+def read_class_table(path: Path, class_names: list[str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """Read a ``case,class`` CSV (header row required; extra columns ignored).
+
+    Args:
+        path: the CSV file.
+        class_names: the class order to use; default: the sorted distinct names of the table.
+
+    Returns:
+        (case -> class name, class list).
+
+    Raises:
+        PrepareError: unreadable file, missing ``case``/``class`` columns, a case listed twice, or a
+            class not in ``class_names``; all problems of the table in one message.
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+            header = [h.strip().lower() for h in (rows[0].keys() if rows else [])]
+    except OSError as e:
+        raise PrepareError(f"{path}: cannot read the class table ({e})") from e
+    if "case" not in header or "class" not in header:
+        raise PrepareError(f"{path}: the class table needs a header with columns 'case' and 'class', got {header}")
+    table: dict[str, str] = {}
+    problems = []
+    for n, row in enumerate(rows, start=2):
+        row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
+        case, name = row["case"], row["class"]
+        if not case or not name:
+            continue  # an empty class means "unknown": the case trains the seg head only
+        if case in table:
+            problems.append(f"line {n}: case {case!r} listed twice")
+        table[case] = name
+    classes = list(class_names) if class_names else sorted(set(table.values()))
+    known = class_lookup(classes)
+    problems += [f"case {c!r}: class {v!r} not in {classes}" for c, v in table.items() if v.lower() not in known]
+    if problems:
+        raise PrepareError(f"{path}: " + "; ".join(problems))
+    return {c: classes[known[v.lower()]] for c, v in table.items()}, classes
+
+
+def count_table(splits: dict[str, list[dict[str, Any]]], classes: list[str]) -> dict[str, dict[str, int]]:
+    """Samples per split: per class name, without class, with a mask, in total."""
+    table = {}
+    for split in SPLITS:
+        samples = splits.get(split, [])
+        row = {c: 0 for c in classes} | {NO_CLASS: 0}
+        for s in samples:
+            k = s.get(Keys.CLASS.value)
+            name = classes[k] if isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(classes) else NO_CLASS
+            row[name] += 1
+        row[WITH_MASK] = sum(1 for s in samples if s.get(Keys.LABEL.value) is not None)
+        row[TOTAL] = len(samples)
+        table[split] = row
+    return table
+
+
+def format_counts(counts: dict[str, dict[str, int]]) -> str:
+    """The count table as aligned text, one row per split."""
+    cols = list(next(iter(counts.values())).keys()) if counts else []
+    width = max([len(c) for c in cols] + [6])
+    lines = [f"{'split':<12}" + "".join(f"{c:>{width + 2}}" for c in cols)]
+    lines += [f"{split:<12}" + "".join(f"{row[c]:>{width + 2}}" for c in cols) for split, row in counts.items()]
+    return "\n".join(lines)

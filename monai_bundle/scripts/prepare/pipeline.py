@@ -1,0 +1,111 @@
+"""From a :class:`Collection` to datalist files: problems, duplicates, splits, atomic writes.
+
+Output folder (``--out``):
+
+* ``datalist.json`` — the DESIGN datalist; with ``folds=k``, ``datalist_fold0.json`` ..
+  ``datalist_fold{k-1}.json`` instead (same ``test``; fold i is fold i's ``validation``);
+* ``prepare_report.json`` — counts per split and class, duplicate clusters (sample keys, their
+  splits, exact/near), problems and warnings; written even when the command fails;
+* derived files the adapter wrote (``masks/``, ``images/``, ``labels/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scripts.prepare.common import SPLITS, Collection, PrepareError, count_table, sample_entry, write_json
+from scripts.prepare.duplicates import NEAR_THRESHOLD, cluster_report, find_clusters, fingerprints, regroup
+from scripts.prepare.splits import split_samples
+
+REPORT_FILE = "prepare_report.json"
+
+
+@dataclass
+class Options:
+    """What the common ``prepare`` options set (see ``python -m scripts.prepare <format> --help``)."""
+
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 0
+    folds: int = 0
+    check_duplicates: bool = True
+    near_threshold: int = NEAR_THRESHOLD
+    regroup_duplicates: bool = False
+    absolute_paths: bool = False
+    skip_bad: bool = False
+
+
+def datalist_names(folds: int) -> list[str]:
+    """The datalist file names written for ``folds`` (0: one datalist)."""
+    return [f"datalist_fold{k}.json" for k in range(folds)] if folds else ["datalist.json"]
+
+
+def build(collection: Collection, out: Path, options: Options) -> dict[str, Any]:
+    """Check, split and write the datalist(s) and the report of a collected data set.
+
+    Args:
+        collection: what an adapter found (its derived files already under ``out``).
+        out: the output folder.
+        options: split / duplicate / path options.
+
+    Returns:
+        the report written to ``out/prepare_report.json``.
+
+    Raises:
+        PrepareError: the collection has problems (each listed) and ``skip_bad`` is off, or no
+            sample is left; the report is written first so the problems can be read there too.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = collection.samples
+    report: dict[str, Any] = {"name": collection.name, "datalists": [], "warnings": collection.warnings}
+    clusters = []
+    if options.check_duplicates and samples:
+        errors: list[str] = []
+        exact, near, bad = fingerprints(samples, errors)
+        collection.problems += errors
+        keep = [i for i in range(len(samples)) if i not in bad]
+        samples = [samples[i] for i in keep]
+        clusters = find_clusters([exact[i] for i in keep], [near[i] for i in keep], options.near_threshold)
+    report["problems"] = collection.problems
+    if collection.problems and not options.skip_bad:
+        write_json(out / REPORT_FILE, report)
+        raise PrepareError(_problem_message(collection.name, collection.problems))
+    if not samples:
+        write_json(out / REPORT_FILE, report)
+        raise PrepareError(f"{collection.name}: no usable sample found")
+    if options.regroup_duplicates:
+        report["groups_merged_for_duplicates"] = regroup(samples, clusters)
+    assignments = split_samples(
+        samples, options.val_fraction, options.test_fraction, options.seed, options.folds, collection.warnings
+    )
+    for name, assignment in zip(datalist_names(options.folds), assignments):
+        datalist = _datalist(collection, samples, assignment, out, options.absolute_paths)
+        write_json(out / name, datalist)
+        report["datalists"].append({"file": name, "counts": count_table(datalist, collection.classes)})
+    report["duplicates"] = cluster_report(samples, clusters, assignments[0]) if options.check_duplicates else None
+    write_json(out / REPORT_FILE, report)
+    return report
+
+
+def _datalist(
+    collection: Collection, samples: list, assignment: dict[int, str], out: Path, absolute: bool
+) -> dict[str, Any]:
+    dl: dict[str, Any] = {
+        "name": collection.name,
+        "spatial_dims": collection.spatial_dims,
+        "channels": collection.channels,
+        "segments": collection.segments,
+        "classes": collection.classes,
+    }
+    for split in SPLITS:
+        dl[split] = [sample_entry(s, out, absolute) for i, s in enumerate(samples) if assignment[i] == split]
+    return dl
+
+
+def _problem_message(name: str, problems: list[str], shown: int = 50) -> str:
+    lines = "\n  - ".join(problems[:shown])
+    more = f"\n  ... and {len(problems) - shown} more (all in {REPORT_FILE})" if len(problems) > shown else ""
+    return f"{name}: {len(problems)} problem(s) (rerun with --skip-bad to leave these samples out):\n  - {lines}{more}"
