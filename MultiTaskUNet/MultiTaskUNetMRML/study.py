@@ -1,0 +1,113 @@
+"""One study's result on a segmentation node: import, diagnosis attributes, review, export.
+
+The diagnosis, the full result JSON and the review record are node attributes (prefix
+``MultiTaskUNet.``), so they are saved with the scene (``.mrml``/``.mrb``) and restored with it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+from MultiTaskUNetLib.exports import export_paths, write_review_report
+from MultiTaskUNetLib.results import ATTRIBUTE_PREFIX, StudyResult, result_attributes, result_from_attributes
+from MultiTaskUNetLib.review import ReviewError, ReviewRecord, label_digest
+from MultiTaskUNetLib.terminology import Code, terminologies
+from MultiTaskUNetMRML.segmentation import (export_dicom_seg, export_label_map, get_attributes, import_label_map,
+                                            label_map_array, set_attributes, write_segmentation)
+
+REVIEW_ATTRIBUTE = ATTRIBUTE_PREFIX + "Review"
+#: formats :func:`export_study` writes; ``dicom-seg`` works inside 3D Slicer only
+EXPORT_FORMATS = ("seg.nrrd", "nifti", "dicom-seg")
+
+
+def import_study(scene, result: StudyResult, reference, name: Optional[str] = None, segmentation_node=None,
+                 anatomic_region: Optional[Code] = None):
+    """Turn a worker result into a segmentation of ``reference`` with terminology, attributes and a
+    pending review record. Returns the segmentation node.
+
+    Raises:
+        ValueError: the label map cannot be imported (see :func:`import_label_map`).
+    """
+    terms = terminologies(((s.name, s.value) for s in result.segments), anatomic_region)
+    name = name or f"{reference.GetName()} MultiTaskUNet"
+    seg = import_label_map(scene, result.segmentation_path, reference, terms, name, segmentation_node)
+    set_attributes(seg, result_attributes(result))
+    record = ReviewRecord.from_result(result, original_digest=label_digest(label_map_array(scene, seg, reference)))
+    set_review(seg, record)
+    return seg
+
+
+def get_result(segmentation_node) -> StudyResult:
+    """The model's result stored on the node.
+
+    Raises:
+        ResultError: the node holds no MultiTaskUNet result.
+    """
+    return result_from_attributes(get_attributes(segmentation_node, ATTRIBUTE_PREFIX))
+
+
+def get_review(segmentation_node) -> ReviewRecord:
+    """The node's review record.
+
+    Raises:
+        ReviewError: the node has no (valid) review record.
+    """
+    text = segmentation_node.GetAttribute(REVIEW_ATTRIBUTE)
+    if not text:
+        raise ReviewError(f"{segmentation_node.GetName()}: no MultiTaskUNet review record on this segmentation")
+    return ReviewRecord.from_json(text)
+
+
+def set_review(segmentation_node, record: ReviewRecord) -> None:
+    """Store the review record (and the reviewer's diagnosis, readable without parsing JSON)."""
+    set_attributes(segmentation_node, {REVIEW_ATTRIBUTE: record.to_json(),
+                                       ATTRIBUTE_PREFIX + "FinalDiagnosis": record.final_diagnosis,
+                                       ATTRIBUTE_PREFIX + "ReviewDecision": record.decision.value})
+
+
+def refresh_edit_state(scene, segmentation_node, reference, reviewer: str = "") -> ReviewRecord:
+    """Compare the segments with the model's output, update and store the record, return it."""
+    record = get_review(segmentation_node)
+    record.note_segment_state(label_digest(label_map_array(scene, segmentation_node, reference)), reviewer)
+    set_review(segmentation_node, record)
+    return record
+
+
+def _default_formats(formats: Optional[Iterable[str]]) -> list[str]:
+    formats = list(EXPORT_FORMATS if formats is None else formats)
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown:
+        raise ValueError(f"unknown export format(s) {unknown}; expected some of {list(EXPORT_FORMATS)}")
+    return formats
+
+
+def export_study(scene, segmentation_node, reference, out_dir: str | os.PathLike,
+                 formats: Optional[Iterable[str]] = None, reviewer: str = "") -> dict[str, Path]:
+    """Write the segmentation (``.seg.nrrd``, NIfTI label map, DICOM SEG) and ``<name>_review.json``.
+
+    The review record is brought up to date (was the segment edited?) before it is written.
+
+    Returns:
+        ``{format: path}`` of everything written, including ``"review"``.
+
+    Raises:
+        ValueError: unknown format, or a file could not be written (names it).
+        RuntimeError: DICOM SEG requested outside Slicer or for a non-DICOM input.
+        ResultError, ReviewError: the node holds no MultiTaskUNet result / review.
+    """
+    formats = _default_formats(formats)
+    result = get_result(segmentation_node)
+    record = refresh_edit_state(scene, segmentation_node, reference, reviewer)
+    paths = export_paths(out_dir, segmentation_node.GetName(), [f for f in formats if f != "dicom-seg"] + ["review"])
+    written: dict[str, Path] = {}
+    if "seg.nrrd" in paths:
+        written["seg.nrrd"] = write_segmentation(scene, segmentation_node, paths["seg.nrrd"])
+    if "nifti" in paths:
+        written["nifti"] = export_label_map(scene, segmentation_node, reference, paths["nifti"])
+    if "dicom-seg" in formats:
+        written["dicom-seg"] = export_dicom_seg(scene, segmentation_node, Path(out_dir) / "dicom-seg")
+    files = {k: Path(v).name for k, v in written.items()}
+    written["review"] = write_review_report(paths["review"], record, result, files)
+    return written

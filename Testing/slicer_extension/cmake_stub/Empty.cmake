@@ -1,0 +1,1 @@
+# nothing: the extension config and packaging steps need a real Slicer build

@@ -1,0 +1,91 @@
+"""Shared by the fake workers: the real CLI's arguments, outputs and protocol, with a threshold as "model".
+
+A fake is installed as ``scripts/infer.py`` of a temporary bundle, so the Lib runs it exactly as it
+runs the real worker (``python -m scripts.infer``, bundle root on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--bundle")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--format", default="nifti")
+    p.add_argument("--checkpoint")
+    p.add_argument("--progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def record_invocation(args: argparse.Namespace) -> None:
+    """Append what the fake was started with to ``<out>/invocations.jsonl`` (tests read it)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    entry = {"argv": sys.argv[1:], "device": args.device, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+             "pythonpath": os.environ.get("PYTHONPATH", ""), "cwd": os.getcwd(), "pid": os.getpid()}
+    with open(out / "invocations.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".seg.nrrd", ".nrrd", ".nii", ".mha"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def progress(percent: int, stage: str) -> None:
+    print(f"PROGRESS {percent} {stage}", flush=True)
+
+
+def segment_and_classify(input_path: str, out_dir: str, device: str) -> Path:
+    """Threshold the volume (bright = tumor), write the label map and the result JSON; return its path."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(input_path)
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    label = (array > array.mean() + array.std()).astype(np.uint8)
+    seg = sitk.GetImageFromArray(label)
+    seg.CopyInformation(image)
+    out = Path(out_dir)
+    seg_path = out / f"{stem(input_path)}_seg.nii.gz"
+    sitk.WriteImage(seg, str(seg_path))
+    voxels = int(label.sum())
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    probs = {"glioma": 0.1, "meningioma": 0.7, "no_tumor": 0.05, "pituitary": 0.15}
+    result = {"input": input_path, "diagnosis": {"label": "meningioma", "index": 1, "probabilities": probs},
+              "segmentation": {"path": seg_path.name, "format": "nifti",
+                               "segments": [{"name": "tumor", "value": 1, "voxels": voxels, "volume_ml": voxels * voxel_ml}]},
+              "model": {"name": "FakeMultiTaskUNet", "version": "0.0.1", "sha256": "0" * 64},
+              "device": "cpu" if device == "cpu" else "cuda:0", "timings_s": {"load": 0.0, "infer": 0.0, "write": 0.0},
+              "warnings": []}
+    result_path = out / f"{stem(input_path)}_result.json"
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, result_path)
+    return result_path
+
+
+def run_ok(argv: list[str]) -> int:
+    args = parse_args(argv)
+    record_invocation(args)
+    for path in args.inputs:
+        progress(5, "loading model")
+        print("a free-form log line", flush=True)
+        progress(40, "inference")
+        result = segment_and_classify(path, args.out, args.device)
+        progress(100, "done")
+        print(f"RESULT {result}", flush=True)
+    return 0

@@ -1,0 +1,219 @@
+"""Static checks of the 3D Slicer extension: CMake, listed files, .ui widgets, icons, catalog entry,
+and the rules of the module (no Slicer imports in the Lib, nothing installed at import)."""
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE = REPO / "MultiTaskUNet"
+STUB = Path(__file__).parent / "cmake_stub"
+EXTENSION_FIELDS = ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS")
+# the fields and types of Slicer's catalog entry schema v1.0.1 (Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json)
+CATALOG_SCHEMA = {
+    "type": "object", "required": ["$schema", "category", "scm_url"], "additionalProperties": False,
+    "properties": {
+        "$schema": {"type": "string", "pattern": "slicer-extension-catalog-entry-schema-v1\\.0\\.1\\.json#$"},
+        "category": {"type": "string"}, "scm_url": {"type": "string"}, "scm_revision": {"type": "string"},
+        "scm_type": {"enum": ["git", "local"]}, "build_dependencies": {"type": "array", "items": {"type": "string"}},
+        "build_subdirectory": {"type": "string"}, "enabled": {"type": "boolean"}, "tier": {"enum": [1, 3, 5]},
+    },
+}
+
+
+def _strip_comments(text: str) -> str:
+    """Remove whole-line comments and comments after a closing parenthesis (a '#' in a URL stays)."""
+    return re.sub(r"(?m)^\s*#.*$|(?<=\))\s*#.*$", "", text)
+
+
+def cmake_sets(path: Path) -> dict[str, str]:
+    """``set(NAME value...)`` of a CMakeLists.txt, value unquoted (comments removed)."""
+    text = _strip_comments(path.read_text())
+    return {m.group(1): m.group(2).strip().strip('"') for m in re.finditer(r"set\((\w+)\s+(.*?)\)\s*\n", text, re.S)}
+
+
+def cmake_list(path: Path, name: str, module: str = "MultiTaskUNet") -> list[str]:
+    text = _strip_comments(path.read_text())
+    body = re.search(rf"set\({name}\s+(.*?)\)", text, re.S).group(1)
+    return [item.replace("${MODULE_NAME}", module) for item in body.split()]
+
+
+def test_top_level_cmake_metadata():
+    text = (REPO / "CMakeLists.txt").read_text()
+    assert re.search(r"^project\(MultiTaskUNet\)", text, re.M)  # extension name = project name
+    assert re.search(r"^add_subdirectory\(MultiTaskUNet\)", text, re.M)
+    sets = cmake_sets(REPO / "CMakeLists.txt")
+    for field in EXTENSION_FIELDS:
+        assert sets.get(f"EXTENSION_{field}"), f"EXTENSION_{field} missing or empty"
+    assert sets["EXTENSION_DEPENDS"] == "PyTorch" and sets["EXTENSION_CATEGORY"] == "Segmentation"
+    assert (REPO / "LICENSE").is_file() and "Apache License" in (REPO / "LICENSE").read_text()
+
+
+@pytest.mark.parametrize("field", ["EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"])
+def test_image_urls_are_raw_files_of_this_repository(field):
+    url = cmake_sets(REPO / "CMakeLists.txt")[field]
+    m = re.fullmatch(r"https://raw\.githubusercontent\.com/[\w.-]+/[\w.-]+/main/(.+\.png)", url)
+    assert m, url
+    assert (REPO / m.group(1)).is_file(), f"{field} points to {m.group(1)}, which is not in the repository"
+
+
+def test_module_cmake_lists_every_file_and_only_existing_ones():
+    cmake = MODULE / "CMakeLists.txt"
+    assert re.search(r"slicerMacroBuildScriptedModule\(", cmake.read_text())
+    scripts = cmake_list(cmake, "MODULE_PYTHON_SCRIPTS")
+    resources = cmake_list(cmake, "MODULE_PYTHON_RESOURCES")
+    for f in scripts + resources:
+        assert (MODULE / f).is_file(), f"{f} is listed in {cmake} but does not exist"
+    on_disk = {p.relative_to(MODULE).as_posix() for d in ("MultiTaskUNetLib", "MultiTaskUNetMRML") for p in (MODULE / d).glob("*.py")}
+    assert on_disk | {"MultiTaskUNet.py"} == set(scripts), "MODULE_PYTHON_SCRIPTS and the module's .py files differ"
+    assert {"Resources/Icons/MultiTaskUNet.png", "Resources/UI/MultiTaskUNet.ui"} <= set(resources)
+    tests = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    for script in re.findall(r"slicer_add_python_unittest\(SCRIPT (\S+)\)", tests):
+        assert (MODULE / "Testing" / "Python" / script).is_file()
+
+
+def test_extension_configures_against_a_stub_slicer(tmp_path):
+    """Configure with CMake (stub Slicer package): listed files exist, tests registered, bundle staged and installed."""
+    build = tmp_path / "build"
+    done = subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={STUB}", "-DBUILD_TESTING=ON"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    cache = (build / "CMakeCache.txt").read_text()
+    assert "STUB_MODULE_NAME:INTERNAL=MultiTaskUNet" in cache
+    assert "MultiTaskUNet.py;" in cache and "MultiTaskUNetReviewExportTest.py" in cache  # both ctests registered
+    staged = build / "lib" / "Slicer-5.8" / "qt-scripted-modules" / "monai_bundle"
+    assert (staged / "scripts" / "infer.py").is_file() and (staged / "configs" / "inference.json").is_file()
+    done = subprocess.run(["cmake", "--install", str(build), "--prefix", str(tmp_path / "inst")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    installed = tmp_path / "inst" / "lib" / "Slicer-5.8" / "qt-scripted-modules" / "monai_bundle"
+    assert (installed / "scripts" / "inference" / "predictor.py").is_file()
+    assert not (installed / "data").exists() and not list(installed.rglob("__pycache__"))
+
+
+def _ui_names() -> set[str]:
+    root = ET.parse(MODULE / "Resources" / "UI" / "MultiTaskUNet.ui").getroot()
+    return {w.get("name") for w in root.iter("widget")}
+
+
+def test_every_widget_the_code_uses_is_in_the_ui():
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "MultiTaskUNet.py").read_text()))
+    assert used, "the widget uses no .ui widgets?"
+    missing = used - _ui_names()
+    assert not missing, f"widgets used by MultiTaskUNet.py but not in the .ui: {sorted(missing)}"
+
+
+def test_ui_declares_its_custom_widgets():
+    root = ET.parse(MODULE / "Resources" / "UI" / "MultiTaskUNet.ui").getroot()
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    qt_builtin = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QLineEdit", "QPlainTextEdit", "QProgressBar", "QCheckBox"}
+    for w in root.iter("widget"):
+        assert w.get("class") in declared | qt_builtin, f"{w.get('name')}: class {w.get('class')} is not declared"
+
+
+@pytest.mark.parametrize("icon", ["Resources/MultiTaskUNet.png", "MultiTaskUNet/Resources/Icons/MultiTaskUNet.png"])
+def test_icons_are_128_png(icon):
+    with Image.open(REPO / icon) as im:
+        assert im.format == "PNG" and im.size == (128, 128)
+        assert np.asarray(im.convert("L")).std() > 20  # a picture, not a flat placeholder
+
+
+def test_screenshot_is_a_real_image():
+    with Image.open(REPO / "Resources" / "Screenshot01.png") as im:
+        assert im.format == "PNG" and im.size[0] >= 800 and im.size[1] >= 300
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    assert rgb.std() > 20
+    red = (rgb[..., 0] > 180) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
+    assert red.sum() > 50  # the tumor outline / diagnosis bar in the segment color is drawn
+
+
+def test_catalog_entry():
+    entry = json.loads((REPO / "Resources" / "MultiTaskUNet.json").read_text())
+    jsonschema.validate(entry, CATALOG_SCHEMA)
+    sets = cmake_sets(REPO / "CMakeLists.txt")
+    assert entry["category"] == sets["EXTENSION_CATEGORY"]
+    assert entry["build_dependencies"] == sets["EXTENSION_DEPENDS"].split()
+    repo_of = lambda url: re.search(r"github(?:usercontent)?\.com/([\w.-]+/[\w-]+)", url).group(1)  # noqa: E731
+    assert repo_of(entry["scm_url"]) == repo_of(sets["EXTENSION_HOMEPAGE"]) == repo_of(sets["EXTENSION_ICONURL"])
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_lib_is_free_of_slicer_qt_vtk_ctk():
+    for path in (MODULE / "MultiTaskUNetLib").glob("*.py"):
+        assert not _imports(path) & {"slicer", "qt", "vtk", "ctk", "MultiTaskUNetMRML"}, path.name
+    blocker = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in ('slicer', 'qt', 'vtk', 'ctk', 'torch', 'monai'):\n"
+               "            raise ImportError('blocked ' + name)\nsys.meta_path.insert(0, Block())\n"
+               f"sys.path.insert(0, {str(MODULE)!r})\nimport importlib, pkgutil, MultiTaskUNetLib\n"
+               "for m in pkgutil.iter_modules(MultiTaskUNetLib.__path__):\n"
+               "    importlib.import_module('MultiTaskUNetLib.' + m.name)\nprint('ok')\n")
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr  # importable without Slicer, torch or MONAI
+
+
+def _module_level_calls(tree: ast.Module) -> list[str]:
+    calls = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            for sub in node.body if isinstance(node, ast.ClassDef) else []:
+                if not isinstance(sub, ast.FunctionDef):
+                    calls += [ast.unparse(c.func) for c in ast.walk(sub) if isinstance(c, ast.Call)]
+            continue
+        calls += [ast.unparse(c.func) for c in ast.walk(node) if isinstance(c, ast.Call)]
+    return calls
+
+
+def test_module_installs_nothing_at_import():
+    tree = ast.parse((MODULE / "MultiTaskUNet.py").read_text())
+    top_imports = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names} | \
+        {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert not top_imports & {"torch", "monai", "PyTorchUtils", "scripts"}
+    calls = _module_level_calls(tree)
+    assert not [c for c in calls if re.search(r"pip_install|installTorch|ensureDependencies", c)], calls
+    source = (MODULE / "MultiTaskUNet.py").read_text()
+    assert "slicer.util.pip_install" in source and "installTorch" in source  # ... but it does install on first use
+
+
+def test_module_structure():
+    tree = ast.parse((MODULE / "MultiTaskUNet.py").read_text())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    bases = {name: {ast.unparse(b) for b in c.bases} for name, c in classes.items()}
+    assert bases["MultiTaskUNet"] == {"ScriptedLoadableModule"}
+    assert "ScriptedLoadableModuleWidget" in bases["MultiTaskUNetWidget"]
+    assert bases["MultiTaskUNetLogic"] == {"ScriptedLoadableModuleLogic"}
+    assert bases["MultiTaskUNetTest"] == {"ScriptedLoadableModuleTest"}
+    process = next(f for f in classes["MultiTaskUNetLogic"].body if isinstance(f, ast.FunctionDef) and f.name == "process")
+    assert ast.get_docstring(process)
+    test = next(f for f in classes["MultiTaskUNetTest"].body if isinstance(f, ast.FunctionDef) and f.name == "runTest")
+    assert test.body
+    extra = ast.parse((MODULE / "Testing" / "Python" / "MultiTaskUNetReviewExportTest.py").read_text())
+    assert any(isinstance(n, ast.ClassDef) and "ScriptedLoadableModuleTest" in {ast.unparse(b) for b in n.bases}
+               for n in extra.body)
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*.py")))
+def test_python_39_syntax_and_lazy_annotations(path):
+    """Slicer 5.8 ships Python 3.9: no newer syntax; annotations stay strings (``X | None`` is 3.10+ at runtime)."""
+    source = (MODULE / path).read_text()
+    tree = ast.parse(source, feature_version=(3, 9))
+    annotated = any(isinstance(n, (ast.AnnAssign, ast.arg)) and getattr(n, "annotation", None) is not None
+                    for n in ast.walk(tree)) or any(isinstance(n, ast.FunctionDef) and n.returns for n in ast.walk(tree))
+    if annotated:
+        assert "from __future__ import annotations" in source, path

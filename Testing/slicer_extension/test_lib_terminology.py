@@ -1,0 +1,80 @@
+"""MultiTaskUNetLib.terminology: segment names -> SNOMED CT codes, colors, Slicer's string format."""
+
+import pytest
+
+from MultiTaskUNetLib.terminology import (ABNORMAL, BRAIN, NEOPLASM, TISSUE, Code, color_to_hex, parse_slicer_string,
+                                          terminologies, terminology_for_segment)
+
+
+@pytest.mark.parametrize("name, code_value, meaning", [
+    ("tumor", "108369006", "Neoplasm"),
+    ("Tumour", "108369006", "Neoplasm"),
+    ("GD-enhancing tumor", "108369006", "Neoplasm"),
+    ("peritumoral_edema", "79654002", "Edema"),  # the specific word wins over "tumor"
+    ("necrotic tumor core", "6574001", "Necrosis"),
+    ("mass", "108369006", "Neoplasm"),
+])
+def test_known_names(name, code_value, meaning):
+    t = terminology_for_segment(name)
+    assert (t.type.scheme, t.type.value, t.type.meaning) == ("SCT", code_value, meaning)
+    assert t.category == ABNORMAL and t.known and t.name == name
+
+
+def test_unknown_name_still_exportable():
+    a, b = terminology_for_segment("label_7", value=1), terminology_for_segment("label_8", value=2)
+    assert not a.known and a.type == TISSUE and a.category == TISSUE
+    assert a.color != b.color  # neighbours stay distinguishable
+
+
+def test_slicer_string_format():
+    t = terminology_for_segment("tumor", anatomic_region=BRAIN)
+    s = t.to_slicer_string()
+    assert s == ("Segmentation category and type - DICOM master list"
+                 "~SCT^49755003^Morphologically Altered Structure~SCT^108369006^Neoplasm~^^"
+                 "~Anatomic codes - DICOM master list~SCT^12738006^Brain~^^")
+    parsed = parse_slicer_string(s)
+    assert parsed == {"category": ABNORMAL, "type": NEOPLASM, "type_modifier": None, "anatomic_region": BRAIN,
+                      "anatomic_region_modifier": None}
+
+
+def test_slicer_string_without_region():
+    parsed = parse_slicer_string(terminology_for_segment("edema").to_slicer_string())
+    assert parsed["anatomic_region"] is None and parsed["type"] == Code("SCT", "79654002", "Edema")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("a~b", "expected 7 '~'-separated fields, got 2"),
+    ("ctx~SCT^1~SCT^2^x~^^~actx~^^~^^", "'SCT\\^1' is not 'scheme\\^value\\^meaning'"),
+])
+def test_bad_slicer_strings(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_slicer_string(text)
+
+
+def test_empty_name():
+    with pytest.raises(ValueError, match="segment name is empty"):
+        terminology_for_segment("  ")
+
+
+def test_one_entry_per_segment_of_a_result():
+    terms = terminologies([("tumor", 1), ("edema", 2), ("whatever", 4)])
+    assert sorted(terms) == [1, 2, 4]
+    assert [terms[v].type.meaning for v in (1, 2, 4)] == ["Neoplasm", "Edema", "Tissue"]
+
+
+def test_color_to_hex():
+    assert color_to_hex((1.0, 0.0, 0.5)) == "#ff0080"
+    assert color_to_hex((1.2, -0.1, 0.0)) == "#ff0000"
+
+
+@pytest.mark.parametrize("name, value", [("tumor", 1), ("peritumoral edema", 2), ("necrotic core", 3),
+                                         ("enhancing tumor", 4), ("lesion", 1), ("label_5", 5), ("vessel", 2)])
+def test_same_codes_and_colors_as_the_bundle(name, value):
+    """The segmentation the module shows must look and be coded like the worker's own outputs."""
+    from scripts.inference.terminology import segment_term
+
+    ours, bundle = terminology_for_segment(name, value), segment_term(name, value)
+    assert (ours.category.value, ours.category.scheme, ours.category.meaning) == \
+        (bundle.category.value, bundle.category.scheme, bundle.category.meaning)
+    assert (ours.type.value, ours.type.scheme, ours.type.meaning) == (bundle.type.value, bundle.type.scheme, bundle.type.meaning)
+    assert tuple(round(c * 255) for c in ours.color) == bundle.color

@@ -1,0 +1,109 @@
+"""MultiTaskUNetMRML.study under slicer-core: result attributes, review with edit detection, export."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+
+import MultiTaskUNetMRML as mrml
+from MultiTaskUNetLib.job import InferenceJob, JobState
+from MultiTaskUNetLib.results import ResultError, read_result
+from MultiTaskUNetLib.review import Decision, ReviewError
+
+
+@pytest.fixture
+def study(scene, tmp_path, fake_bundle, volume_file):
+    """(reference volume, segmentation node, result) after a real (fake-model) worker run."""
+    job = InferenceJob(sys.executable, volume_file, tmp_path / "out", fake_bundle("ok"), device="cpu")
+    job.start()
+    assert job.wait(timeout=120) is JobState.SUCCEEDED, job.error
+    result = read_result(job.result_paths[0])
+    ref = mrml.read_volume(scene, volume_file, "input")
+    return ref, mrml.import_study(scene, result, ref), result
+
+
+def paint(scene, seg, reference, mask_kji):
+    """Replace the first segment's voxels with ``mask_kji`` (what a Segment Editor stroke does)."""
+    label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "paint")
+    label.CopyOrientation(reference)
+    slicer.util.updateVolumeFromArray(label, mask_kji.astype(np.uint8))
+    image = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(label)
+    segment_id = seg.GetSegmentation().GetNthSegmentID(0)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(image, seg, segment_id)
+    scene.RemoveNode(label)
+
+
+def test_import_study_stores_result_and_pending_review(study):
+    ref, seg, result = study
+    assert seg.GetName() == "input MultiTaskUNet"
+    assert seg.GetAttribute("MultiTaskUNet.Diagnosis") == "meningioma"
+    assert json.loads(seg.GetAttribute("MultiTaskUNet.Probabilities")) == result.probabilities
+    stored = mrml.get_result(seg)
+    assert (stored.diagnosis, stored.probabilities, stored.segments) == (result.diagnosis, result.probabilities, result.segments)
+    record = mrml.get_review(seg)
+    assert record.decision is Decision.PENDING and record.original_digest and not record.segment_edited
+    assert seg.GetAttribute("MultiTaskUNet.ReviewDecision") == "pending"
+
+
+def test_attributes_survive_saving_the_scene(scene, study, tmp_path):
+    ref, seg, _ = study
+    record = mrml.get_review(seg)
+    record.override_diagnosis("glioma", "dr.a")
+    record.accept("dr.a")
+    mrml.set_review(seg, record)
+    scene.SetRootDirectory(str(tmp_path))
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Commit()
+    reloaded = slicer.vtkMRMLScene()
+    reloaded.SetURL(str(tmp_path / "scene.mrml"))
+    assert reloaded.Import()
+    back = reloaded.GetFirstNodeByName(seg.GetName())
+    assert mrml.get_review(back) == record
+    assert mrml.get_result(back).diagnosis == "meningioma" and back.GetAttribute("MultiTaskUNet.FinalDiagnosis") == "glioma"
+
+
+def test_edit_is_detected(scene, study):
+    ref, seg, _ = study
+    record = mrml.refresh_edit_state(scene, seg, ref, "dr.a")
+    assert not record.segment_edited
+    mask = (mrml.label_map_array(scene, seg, ref) == 1)
+    mask[:, :, :2] = True  # the reviewer adds a strip
+    paint(scene, seg, ref, mask)
+    record = mrml.refresh_edit_state(scene, seg, ref, "dr.a")
+    assert record.segment_edited and record.history[-1]["action"] == "segment edited"
+    record.accept("dr.a")
+    mrml.set_review(seg, record)
+    assert mrml.get_review(seg).decision is Decision.EDITED
+
+
+def test_export_study(scene, study, tmp_path):
+    ref, seg, result = study
+    record = mrml.get_review(seg)
+    record.reject("dr.b")
+    mrml.set_review(seg, record)
+    written = mrml.export_study(scene, seg, ref, tmp_path / "export", ["seg.nrrd", "nifti"], reviewer="dr.b")
+    assert sorted(written) == ["nifti", "review", "seg.nrrd"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "input_MultiTaskUNet.seg.nrrd", "input_MultiTaskUNet_label.nii.gz", "input_MultiTaskUNet_review.json"]
+    report = json.loads(written["review"].read_text())
+    assert report["review"]["decision"] == "rejected" and report["review"]["reviewer"] == "dr.b"
+    assert report["model_result"]["diagnosis"] == "meningioma"
+    assert report["files"] == {"seg.nrrd": "input_MultiTaskUNet.seg.nrrd", "nifti": "input_MultiTaskUNet_label.nii.gz"}
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(written["nifti"]))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(result.segmentation_path))))
+
+
+def test_export_errors(scene, study, tmp_path):
+    ref, seg, _ = study
+    with pytest.raises(ValueError, match=r"unknown export format\(s\) \['png'\]"):
+        mrml.export_study(scene, seg, ref, tmp_path, ["png"])
+    with pytest.raises(RuntimeError, match="DICOM SEG export needs 3D Slicer"):
+        mrml.export_study(scene, seg, ref, tmp_path, ["dicom-seg"])
+    plain = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "plain")
+    with pytest.raises(ResultError, match="no 'MultiTaskUNet.Result' attribute"):
+        mrml.get_result(plain)
+    with pytest.raises(ReviewError, match="plain: no MultiTaskUNet review record"):
+        mrml.get_review(plain)
