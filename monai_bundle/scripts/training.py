@@ -8,6 +8,7 @@ model card written next to the weights.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import time
@@ -188,8 +189,8 @@ class HistoryHandler:
         if ev is not None and getattr(ev, "trainer_epoch", None) == engine.state.epoch:
             record.update({f"val_{k}" if not k.startswith("val") else k: v for k, v in ev.metrics.items() if isinstance(v, (int, float))})
             details = getattr(ev, "metric_details", None)
-            if details:
-                record["val_details"] = details
+            if details:  # a copy: the metric updates its details dict in place every validation
+                record["val_details"] = copy.deepcopy(details)
         if self.loss.weighting == "uncertainty":
             record["log_vars"] = {k: float(v.detach()) for k, v in self.loss.log_vars.items()}
         self.records.append(record)
