@@ -65,7 +65,8 @@ class MultiTaskSlidingWindowInferer(Inferer):
                 out = network(x, *args, **kwargs)
                 seg = out[Task.SEG]
                 window_logits.append(out[Task.CLS].float())
-                window_tumor.append((seg.argmax(1) > 0).flatten(1).sum(1))  # (b,) tumor voxels per window
+                # (b,) tumor voxels per window; == (argmax(1) > 0), but CPU argmax over channels is ~30x slower
+                window_tumor.append((seg[:, 1:].amax(1) > seg[:, 0]).flatten(1).sum(1))
                 return seg
 
             seg = sliding_window_inference(image[None], self.roi_size, self.sw_batch_size, seg_of, self.overlap, self.mode)

@@ -1,0 +1,203 @@
+"""Inference benchmark: the Predictor end to end vs a plain MONAI sliding-window call, side by side.
+
+    .venv/bin/python Testing/benchmarks/bench_inference.py [--device cpu|cuda] [--shape 256 256 160]
+                                                           [--roi3d 64] [--repeats 1]
+
+One synthetic head volume (default 256 x 256 x 160, 1 x 1 x 2 mm) is written as NIfTI. For each
+path -- a 2D model slice-wise and a 3D model by sliding window -- two measurements run, each in
+its own fresh process (so peak memory is its own):
+
+* ``predictor``: ``Predictor.predict(nifti, output_dir=...)``: read, normalise, network, resize
+  back, arg-max, write label map + result JSON + overlay. The network's own forward time is
+  clocked inside, so the share spent outside the network is reported.
+* ``plain``: one ``monai.inferers.sliding_window_inference`` call of the same network on the
+  already-loaded, normalised tensor (segmentation logits only; no I/O, no post-processing). For
+  the 2D model its input is the stack of slices resized to the model size, so both do the same
+  network work (one forward per slice).
+
+Prints seconds, share outside the network, peak RSS (and CUDA peak), and predictor/plain ratios.
+Random weights: speed does not depend on what the model learned. Widths are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BUNDLE = Path(__file__).resolve().parents[2] / "monai_bundle"
+sys.path.insert(0, str(BUNDLE))
+WIDTHS = {2: [16, 32, 64, 128, 256], 3: [4, 8, 16, 32]}  # 2D: the default card's widths; 3D: small for CPU
+SPATIAL_2D = [128, 128]  # the default card's 2D input size
+SW_BATCH, OVERLAP = 4, 0.25
+
+
+def make_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """A head-like phantom ``(X, Y, Z)``: noisy ellipsoid with a bright blob."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij")
+    r2 = sum(g ** 2 for g in grids)
+    head = (r2 < 0.8).astype(np.float32) * 300
+    blob = ((grids[0] - 0.3) ** 2 + (grids[1] + 0.2) ** 2 + grids[2] ** 2 < 0.03) * 400
+    return head + blob + rng.normal(0, 20, shape).astype(np.float32)
+
+
+def card_for(dims: int, roi3d: int) -> dict:
+    from scripts.model_card import DEFAULT_CARD
+
+    card = json.loads(json.dumps(DEFAULT_CARD))
+    card["network"].update(spatial_dims=dims, channels=WIDTHS[dims])
+    card["spatial_size"] = SPATIAL_2D if dims == 2 else [roi3d] * 3
+    return card
+
+
+class TimedNetwork(torch.nn.Module):
+    """Wraps a network to add up the seconds spent inside its forward (CUDA-synchronised)."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.network, self.device, self.seconds = network, device, 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._sync()
+        start = time.perf_counter()
+        out = self.network(x)
+        self._sync()
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def plain_call(timed: TimedNetwork, nifti: Path, card: dict, device: torch.device) -> tuple[float, int]:
+    """Seconds of one bare ``sliding_window_inference`` call on the loaded, normalised study; RSS before it."""
+    import psutil
+    from monai.inferers import sliding_window_inference
+    from torch.nn import functional as F
+
+    from scripts.inference import read_study
+    from scripts.transforms import normalize_intensity
+
+    image = torch.from_numpy(normalize_intensity(read_study(nifti).image))  # (1, X, Y, Z)
+    if len(card["spatial_size"]) == 2:  # the slices as the 2D model sees them: (Z, 1, 128, 128)
+        x = F.interpolate(image.permute(3, 0, 1, 2), size=card["spatial_size"], mode="bilinear", align_corners=False)
+        batch = 16
+    else:
+        x, batch = image[None], SW_BATCH
+    base_rss = psutil.Process().memory_info().rss
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        start = time.perf_counter()
+        sliding_window_inference(x, card["spatial_size"], batch, lambda w: timed(w.to(device))["seg"], OVERLAP, "gaussian")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start, base_rss
+
+
+def run_worker(mode: str, dims: int, nifti: Path, out_dir: Path, device_name: str, roi3d: int) -> dict:
+    """One measurement in this process; returns its figures."""
+    import psutil
+
+    from scripts.inference import Predictor
+    from scripts.inferers import MultiTaskSlidingWindowInferer
+    from scripts.model_card import build_network
+
+    torch.manual_seed(0)
+    card = card_for(dims, roi3d)
+    device = torch.device(device_name)
+    network = build_network(card).to(device).eval()
+    timed = TimedNetwork(network, device)
+    inferer = MultiTaskSlidingWindowInferer(card["spatial_size"], sw_batch_size=SW_BATCH, overlap=OVERLAP)
+    predictor = Predictor(network, card, device=device, inferer=inferer)
+    predictor.network = timed  # the Predictor calls it like the module; its forward is now clocked
+    with torch.inference_mode():  # warm-up: first-call allocations and kernel selection are not measured
+        network(torch.rand(1, 1, *card["spatial_size"], device=device))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    base_rss = psutil.Process().memory_info().rss
+    timed.seconds = 0.0
+    if mode == "predictor":
+        start = time.perf_counter()
+        pred = predictor.predict(nifti, output_dir=out_dir, name=f"bench{dims}d")
+        total = time.perf_counter() - start
+        extra = {"timings_s": pred.result["timings_s"], "device": pred.result["device"]}
+    else:
+        total, base_rss = plain_call(timed, nifti, card, device)
+        extra = {}
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    cuda_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"mode": mode, "dims": dims, "seconds": total, "network_s": timed.seconds,
+            "outside_share": max(0.0, 1 - timed.seconds / total), "peak_rss_mb": peak_rss / 2 ** 20,
+            "rss_over_start_mb": (peak_rss - base_rss) / 2 ** 20,
+            "cuda_peak_mb": None if cuda_peak is None else cuda_peak / 2 ** 20, **extra}
+
+
+def spawn(mode: str, dims: int, nifti: Path, out_dir: Path, device: str, roi3d: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(BUNDLE))
+    cmd = [sys.executable, __file__, "--worker", mode, "--dims", str(dims), "--nifti", str(nifti), "--out", str(out_dir),
+           "--device", device, "--roi3d", str(roi3d)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {mode} {dims}D failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shape", type=int, nargs=3, default=[256, 256, 160])
+    ap.add_argument("--roi3d", type=int, default=64, help="3D window edge (the 3D card's spatial_size)")
+    ap.add_argument("--repeats", type=int, default=1, help="alternating predictor/plain rounds; the best of each is kept")
+    ap.add_argument("--worker", choices=["predictor", "plain"], help=argparse.SUPPRESS)
+    ap.add_argument("--dims", type=int, default=2, help=argparse.SUPPRESS)
+    ap.add_argument("--nifti", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_worker(args.worker, args.dims, args.nifti, args.out, args.device, args.roi3d)))
+        return 0
+    import SimpleITK as sitk
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, device {args.device}")
+    print(f"volume {tuple(args.shape)}; 2D widths {WIDTHS[2]} at {SPATIAL_2D}; 3D widths {WIDTHS[3]}, "
+          f"windows {args.roi3d}^3, overlap {OVERLAP}, sw batch {SW_BATCH}")
+    with tempfile.TemporaryDirectory() as tmp:
+        nifti = Path(tmp) / "head.nii.gz"
+        image = sitk.GetImageFromArray(np.ascontiguousarray(make_volume(tuple(args.shape)).T))
+        image.SetSpacing((1.0, 1.0, 2.0))
+        sitk.WriteImage(image, str(nifti))
+        rows = []
+        for dims in (2, 3):
+            best: dict[str, dict] = {}
+            for _ in range(args.repeats):
+                for mode in ("predictor", "plain"):
+                    r = spawn(mode, dims, nifti, Path(tmp) / "out", args.device, args.roi3d)
+                    if mode not in best or r["seconds"] < best[mode]["seconds"]:
+                        best[mode] = r
+            rows.append(best)
+    print(f"\n{'path':<26}{'seconds':>9}{'network s':>11}{'outside':>9}{'peak RSS MB':>13}{'RSS +MB':>9}{'CUDA MB':>9}")
+    for best in rows:
+        for mode in ("predictor", "plain"):
+            r = best[mode]
+            name = f"{r['dims']}D {'slice-wise' if r['dims'] == 2 else 'sliding window'} {mode}"
+            cuda = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.0f}"
+            print(f"{name:<26}{r['seconds']:>9.2f}{r['network_s']:>11.2f}{r['outside_share']:>9.0%}"
+                  f"{r['peak_rss_mb']:>13.0f}{r['rss_over_start_mb']:>9.0f}{cuda:>9}")
+        p, q = best["predictor"], best["plain"]
+        print(f"  {p['dims']}D end-to-end / plain sliding_window_inference: {p['seconds'] / q['seconds']:.2f}x "
+              f"(predictor timings {p['timings_s']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""configs/inference.json: the network comes from the model card and ``run`` predicts a datalist's test split."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from scripts.inference import BatchRunner, Predictor
+
+
+def _parser(bundle_root, config_root, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(config_root / "configs" / "inference.json"))
+    parser.read_meta(str(config_root / "configs" / "metadata.json"))
+    parser["bundle_root"] = str(bundle_root)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def test_network_and_inferer_follow_the_model_card(bundle3d, bundle_root):
+    parser = _parser(bundle3d, bundle_root)
+    network = parser.get_parsed_content("network_def")
+    assert network.segmentation_head.weight.ndim == 5  # the card's 3D network, not a hard-coded one
+    assert parser.get_parsed_content("inferer").roi_size == (16, 16, 16)
+    assert str(parser.get_parsed_content("device")) in ("cpu", "cuda:0")
+
+
+def test_run_predicts_the_test_split(bundle2d, bundle_root, tmp_path):
+    (tmp_path / "data").mkdir()
+    for name, value in (("a", 40), ("b", 90)):
+        Image.fromarray(np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1)) // 2 + value).save(tmp_path / "data" / f"{name}.png")
+    datalist = {"name": "tiny", "spatial_dims": 2, "channels": ["T1c"], "segments": ["background", "tumor"],
+                "classes": ["glioma", "meningioma", "no_tumor", "pituitary"],
+                "test": [{"image": "data/a.png", "class": 0}, {"image": "data/b.png", "class": 2}]}
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    parser = _parser(bundle2d, bundle_root, datalist_file=str(tmp_path / "datalist.json"),
+                     output_dir=str(tmp_path / "out"), device="$torch.device('cpu')")
+    assert isinstance(parser.get_parsed_content("predictor"), Predictor)
+    assert isinstance(parser.get_parsed_content("evaluator"), BatchRunner)
+    outcomes = parser.get_parsed_content("run")[0]
+    assert [o.ok for o in outcomes] == [True, True]
+    results = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.endswith("_result.json"))
+    assert results == ["a_result.json", "b_result.json"]
+    probabilities = json.loads((tmp_path / "out" / "a_result.json").read_text())["diagnosis"]["probabilities"]
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-3)

@@ -1,0 +1,101 @@
+"""Segment and diagnose studies from the command line; also the 3D Slicer worker (``--progress``).
+
+    python -m scripts.infer INPUT [INPUT ...] --out DIR [--bundle DIR] [--checkpoint FILE] [--card FILE]
+           [--format nifti|seg.nrrd|dicom-seg] [--device auto|cpu|cuda] [--series-uid UID]
+           [--axis N] [--no-overlay] [--progress]
+
+An INPUT is an image file (PNG/JPG, NIfTI, NRRD/MHA, DICOM), a DICOM series folder, or a folder
+of studies (searched for image files and DICOM folders). Per study, in ``--out``:
+``<name>_seg.nii.gz`` (``.seg.nrrd``, ``.dcm``), ``<name>_result.json``, ``<name>_overlay.png``.
+With ``--progress`` stdout carries ``PROGRESS <0-100> <stage>`` lines and one
+``RESULT <result json>`` line per study. Exit code 0 when every study succeeded, 1 otherwise; the
+last line on stderr is then ``ERROR <message>``. All work is done by
+:class:`scripts.inference.Predictor`; this file only parses and presents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+import scripts
+from scripts.inference import SEG_SUFFIXES, BatchRunner, InputError, Outcome, Predictor
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m scripts.infer", description=__doc__.splitlines()[0],
+                                 epilog="DICOM folders with several series: the one with the most instances is read "
+                                        "(localizers last) unless --series-uid names one. Slices that are not "
+                                        "parallel or not evenly spaced are refused.")
+    ap.add_argument("inputs", nargs="+", type=Path, help="image files, DICOM series folders or folders of studies")
+    ap.add_argument("--out", type=Path, required=True, help="output folder")
+    ap.add_argument("--bundle", type=Path, default=Path(scripts.bundle_root()), help="bundle root")
+    ap.add_argument("--checkpoint", type=Path, help="weights (default: BUNDLE/models/model.pt)")
+    ap.add_argument("--card", type=Path, help="model card (default: BUNDLE/models/model_card.json)")
+    ap.add_argument("--format", dest="seg_format", choices=sorted(SEG_SUFFIXES), default="nifti",
+                    help="segmentation file format (dicom-seg needs DICOM input)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--series-uid", help="SeriesInstanceUID to read from a DICOM folder with several series")
+    ap.add_argument("--axis", type=int, choices=(0, 1, 2), help="slice axis of a 2D model on a volume")
+    ap.add_argument("--no-overlay", action="store_true", help="do not write the overlay PNG")
+    ap.add_argument("--progress", action="store_true", help="PROGRESS / RESULT lines on stdout (Slicer worker)")
+    return ap
+
+
+def summary_table(outcomes: list[Outcome]) -> str:
+    """One line per study: name, status, diagnosis (probability), tumor volume, seconds."""
+    rows = [("study", "status", "diagnosis", "p", "tumor", "seconds")]
+    for o in outcomes:
+        if o.ok:
+            diag, segs = o.result["diagnosis"], o.result["segmentation"]["segments"]
+            ml = [s["volume_ml"] for s in segs if s["volume_ml"] is not None]
+            tumor = f"{sum(ml):.2f} mL" if ml else f"{sum(s['voxels'] for s in segs)} px"
+            rows.append((o.input.name, "ok", diag["label"], f"{diag['probabilities'][diag['label']]:.2f}", tumor,
+                         f"{o.seconds:.1f}"))
+        else:
+            rows.append((o.input.name, "FAILED", "-", "-", "-", f"{o.seconds:.1f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    done = sum(o.ok for o in outcomes)
+    return "\n".join(lines + [f"{done} of {len(outcomes)} studies done"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        predictor = Predictor.from_bundle(args.bundle, device=args.device, checkpoint=args.checkpoint, card=args.card)
+    except (InputError, ValueError) as e:
+        print(f"ERROR {e}", file=sys.stderr)
+        return 1
+    runner = BatchRunner(predictor, args.inputs, args.out, seg_format=args.seg_format, series_uid=args.series_uid,
+                         axis=args.axis, overlay=not args.no_overlay, strict=False)
+    n = len(runner.studies)
+    bar = tqdm(total=n, unit="study", file=sys.stderr, disable=args.progress or n < 2)
+
+    def progress(i: int, total: int, percent: int, stage: str) -> None:
+        if args.progress:
+            print(f"PROGRESS {(100 * i + percent) // total} {stage}", flush=True)
+
+    def on_outcome(o: Outcome) -> None:
+        bar.update(1)
+        if o.ok and args.progress:
+            print(f"RESULT {o.paths['result']}", flush=True)
+        elif o.ok and n == 1:
+            d = o.result["diagnosis"]
+            print(f"{d['label']} ({d['probabilities'][d['label']]:.2f}); files in {args.out}")
+
+    outcomes = runner.run(progress, on_outcome)
+    bar.close()
+    if n > 1 and not args.progress:
+        print(summary_table(outcomes))
+    errors = [o.error for o in outcomes if not o.ok]
+    for error in errors:
+        print(f"ERROR {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

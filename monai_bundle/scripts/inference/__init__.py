@@ -1,0 +1,19 @@
+"""The one inference API (``docs/contracts.md``): ``Predictor.from_bundle(...).predict(...)``.
+
+Used by the CLI (``scripts.infer``), the Slicer worker (the same CLI), the web demo and the bundle's
+``configs/inference.json``; none of them re-implements pre- or post-processing.
+
+Modules: :mod:`.predictor` (the API), :mod:`.engine` (2D slice-wise / 3D sliding-window inference,
+the diagnosis rule, device and out-of-memory fallback), :mod:`.readers` and :mod:`.dicom` (input
+with its geometry), :mod:`.writers` and :mod:`.dicom_seg` (atomic outputs), :mod:`.batch` (many
+studies), :mod:`.terminology` (segment codes and colours).
+"""
+
+from scripts.inference.batch import BatchRunner, Outcome, expand_inputs
+from scripts.inference.engine import resolve_device
+from scripts.inference.errors import InputError
+from scripts.inference.predictor import SEG_SUFFIXES, Prediction, Predictor
+from scripts.inference.readers import Geometry, Study, read_study
+
+__all__ = ["BatchRunner", "Geometry", "InputError", "Outcome", "Prediction", "Predictor", "SEG_SUFFIXES", "Study",
+           "expand_inputs", "read_study", "resolve_device"]

@@ -1,0 +1,216 @@
+"""The network-facing half of inference: slice-wise 2D, sliding-window 3D, diagnosis, device.
+
+Rules (the Predictor's docstring points here):
+
+- **2D model.** Each slice ``(C, h, w)`` is resized to the card's ``spatial_size`` (bilinear, the
+  training resize), the segmentation logits are resized back to ``(h, w)`` (bilinear on logits)
+  and only then arg-maxed to uint8, batch by batch: nothing float at full resolution outlives its
+  batch. A volume is cut along its acquisition axis (:func:`slice_axis`).
+- **3D model.** :class:`scripts.inferers.MultiTaskSlidingWindowInferer` (windows of the card's
+  ``spatial_size``, Gaussian blending) stitches the segmentation on the CPU while windows run
+  batched on the device, so device memory is bounded by one window batch.
+- **Diagnosis.** One rule for slices and windows, the one validation uses:
+  :func:`scripts.inferers.aggregate_class_logits` -- class logits averaged with weight
+  ``1 + predicted tumor voxels`` of the slice/window. Slices that show tumor dominate; with no
+  tumor anywhere every slice counts equally, so ``no_tumor`` comes out only when no slice shows
+  tumor with enough weight. Disagreements between the two heads become result warnings.
+- **Device.** ``auto`` is CUDA when present; there the network runs under bf16 autocast. A CUDA
+  out-of-memory error re-runs the study on the CPU and says so in the warnings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from scripts.inferers import MultiTaskSlidingWindowInferer, aggregate_class_logits
+from scripts.tasks import Task
+
+Progress = Callable[[float], None]  # fraction done 0..1 of the network part
+T = TypeVar("T")
+RESIZE_MODE = "bilinear"  # must match the training resize of 2D images
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda:0`` when CUDA is available, else ``cpu``; other values as torch reads them.
+
+    Raises:
+        ValueError: CUDA asked for but not available.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here (use auto or cpu)")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda:0")
+    return dev
+
+
+def with_cpu_fallback(run: Callable[[torch.device], T], device: torch.device) -> tuple[T, torch.device, list[str]]:
+    """``run(device)``; after a CUDA out-of-memory error, ``run(cpu)`` with a warning.
+
+    Returns:
+        (run's result, the device it ran on, warnings)
+    """
+    try:
+        return run(device), device, []
+    except torch.OutOfMemoryError:
+        if device.type != "cuda":
+            raise
+        torch.cuda.empty_cache()
+        cpu = torch.device("cpu")
+        return run(cpu), cpu, [f"out of GPU memory on {device}: this study was run on the CPU instead"]
+
+
+def slice_axis(spacing: Sequence[float], shape: Sequence[int], axis: int | None = None) -> int:
+    """The spatial axis a 2D model cuts a volume along.
+
+    ``axis`` when given; else an axis of size 1 (a single slice); else the axis with the largest
+    spacing (the acquisition axis of a stack of thick slices), the last one on ties (Z).
+
+    Raises:
+        ValueError: ``axis`` is not a spatial axis of the volume.
+    """
+    if axis is not None:
+        if not 0 <= axis < len(shape):
+            raise ValueError(f"axis must be in 0..{len(shape) - 1} for a {len(shape)}D volume, got {axis}")
+        return axis
+    singles = [a for a, n in enumerate(shape) if n == 1]
+    if singles:
+        return singles[-1]
+    spacing = np.round(np.asarray(spacing, dtype=float), 4)
+    return int(len(spacing) - 1 - np.argmax(spacing[::-1]))
+
+
+def label_map(logits: torch.Tensor) -> torch.Tensor:
+    """``(B, S, *spatial)`` logits -> ``(B, *spatial)`` uint8 arg-max over S (the first maximum wins).
+
+    Equal to ``logits.argmax(1)``; S - 1 comparisons instead, because PyTorch's CPU arg-max over a
+    strided channel axis is some 30-100x slower (it dominated the post-processing of large volumes).
+    """
+    best = logits[:, 0]
+    label = torch.zeros(best.shape, dtype=torch.uint8, device=logits.device)
+    for s in range(1, logits.shape[1]):
+        better = logits[:, s] > best
+        label.masked_fill_(better, s)
+        best = torch.where(better, logits[:, s], best)
+    return label
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+def segment_slices(network: torch.nn.Module, image: np.ndarray, axis: int | None, spatial_size: Sequence[int],
+                   device: torch.device, batch_size: int = 16, amp: bool = True,
+                   progress: Progress | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """Run a 2D model over one image or every slice of a volume.
+
+    Args:
+        image: ``(C, h, w)`` (``axis`` None) or ``(C, X, Y, Z)`` normalised float32.
+        axis: spatial axis to slice along (0..2), None for a single 2D image.
+        spatial_size: the model's 2D input size.
+
+    Returns:
+        label ``(h, w)`` or ``(X, Y, Z)`` uint8, and study class logits ``(K,)`` (aggregated).
+    """
+    stack = image[:, None] if axis is None else np.moveaxis(image, axis + 1, 1)  # (C, N, h, w), a view
+    n, (h, w) = stack.shape[1], stack.shape[2:]
+    label = np.empty((n, h, w), np.uint8)
+    logits, tumor = [], []
+    size = tuple(int(s) for s in spatial_size)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(stack[:, start:start + batch_size].swapaxes(0, 1)))  # (b, C, h, w)
+            x = x.to(device)
+            if (h, w) != size:
+                x = F.interpolate(x, size=size, mode=RESIZE_MODE, align_corners=False)
+            with _autocast(device, amp):
+                out = network(x)
+            seg = out[Task.SEG].float()
+            if (h, w) != size:
+                seg = F.interpolate(seg, size=(h, w), mode="bilinear", align_corners=False)
+            lab = label_map(seg)  # (b, h, w) uint8
+            label[start:start + lab.shape[0]] = lab.cpu().numpy()
+            logits.append(out[Task.CLS].float().cpu())
+            tumor.append((lab > 0).flatten(1).sum(1).cpu())
+            del x, out, seg, lab
+            if progress is not None:
+                progress(min(start + batch_size, n) / n)
+    study_logits = aggregate_class_logits(torch.cat(logits), torch.cat(tumor))
+    label = label[0] if axis is None else np.ascontiguousarray(np.moveaxis(label, 0, axis))
+    return label, study_logits
+
+
+class _WindowRunner:
+    """The network as the sliding-window inferer sees it: CPU windows in, CPU float outputs out.
+
+    Moving each window batch to the device here (not the whole volume) keeps device memory at one
+    window batch; the stitched segmentation stays on the CPU.
+    """
+
+    def __init__(self, network: torch.nn.Module, device: torch.device, amp: bool, total: int,
+                 progress: Progress | None) -> None:
+        self.network, self.device, self.amp, self.total, self.progress = network, device, amp, max(total, 1), progress
+        self.done = 0
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with _autocast(self.device, self.amp):
+            out = self.network(x.to(self.device))
+        self.done += x.shape[0]
+        if self.progress is not None:
+            self.progress(min(self.done / self.total, 1.0))
+        return {Task.SEG.value: out[Task.SEG].float().cpu(), Task.CLS.value: out[Task.CLS].float().cpu()}
+
+
+def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """Windows MONAI's sliding window visits over ``shape`` (for progress only)."""
+    total = 1
+    for n, r in zip(shape, roi):
+        step = max(int(r * (1 - overlap)), 1)
+        total *= 1 if n <= r else math.ceil((n - r) / step) + 1
+    return total
+
+
+def segment_volume(network: torch.nn.Module, image: np.ndarray, inferer: MultiTaskSlidingWindowInferer,
+                   device: torch.device, amp: bool = True, progress: Progress | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """Run a 3D model by sliding window.
+
+    Args:
+        image: ``(C, X, Y, Z)`` normalised float32.
+
+    Returns:
+        label ``(X, Y, Z)`` uint8 and study class logits ``(K,)``.
+    """
+    runner = _WindowRunner(network, device, amp, count_windows(image.shape[1:], inferer.roi_size, inferer.overlap), progress)
+    with torch.inference_mode():
+        out = inferer(torch.from_numpy(image)[None], runner)  # {"seg": (1, S, X, Y, Z) on CPU, "cls": (1, K)}
+        label = label_map(out[Task.SEG])[0].numpy()
+    return label, out[Task.CLS][0]
+
+
+def diagnosis(logits: torch.Tensor, classes: Sequence[str]) -> dict:
+    """The result's ``diagnosis`` entry from study logits ``(K,)``."""
+    probs = torch.softmax(logits.float(), dim=0)
+    index = int(probs.argmax())
+    return {"label": classes[index], "index": index,
+            "probabilities": {c: round(float(p), 4) for c, p in zip(classes, probs)}}
+
+
+def consistency_warnings(diag: dict, tumor_voxels: int, no_tumor_class: str | None) -> list[str]:
+    """Warnings when the two heads disagree (the result shows both; a reader should look)."""
+    if no_tumor_class is None or no_tumor_class not in diag["probabilities"]:
+        return []
+    if diag["label"] == no_tumor_class and tumor_voxels > 0:
+        return [f"the diagnosis is {no_tumor_class} but the segmentation marks {tumor_voxels} tumor voxels: review"]
+    if diag["label"] != no_tumor_class and tumor_voxels == 0:
+        return [f"the diagnosis is {diag['label']} but the segmentation is empty: review"]
+    return []

@@ -1,0 +1,276 @@
+"""The one inference API: a study in, segmentation + diagnosis out, in the study's own geometry.
+
+``Predictor.from_bundle(bundle_root)`` loads the model once; ``predict(path, output_dir=...)`` reads
+a PNG/JPG, NIfTI, NRRD, DICOM file or DICOM series folder (:mod:`.readers`, :mod:`.dicom`),
+prepares it exactly as training does (:func:`scripts.transforms.match_channels`, then
+:func:`scripts.transforms.normalize_intensity` over the whole image/volume -- a 2D model on a
+volume sees its slices normalised together, so that slices outside the anatomy stay dark instead
+of having their noise stretched to full contrast), runs the network
+(:mod:`.engine`: 2D slice-wise or 3D sliding window, the diagnosis rule, device and memory) and
+writes the label map, the result JSON and an overlay PNG atomically (:mod:`.writers`).
+
+Refused input (an :class:`InputError` naming the file, nothing written): unreadable / truncated
+files, DICOM folders without a usable series or with slices that are not one evenly spaced stack,
+a 4D file whose volumes do not match the model's channels, a channel count that cannot be
+reconciled, a blank (constant) or non-finite image, a 2D image for a 3D model, an unwritable
+output folder, DICOM SEG for non-DICOM input, a checkpoint that does not fit the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scripts.inference import engine
+from scripts.inference.errors import InputError
+from scripts.inference.readers import Study, read_study
+from scripts.inference.writers import OutputSet, check_output_dir, write_json, write_nifti, write_overlay, write_seg_nrrd
+from scripts.inferers import MultiTaskSlidingWindowInferer
+from scripts.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card
+from scripts.transforms import match_channels, normalize_intensity
+
+#: output format -> suffix of the segmentation file after the study name
+SEG_SUFFIXES = {"nifti": "_seg.nii.gz", "seg.nrrd": "_seg.seg.nrrd", "dicom-seg": "_seg.dcm"}
+ProgressFn = Callable[[int, str], None]
+
+
+@dataclass
+class Prediction:
+    """What :meth:`Predictor.predict` returns (see ``docs/contracts.md``)."""
+
+    result: dict[str, Any]
+    image: np.ndarray  # (C, *spatial) float32, the input as read
+    label: np.ndarray  # (*spatial) uint8 in input geometry
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> str:
+    """Load a state_dict (or a training checkpoint's ``"network"`` entry) strictly; return its sha256.
+
+    Raises:
+        InputError: missing / unreadable file, or weights that do not fit the network (names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no trained weights here; train the model first or pass a checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file (pickle, zip, EOF)
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from e
+    if isinstance(state, dict) and isinstance(state.get("network"), dict):
+        state = state["network"]
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a state_dict (found {type(state).__name__})")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:400]
+        raise InputError(f"{path}: checkpoint does not match the network of the model card: {detail}") from e
+    return sha256_file(path)
+
+
+def _state_sha256(network: torch.nn.Module) -> str:
+    """Checksum of in-memory weights (a network handed over without a file)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Predictor:
+    """Segmentation + diagnosis of whole studies with one loaded model.
+
+    Args:
+        network: the network the card describes (weights loaded from ``weights`` when given).
+        card: the model card (``scripts.model_card``).
+        weights: state_dict file; None keeps the network's current weights.
+        device: ``"auto" | "cpu" | "cuda" | "cuda:N"`` or a ``torch.device``.
+        inferer: sliding-window inferer of 3D models (default: windows of the card's spatial_size).
+        batch_size: slices per forward pass of a 2D model.
+        amp: bf16 autocast on CUDA.
+
+    Raises:
+        InputError: the weights file is missing, unreadable or does not fit the network.
+        ValueError: CUDA asked for but not available.
+    """
+
+    def __init__(self, network: torch.nn.Module, card: dict[str, Any], weights: str | os.PathLike | None = None,
+                 device: str | torch.device = "auto", inferer: MultiTaskSlidingWindowInferer | None = None,
+                 batch_size: int = 16, amp: bool = True) -> None:
+        self.card = card
+        self.sha256 = load_weights(network, weights) if weights is not None else _state_sha256(network)
+        self.device = engine.resolve_device(device)
+        self.network = network.to(self.device).eval()
+        self.spatial_dims = int(card["network"]["spatial_dims"])
+        self.inferer = inferer or MultiTaskSlidingWindowInferer(card["spatial_size"], sw_batch_size=4, overlap=0.25)
+        self.batch_size, self.amp = batch_size, amp
+
+    @classmethod
+    def from_bundle(cls, bundle_root: str | os.PathLike, device: str | torch.device = "auto",
+                    checkpoint: str | os.PathLike | None = None, card: str | os.PathLike | None = None,
+                    **kwargs: Any) -> Predictor:
+        """The bundle's trained model: ``models/model_card.json`` + ``models/model.pt`` (or the given files).
+
+        Raises:
+            InputError: the card or the weights cannot be used (names the file).
+        """
+        root = Path(bundle_root)
+        try:
+            model_card = load_model_card(root, card)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        try:
+            network = build_network(model_card)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{card or root / CARD_FILE}: cannot build the network it describes: {e}") from e
+        return cls(network, model_card, checkpoint or root / WEIGHTS_FILE, device=device, **kwargs)
+
+    def predict(self, path: str | os.PathLike, output_dir: str | os.PathLike | None = None, seg_format: str = "nifti",
+                series_uid: str | None = None, axis: int | None = None, overlay: bool = True,
+                progress: ProgressFn | None = None, name: str | None = None) -> Prediction:
+        """Segment and diagnose one study; write its files to ``output_dir`` (None: write nothing).
+
+        Args:
+            path: image file or DICOM series folder.
+            seg_format: ``"nifti" | "seg.nrrd" | "dicom-seg"`` (DICOM SEG needs DICOM input).
+            series_uid: series to read from a DICOM folder holding several.
+            axis: slice axis (0..2) for a 2D model on a volume; default the acquisition axis.
+            overlay: also write ``<name>_overlay.png``.
+            progress: called with (percent 0..100, stage).
+            name: output file stem (default: the input's name).
+
+        Returns:
+            :class:`Prediction` with ``label`` ``(*spatial)`` uint8 in the input's geometry.
+
+        Raises:
+            InputError: bad input, see the module docstring.
+        """
+        report = progress or (lambda percent, stage: None)
+        if seg_format not in SEG_SUFFIXES:
+            raise InputError(f"{path}: unknown segmentation format {seg_format!r}; use one of {sorted(SEG_SUFFIXES)}")
+        if output_dir is not None:
+            check_output_dir(output_dir)
+        t0 = time.perf_counter()
+        report(0, "read")
+        study = read_study(path, series_uid)
+        if seg_format == "dicom-seg" and (study.dicom is None or study.multiframe):
+            raise InputError(f"{path}: DICOM SEG output needs a DICOM series or single-frame DICOM input; "
+                             "use nifti or seg.nrrd")
+        image = self._prepare(study)
+        t1 = time.perf_counter()
+        report(10, "infer")
+        label, logits, axis_used, device, warnings = self._infer(study, image, axis, report)
+        t2 = time.perf_counter()
+        result = self._result(study, label, logits, device, warnings)
+        result["timings_s"] = {"load": round(t1 - t0, 3), "infer": round(t2 - t1, 3), "write": 0.0}
+        paths: dict[str, Path] = {}
+        if output_dir is not None:
+            report(90, "write")
+            paths = self._write(study, label, result, Path(output_dir), seg_format, axis_used, overlay, name)
+        report(100, "done")
+        return Prediction(result, study.image, label, paths)
+
+    def _prepare(self, study: Study) -> np.ndarray:
+        """Channels matched and intensities normalised: ``(C_model, *spatial)`` float32."""
+        image, source, c_model = study.image, study.path, int(self.card["network"]["in_channels"])
+        if self.spatial_dims == 3 and (study.raster or len(study.spatial_shape) != 3):
+            raise InputError(f"{source}: a 2D image cannot go to a 3D model; give a volume")
+        if study.four_d and image.shape[0] != c_model:
+            raise InputError(f"{source}: 4D input with {image.shape[0]} volumes, but the model takes {c_model} "
+                             "channel(s); give one 3D volume (or a 4D file with one volume per channel)")
+        if not np.isfinite(image).all():
+            raise InputError(f"{source}: the image contains NaN or infinite values")
+        low, high = float(image.min()), float(image.max())
+        if low == high:
+            raise InputError(f"{source}: the image is blank (every voxel is {low:g}); nothing to segment")
+        try:
+            image = match_channels(image, c_model, source=str(source))
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        return normalize_intensity(image)
+
+    def _infer(self, study: Study, image: np.ndarray, axis: int | None, report: ProgressFn):
+        """Label map, study logits, slice axis used, device used, warnings."""
+        def on_progress(fraction: float) -> None:
+            report(10 + int(78 * fraction), "infer")
+
+        axis_used = None  # slice axis of a volume: where a 2D model cuts it, and what the overlay shows
+        if len(study.spatial_shape) == 3:
+            try:
+                axis_used = engine.slice_axis(study.geometry.spacing, study.spatial_shape, axis)
+            except ValueError as e:
+                raise InputError(f"{study.path}: {e}") from e
+
+        def run(device: torch.device):
+            self.network.to(device)
+            if self.spatial_dims == 3:
+                return engine.segment_volume(self.network, image, self.inferer, device, self.amp, on_progress)
+            size = self.card["spatial_size"]
+            return engine.segment_slices(self.network, image, axis_used, size, device, self.batch_size, self.amp, on_progress)
+
+        (label, logits), device, warnings = engine.with_cpu_fallback(run, self.device)
+        return label, logits, axis_used, device, warnings
+
+    def _result(self, study: Study, label: np.ndarray, logits: torch.Tensor, device: torch.device,
+                warnings: list[str]) -> dict[str, Any]:
+        """The Result JSON of DESIGN.md (paths and timings filled in later)."""
+        segments = []
+        counts = np.bincount(label.ravel(), minlength=len(self.card["segments"]))
+        for value, name in enumerate(self.card["segments"][1:], start=1):
+            voxels = int(counts[value])
+            volume = None if study.raster or label.ndim == 2 else round(voxels * study.geometry.voxel_ml, 4)
+            segments.append({"name": name, "value": value, "voxels": voxels, "volume_ml": volume})
+        diag = engine.diagnosis(logits, self.card["classes"])
+        tumor = int(counts[1:].sum())
+        return {
+            "input": str(study.path), "diagnosis": diag,
+            "segmentation": {"path": None, "format": None, "segments": segments},
+            "model": {"name": self.card.get("name", "MultiTaskUNet"), "version": self.card.get("version", "0"),
+                      "sha256": self.sha256},
+            "device": str(device), "timings_s": {},
+            "warnings": study.warnings + warnings + engine.consistency_warnings(diag, tumor, self.card.get("no_tumor_class")),
+        }
+
+    def _write(self, study: Study, label: np.ndarray, result: dict[str, Any], folder: Path, seg_format: str,
+               axis: int | None, overlay: bool, name: str | None) -> dict[str, Path]:
+        start = time.perf_counter()
+        stem = name or study.name
+        names = {"segmentation": stem + SEG_SUFFIXES[seg_format], "result": f"{stem}_result.json"}
+        if overlay:
+            names["overlay"] = f"{stem}_overlay.png"
+        result["segmentation"]["path"] = str(folder / names["segmentation"])
+        result["segmentation"]["format"] = seg_format
+        with OutputSet(folder) as out:
+            seg_tmp = out.temp(names["segmentation"])
+            if seg_format == "nifti":
+                write_nifti(label, study.geometry, study.raster, seg_tmp)
+            elif seg_format == "seg.nrrd":
+                write_seg_nrrd(label, study.geometry, study.raster, self.card["segments"], seg_tmp)
+            else:
+                from scripts.inference.dicom_seg import write_dicom_seg
+
+                write_dicom_seg(label, study.dicom, self.card["segments"], result["model"]["name"],
+                                result["model"]["version"], seg_tmp, study.path)
+            if overlay:
+                write_overlay(study.image, label, study.raster, axis, self.card["segments"], out.temp(names["overlay"]))
+            result["timings_s"]["write"] = round(time.perf_counter() - start, 3)  # the JSON itself is negligible
+            write_json(result, out.temp(names["result"]))
+            out.commit()
+        return {key: folder / file for key, file in names.items()}

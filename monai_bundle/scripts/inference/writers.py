@@ -1,0 +1,207 @@
+"""Outputs of one study, all written atomically: label map (NIfTI / .seg.nrrd), result JSON, overlay.
+
+:class:`OutputSet` writes every file of a study under a hidden temporary name and renames them all
+only when all were written, so a failure leaves nothing behind and a reader never sees half a
+file. DICOM SEG is in :mod:`scripts.inference.dicom_seg`.
+
+Label maps are ``uint8`` in the study's axis convention (:mod:`scripts.inference.readers`):
+``(H, W)`` for raster input, ``(X, Y[, Z])`` for volumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nrrd
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image
+from scipy import ndimage
+
+from scripts.inference.errors import InputError
+from scripts.inference.readers import Geometry
+from scripts.inference.terminology import segment_term, slicer_terminology_tag
+
+OVERLAY_SLICES = 3  # key slices shown in the overlay PNG
+OVERLAY_ALPHA = 0.35
+
+
+def check_output_dir(folder: str | os.PathLike) -> Path:
+    """Check, without leaving anything behind, that ``folder`` can be created / written.
+
+    Raises:
+        InputError: the folder is a file, lies under a file, or is not writable (names it).
+    """
+    folder = Path(folder)
+    probe_dir = folder
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise InputError(f"{folder}: output folder cannot be created: {probe_dir} is a file")
+    try:  # os.access is not enough (root, read-only mounts): really create and remove a file
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"{folder}: output folder is not writable ({e.strerror or e})") from e
+    return folder
+
+
+class OutputSet:
+    """Files of one study: each written to a temp name, all renamed on :meth:`commit`.
+
+    Use as a context manager; leaving it by an exception removes every temp file.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self._pending: list[tuple[Path, Path]] = []
+        self._token = secrets.token_hex(4)
+
+    def temp(self, final_name: str) -> Path:
+        """The temp path to write ``final_name`` to; it keeps the suffix so writers pick the format."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".tmp-{self._token}-{final_name}"
+        self._pending.append((tmp, self.folder / final_name))
+        return tmp
+
+    def commit(self) -> dict[str, Path]:
+        """Rename every temp file to its final name, in the order they were requested."""
+        for tmp, final in self._pending:
+            os.replace(tmp, final)
+        done = {final.name: final for _, final in self._pending}
+        self._pending = []
+        return done
+
+    def abort(self) -> None:
+        for tmp, _ in self._pending:
+            tmp.unlink(missing_ok=True)
+        self._pending = []
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def itk_order(label: np.ndarray, raster: bool) -> np.ndarray:
+    """The label map indexed ``(i, j[, k])`` like ITK/NRRD: a raster ``(H, W)`` becomes ``(W, H)``."""
+    return label.T if raster else label
+
+
+def write_nifti(label: np.ndarray, geometry: Geometry, raster: bool, path: Path) -> Path:
+    """Write a uint8 label map with the study's geometry (any SimpleITK format by ``path``'s suffix)."""
+    ijk = itk_order(label, raster)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(ijk.T.astype(np.uint8)))  # numpy wants (k, j, i)
+    sitk.WriteImage(geometry.apply(image), str(path), useCompression=True)
+    return path
+
+
+def write_seg_nrrd(label: np.ndarray, geometry: Geometry, raster: bool, segments: list[str], path: Path) -> Path:
+    """Write a 3D Slicer ``.seg.nrrd`` (one layer, label values) with segment names, colours, terms.
+
+    A 2D label map is written as a one-slice volume, as Slicer stores 2D segmentations.
+    """
+    ijk = itk_order(label, raster).astype(np.uint8)
+    spacing, origin = np.asarray(geometry.spacing), np.asarray(geometry.origin)
+    direction = np.asarray(geometry.direction).reshape(len(spacing), len(spacing))
+    if ijk.ndim == 2:  # lift to 3D: one slice, unit normal
+        ijk = ijk[..., None]
+        direction = np.pad(direction, ((0, 1), (0, 1)))
+        direction[2, 2] = 1.0
+        spacing, origin = np.append(spacing, 1.0), np.append(origin, 0.0)
+    header: dict[str, Any] = {
+        "type": "unsigned char", "dimension": 3, "space": "left-posterior-superior",
+        "space directions": (direction * spacing[None, :]).T,  # row i: one step along axis i, in LPS mm
+        "space origin": origin, "kinds": ["domain"] * 3, "encoding": "gzip",
+        "Segmentation_MasterRepresentation": "Binary labelmap",
+        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+    }
+    extent = " ".join(f"0 {n - 1}" for n in ijk.shape)
+    for index, name in enumerate(segments[1:]):
+        value = index + 1
+        term = segment_term(name, value)
+        prefix = f"Segment{index}_"
+        header.update({
+            prefix + "ID": f"Segment_{value}", prefix + "Name": name, prefix + "NameAutoGenerated": "0",
+            prefix + "Color": " ".join(f"{c / 255:.4f}" for c in term.color), prefix + "ColorAutoGenerated": "0",
+            prefix + "LabelValue": str(value), prefix + "Layer": "0", prefix + "Extent": extent,
+            prefix + "Tags": f"TerminologyEntry:{slicer_terminology_tag(term)}|",
+        })
+    nrrd.write(str(path), ijk, header, index_order="F")
+    return path
+
+
+def write_json(data: dict[str, Any], path: Path) -> Path:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    return path
+
+
+def key_slices(label: np.ndarray, axis: int, count: int = OVERLAY_SLICES) -> list[int]:
+    """Indices along ``axis`` of the ``count`` slices with the largest tumor area, in order.
+
+    With no tumor anywhere, the middle slice.
+    """
+    areas = (label > 0).sum(axis=tuple(a for a in range(label.ndim) if a != axis))
+    ranked = [int(i) for i in np.argsort(-areas, kind="stable")[:count] if areas[i] > 0]
+    return sorted(ranked) if ranked else [label.shape[axis] // 2]
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """``(C, h, w)`` -> ``(h, w, 3)`` uint8: RGB when 3+ channels, else channel 0 as grey."""
+    rgb = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
+    lo, hi = np.percentile(rgb, [0.5, 99.5])
+    scaled = np.clip((rgb - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(rgb)
+    return (np.moveaxis(scaled, 0, -1) * 255).astype(np.uint8)
+
+
+def _paint(rgb: np.ndarray, label: np.ndarray, segments: list[str]) -> np.ndarray:
+    """Fill each segment with a translucent colour and draw its outline solid."""
+    out = rgb.astype(np.float32)
+    for value in range(1, len(segments)):
+        mask = label == value
+        if not mask.any():
+            continue
+        color = np.asarray(segment_term(segments[value], value).color, dtype=np.float32)
+        out[mask] = (1 - OVERLAY_ALPHA) * out[mask] + OVERLAY_ALPHA * color
+        edge = mask & ~ndimage.binary_erosion(mask)
+        out[edge] = color
+    return out.astype(np.uint8)
+
+
+def write_overlay(image: np.ndarray, label: np.ndarray, raster: bool, axis: int | None, segments: list[str],
+                  path: Path) -> Path:
+    """PNG of the key slices side by side at the image's own resolution, segments outlined.
+
+    Args:
+        image: ``(C, *spatial)`` the study as read; label: ``(*spatial)`` uint8.
+        raster: ``(C, H, W)`` image shown as it is; else volume slices ``(X, Y)`` are shown with
+            rows = Y (anterior up for axial LPS images).
+        axis: slice axis of a 3D label map (ignored for 2D).
+    """
+    if label.ndim == 2:
+        panels = [(image, label)] if raster else [(image.transpose(0, 2, 1), label.T)]
+    else:
+        panels = []
+        for index in key_slices(label, axis):
+            img2 = np.take(image, index, axis=axis + 1)  # (C, a, b), the two other axes in order
+            lab2 = np.take(label, index, axis=axis)
+            panels.append((img2.transpose(0, 2, 1), lab2.T))  # rows = the later axis
+    tiles = [_paint(_display(img), lab, segments) for img, lab in panels]
+    height = max(t.shape[0] for t in tiles)
+    gap = np.zeros((height, 4, 3), np.uint8)
+    row = []
+    for tile in tiles:
+        row += [np.pad(tile, ((0, height - tile.shape[0]), (0, 0), (0, 0))), gap]
+    Image.fromarray(np.concatenate(row[:-1], axis=1)).save(path, format="PNG")
+    return path
