@@ -1,0 +1,237 @@
+"""Tests of ``scripts.webdemo``: upload unpacking (zip safety), overlay drawing, result text."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scripts import webdemo
+from scripts.webdemo import UploadError
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+# ---------------------------------------------------------------- uploads
+
+
+def test_plain_file_is_passed_through(tmp_path: Path) -> None:
+    f = tmp_path / "scan.NII.GZ"
+    f.write_bytes(b"x")
+    assert webdemo.unpack_upload(f, tmp_path) == f
+
+
+@pytest.mark.parametrize("name", ["a.png", "a.JPG", "a.jpeg", "a.nii", "a.nii.gz", "a.nrrd", "a.dcm", "a.zip"])
+def test_supported_names(name: str) -> None:
+    assert webdemo.supported(name)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(UploadError, match=r"gone\.png: file not found"):
+        webdemo.unpack_upload(tmp_path / "gone.png", tmp_path)
+
+
+def test_unsupported_type(tmp_path: Path) -> None:
+    f = tmp_path / "notes.txt"
+    f.write_text("hello")
+    with pytest.raises(UploadError, match=r"notes\.txt: unsupported file type"):
+        webdemo.unpack_upload(f, tmp_path)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    f = tmp_path / "empty.png"
+    f.touch()
+    with pytest.raises(UploadError, match=r"empty\.png: the file is empty"):
+        webdemo.unpack_upload(f, tmp_path)
+
+
+def test_zip_of_series_gives_the_folder_holding_it(tmp_path: Path) -> None:
+    z = _zip(tmp_path / "series.zip", {"study/ser1/1.dcm": b"a", "study/ser1/2.dcm": b"bb", "__MACOSX/._1.dcm": b"m"})
+    folder = webdemo.unpack_upload(z, tmp_path)
+    assert folder.name == "ser1" and folder.is_relative_to(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["1.dcm", "2.dcm"]
+    assert (folder / "2.dcm").read_bytes() == b"bb"
+
+
+def test_not_a_zip(tmp_path: Path) -> None:
+    f = tmp_path / "fake.zip"
+    f.write_bytes(b"this is not a zip archive")
+    with pytest.raises(UploadError, match=r"fake\.zip: not a readable zip file"):
+        webdemo.unpack_upload(f, tmp_path)
+
+
+def test_empty_zip(tmp_path: Path) -> None:
+    z = _zip(tmp_path / "empty.zip", {"folder/": b"", "__MACOSX/._x": b"m"})
+    with pytest.raises(UploadError, match=r"empty\.zip: the zip holds no files"):
+        webdemo.unpack_upload(z, tmp_path)
+
+
+@pytest.mark.parametrize("member", ["../evil.dcm", "a/../../evil.dcm", "/etc/evil.dcm", "C:/evil.dcm", "..\\evil.dcm"])
+def test_path_traversal_is_refused_and_nothing_written(tmp_path: Path, member: str) -> None:
+    z = _zip(tmp_path / "bad.zip", {"ok.dcm": b"a", member: b"evil"})
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(UploadError, match=r"bad\.zip: unsafe path in zip"):
+        webdemo.extract_zip(z, dest)
+    assert not any(dest.iterdir()) and not (tmp_path / "evil.dcm").exists()
+
+
+def test_symlink_is_refused(tmp_path: Path) -> None:
+    z = tmp_path / "link.zip"
+    info = zipfile.ZipInfo("series/1.dcm")
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr(info, "/etc/passwd")
+    with pytest.raises(UploadError, match=r"link\.zip: the zip holds a symbolic link"):
+        webdemo.unpack_upload(z, tmp_path)
+
+
+def test_too_many_files(tmp_path: Path) -> None:
+    z = _zip(tmp_path / "many.zip", {f"{i}.dcm": b"a" for i in range(4)})
+    with pytest.raises(UploadError, match=r"many\.zip: the zip holds 4 files, more than the limit of 3"):
+        webdemo.unpack_upload(z, tmp_path, max_files=3)
+
+
+def test_zip_bomb_is_refused_on_its_headers(tmp_path: Path) -> None:
+    z = _zip(tmp_path / "bomb.zip", {"1.dcm": bytes(1 << 20)})
+    assert z.stat().st_size < 10_000  # 1 MiB of zeros compresses to ~1 kB
+    with pytest.raises(UploadError, match=r"bomb\.zip: the zip unpacks to 1048576 bytes, more than the limit"):
+        webdemo.unpack_upload(z, tmp_path, max_bytes=1 << 19)
+
+
+def test_corrupt_member(tmp_path: Path) -> None:
+    z = tmp_path / "crc.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_STORED) as f:
+        f.writestr("1.dcm", b"A" * 100)
+    data = bytearray(z.read_bytes())
+    data[data.index(b"A" * 100) + 50] = ord("B")  # flip one stored byte: the CRC no longer matches
+    z.write_bytes(bytes(data))
+    with pytest.raises(UploadError, match=r"crc\.zip: corrupt zip member '1\.dcm'"):
+        webdemo.unpack_upload(z, tmp_path)
+
+
+def test_member_that_cannot_be_written(tmp_path: Path) -> None:
+    z = _zip(tmp_path / "clash.zip", {"a": b"file", "a/b.dcm": b"under a file"})
+    with pytest.raises(UploadError, match=r"clash\.zip: cannot extract 'a/b\.dcm'"):
+        webdemo.unpack_upload(z, tmp_path)
+
+
+def test_plain_error_names_the_upload_not_server_folders(tmp_path: Path) -> None:
+    upload = tmp_path / "gradio" / "abc123" / "scan.png"
+    assert webdemo.plain_error(f"{upload}: cannot decode", upload, upload) == "scan.png: cannot decode"
+    series = tmp_path / "run-1" / "series-x" / "study"
+    zipped = tmp_path / "gradio" / "def456" / "study.zip"
+    assert webdemo.plain_error(f"{series}: no DICOM image series", zipped, series) == "study.zip: no DICOM image series"
+    assert webdemo.plain_error("nothing to strip", upload, None) == "nothing to strip"
+
+
+def test_prune_runs_removes_only_old_folders(tmp_path: Path) -> None:
+    old, new = tmp_path / "run-old", tmp_path / "run-new"
+    old.mkdir()
+    new.mkdir()
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    assert webdemo.prune_runs(tmp_path, max_age_s=3600) == 1
+    assert not old.exists() and new.exists()
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def test_slices_of_a_volume() -> None:
+    label = np.zeros((8, 6, 5), np.uint8)
+    label[2:4, 1:3, 3] = 1
+    label[2, 1, 1] = 1
+    assert webdemo.num_slices(label) == 5 and webdemo.best_slice(label) == 3
+    assert webdemo.best_slice(np.zeros((8, 6, 5), np.uint8)) == 2  # no tumor: the middle
+    assert webdemo.num_slices(np.zeros((4, 4), np.uint8)) == 1 and webdemo.best_slice(np.zeros((4, 4))) == 0
+
+
+def test_slice_view_is_what_a_2d_model_sees() -> None:
+    image = np.arange(2 * 4 * 3 * 2, dtype=np.float32).reshape(2, 4, 3, 2)  # (C, X, Y, Z)
+    label = np.zeros((4, 3, 2), np.uint8)
+    label[3, 0, 1] = 1  # x=3, y=0, z=1
+    img2d, lab2d = webdemo.slice_view(image, label, 1)
+    assert img2d.shape == (2, 4, 3) and lab2d.shape == (4, 3)  # rows = X
+    assert lab2d[3, 0] == 1 and img2d[1, 3, 2] == image[1, 3, 2, 1]
+
+
+def test_slice_view_errors() -> None:
+    with pytest.raises(ValueError, match=r"image grid \(4, 4\) differs from label grid \(4, 5\)"):
+        webdemo.slice_view(np.zeros((1, 4, 4)), np.zeros((4, 5), np.uint8))
+    with pytest.raises(ValueError, match=r"slice 3 is outside 0\.\.2"):
+        webdemo.slice_view(np.zeros((1, 4, 4, 3)), np.zeros((4, 4, 3), np.uint8), 3)
+
+
+def test_overlay_at_original_resolution_with_fill_and_outline() -> None:
+    image = np.zeros((1, 40, 60), np.float32)
+    image[0, :, 30:] = 1.0  # right half bright: windowing keeps it white
+    label = np.zeros((40, 60), np.uint8)
+    label[10:30, 35:55] = 1
+    rgb = webdemo.render_overlay(image, label, opacity=0.5, min_size=80)
+    assert rgb.shape == (80, 120, 3) and rgb.dtype == np.uint8  # enlarged by 2: every pixel 2x2
+    inside, outside = rgb[40, 90], rgb[10, 110]
+    assert tuple(outside) == (255, 255, 255)
+    np.testing.assert_allclose(inside, 0.5 * 255 + 0.5 * np.array(webdemo.PALETTE[0]), atol=1)
+    assert tuple(rgb[20, 90]) == webdemo.CONTOUR_RGB and tuple(rgb[19, 90]) == (255, 255, 255)
+    clear = webdemo.render_overlay(image, label, opacity=0.0, min_size=80)
+    assert tuple(clear[40, 90]) == (255, 255, 255) and tuple(clear[20, 90]) == webdemo.CONTOUR_RGB
+
+
+def test_overlay_of_rgb_and_volume() -> None:
+    rgb_image = np.zeros((3, 8, 8), np.float32)
+    rgb_image[0] = 1.0  # pure red image
+    out = webdemo.render_overlay(rgb_image, np.zeros((8, 8), np.uint8), min_size=8)
+    assert tuple(out[0, 0]) == (255, 0, 0)
+    vol = np.random.default_rng(0).random((1, 16, 12, 4)).astype(np.float32)
+    out = webdemo.render_overlay(vol, np.zeros((16, 12, 4), np.uint8), index=2, min_size=24)
+    assert out.shape == (32, 24, 3)  # rows = X (16) x2, cols = Y (12) x2
+
+
+def test_constant_image_is_black() -> None:
+    assert webdemo.to_rgb(np.full((1, 4, 4), 7.0)).max() == 0
+
+
+def test_opacity_out_of_range() -> None:
+    with pytest.raises(ValueError, match=r"opacity must be within 0\.\.1, got 1\.5"):
+        webdemo.render_overlay(np.zeros((1, 4, 4)), np.zeros((4, 4), np.uint8), opacity=1.5)
+
+
+# ---------------------------------------------------------------- text
+
+RESULT = {
+    "input": "x.png",
+    "diagnosis": {"label": "meningioma", "index": 1,
+                  "probabilities": {"glioma": 0.1, "meningioma": 0.75, "no_tumor": 0.05, "pituitary": 0.1}},
+    "segmentation": {"path": "x_seg.nii.gz", "format": "nifti",
+                     "segments": [{"name": "tumor", "value": 1, "voxels": 321, "volume_ml": 4.25}]},
+    "model": {"name": "MultiTaskUNet", "version": "0.1.0", "sha256": "ab"},
+    "device": "cpu", "timings_s": {"load": 0.5, "infer": 1.0, "write": 0.25}, "warnings": ["slices unevenly spaced"],
+}
+
+
+def test_probabilities() -> None:
+    assert webdemo.probabilities(RESULT) == RESULT["diagnosis"]["probabilities"]
+
+
+def test_summary_of_an_image_gives_area() -> None:
+    text = webdemo.summary_markdown(RESULT, spatial_dims=2)
+    assert "**Diagnosis: meningioma** (75.0 %)" in text and "tumor: area 321 pixels" in text
+    assert "mm²" not in text and "mL" not in text
+    assert "1.75 s (read, infer, write)" in text and "on cpu" in text and "⚠ slices unevenly spaced" in text
+    with_mm = {**RESULT, "segmentation": {"segments": [{"name": "tumor", "value": 1, "voxels": 321, "area_mm2": 80.25}]}}
+    assert "area 321 pixels (80.2 mm²)" in webdemo.summary_markdown(with_mm, spatial_dims=2)
+
+
+def test_summary_of_a_volume_gives_millilitres() -> None:
+    assert "tumor: volume 4.25 mL (321 voxels)" in webdemo.summary_markdown(RESULT, spatial_dims=3)

@@ -1,0 +1,181 @@
+"""MultiTaskUNet web demo: upload an image or a study, see the tumor outlined and the diagnosis.
+
+A shell around the one inference API (``scripts.inference.Predictor``): the model is loaded once
+at start, each upload goes through ``Predictor.predict`` and the page shows what it returned.
+
+    python app.py [--bundle monai_bundle] [--checkpoint FILE] [--host 127.0.0.1] [--port 7860]
+
+Binds to 127.0.0.1 unless ``--host`` (or ``GRADIO_SERVER_NAME``) says otherwise; never a share link.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# before gradio is imported: no analytics, no telemetry, no outbound connection attempts
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+REPO = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO / "monai_bundle"))
+
+import gradio as gr  # noqa: E402
+
+from scripts import webdemo  # noqa: E402
+from scripts.model_card import WEIGHTS_FILE  # noqa: E402
+
+log = logging.getLogger("webdemo")
+EXAMPLES = "data/webdemo_examples"  # inside the bundle; data/ is generated, never committed
+TRAIN_HINT = ("train one first (`python -m monai.bundle run training --config_file monai_bundle/configs/train.json`)"
+              " or pass --checkpoint")
+
+
+class Demo:
+    """The page's callbacks around one Predictor (``None`` when there is no trained model)."""
+
+    def __init__(self, predictor: Any, problem: str, workdir: Path) -> None:
+        self.predictor, self.problem, self.workdir = predictor, problem, workdir
+
+    def run(self, upload: str | None, opacity: float, progress: gr.Progress = gr.Progress()) -> tuple:
+        """Predict one upload; returns overlay, slice slider, probabilities, summary, files, view, status.
+
+        Raises:
+            gr.Error: no model, no file, or a bad upload (the message names the file and the problem).
+        """
+        if self.predictor is None:
+            # the same words as the page's banner
+            raise gr.Error(self.problem, duration=None, print_exception=False)
+        if not upload:
+            raise gr.Error("Upload a file first (or pick an example).", duration=None, print_exception=False)
+        webdemo.prune_runs(self.workdir)
+        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.workdir))
+        log.info("run: %s upload of %d bytes", "".join(Path(upload).suffixes[-2:]), Path(upload).stat().st_size)
+        source = None
+        try:
+            source = webdemo.unpack_upload(upload, run_dir)
+            pred = self.predictor.predict(source, output_dir=run_dir / "out", seg_format="nifti",
+                                          progress=lambda pct, stage: progress(pct / 100, desc=stage))
+        except ValueError as e:  # InputError and UploadError: the user's file, said plainly
+            log.info("run refused: %s", type(e).__name__)
+            # print_exception off: the message names the user's file, which must not reach the log
+            raise gr.Error(webdemo.plain_error(str(e), upload, source), duration=None, print_exception=False) from e
+        view = {"image": pred.image, "label": pred.label}
+        index = webdemo.best_slice(pred.label)
+        n = webdemo.num_slices(pred.label)
+        slider = gr.Slider(minimum=0, maximum=max(n - 1, 1), value=index, step=1, visible=n > 1)
+        files = [str(pred.paths["segmentation"]), str(pred.paths["result"])]
+        log.info("run: diagnosis %s", pred.result["diagnosis"]["label"])
+        return (webdemo.render_overlay(pred.image, pred.label, index, opacity), slider,
+                webdemo.probabilities(pred.result), webdemo.summary_markdown(pred.result, pred.label.ndim),
+                files, view, "Done.")
+
+    @staticmethod
+    def redraw(view: dict | None, index: float, opacity: float) -> Any:
+        """Draw another slice or opacity of the last prediction, without running the model again."""
+        if not view:
+            return None
+        return webdemo.render_overlay(view["image"], view["label"], int(index), float(opacity))
+
+    @staticmethod
+    def cleared(status: str) -> tuple:
+        """Empty outputs, so a result never sits beside a file it does not belong to."""
+        return None, gr.Slider(visible=False), None, "", None, None, status
+
+
+def build(demo: Demo, examples: list[Path]) -> gr.Blocks:
+    """The page: upload + examples + controls on the left, overlay and diagnosis on the right."""
+    with gr.Blocks(title="MultiTaskUNet", delete_cache=(3600, 3600)) as page:
+        gr.Markdown("# MultiTaskUNet\nTumor segmentation and diagnosis in one network. "
+                    "Research demo, not for clinical use.")
+        if demo.problem:
+            gr.Markdown(f"### ⚠ The demo cannot run\n{demo.problem}", elem_id="problem")
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Image or study: PNG/JPG, NIfTI, NRRD, DICOM file, or zip of a DICOM series",
+                                 file_types=list(webdemo.SUPPORTED_SUFFIXES), elem_id="upload")
+                run = gr.Button("Segment & classify", variant="primary", elem_id="run")
+                status = gr.Markdown("Upload a file or pick an example, then press the button.", elem_id="status")
+                if examples:
+                    gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Examples (synthetic)")
+                opacity = gr.Slider(0, 1, value=0.4, step=0.05, label="Overlay opacity", elem_id="opacity")
+                index = gr.Slider(0, 1, value=0, step=1, label="Slice", visible=False, elem_id="slice")
+            with gr.Column(scale=2):
+                overlay = gr.Image(label="Tumor overlay (original resolution)", type="numpy", format="png",
+                                   interactive=False, elem_id="overlay")
+                with gr.Row():
+                    diagnosis = gr.Label(label="Diagnosis", elem_id="diagnosis")
+                    summary = gr.Markdown(elem_id="summary")
+                downloads = gr.File(label="Downloads: segmentation and result JSON", file_count="multiple",
+                                    interactive=False, elem_id="downloads")
+        view = gr.State(None)
+        outputs = [overlay, index, diagnosis, summary, downloads, view, status]
+        upload.change(lambda f: Demo.cleared("Ready: press the button." if f else ""), upload, outputs,
+                      api_visibility="private")
+        event = run.click(demo.run, [upload, opacity], outputs, api_name="run", concurrency_limit=1)
+        failed = "The last upload could not be processed: see the error message at the top right."
+        event.failure(lambda: Demo.cleared(failed), None, outputs, api_visibility="private")
+        for slider in (index, opacity):
+            slider.input(Demo.redraw, [view, index, opacity], overlay, api_visibility="private",
+                         trigger_mode="always_last", concurrency_id="redraw")
+    return page
+
+
+def load(bundle: Path, checkpoint: Path | None, device: str) -> tuple[Any, str]:
+    """The Predictor, or ``None`` and the reason shown on the page: no trained model, or an unusable one.
+
+    Random weights are never served: without ``model.pt`` the page says so and refuses to run.
+    """
+    weights = checkpoint or bundle / WEIGHTS_FILE
+    if not weights.is_file():
+        return None, f"No trained model: {weights} does not exist; {TRAIN_HINT}."
+    from scripts.inference import InputError, Predictor
+
+    try:
+        predictor = Predictor.from_bundle(bundle, device=device, checkpoint=checkpoint)
+    except InputError as e:
+        return None, f"The model cannot be loaded: {e}"
+    log.info("model %s %s loaded on %s", predictor.card.get("name"), predictor.card.get("version"), predictor.device)
+    return predictor, ""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; the host defaults to 127.0.0.1 (``GRADIO_SERVER_NAME`` overrides)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, default=REPO / "monai_bundle", help="bundle root")
+    ap.add_argument("--checkpoint", type=Path, help="weights file (default: BUNDLE/models/model.pt)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                    help="address to bind; 0.0.0.0 exposes the demo to the network")
+    ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    ap.add_argument("--max-file-size", default="500mb", help="upload size limit (Gradio syntax, e.g. 500mb)")
+    ap.add_argument("--no-examples", action="store_true", help="do not generate the synthetic examples")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Load the model once, write the examples, serve the page until interrupted."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    predictor, problem = load(args.bundle.resolve(), args.checkpoint, args.device)
+    if problem:
+        log.warning("%s", problem)
+    example_dir = args.bundle.resolve() / EXAMPLES
+    examples = [] if args.no_examples else webdemo.write_examples(example_dir)
+    workdir = Path(tempfile.mkdtemp(prefix="mtunet-webdemo-"))
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    page = build(Demo(predictor, problem, workdir), examples)
+    page.queue(default_concurrency_limit=1)  # one CPU-bound inference at a time
+    page.launch(server_name=args.host, server_port=args.port, share=False, ssr_mode=False,
+                max_file_size=args.max_file_size, allowed_paths=[str(example_dir)], footer_links=["api"])
+
+
+if __name__ == "__main__":
+    main()

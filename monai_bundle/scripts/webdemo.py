@@ -1,0 +1,311 @@
+"""Helpers of the web demo (``app.py``) that are not inference: uploads, overlays, text, examples.
+
+Everything the model sees is prepared by :class:`scripts.inference.Predictor`; this module only
+unpacks what a browser uploaded and draws what the Predictor returned. The drawing reads the
+arrays of a prediction in the project's axis conventions (``monai_bundle/docs/contracts.md``):
+raster images ``(C, H, W)`` rows first, volumes ``(C, X, Y, Z)``, shown one ``Z`` slice at a time
+as the 2D model sees it: rows = ``X``, columns = ``Y`` (a synthetic volume's ``[:, :, k]`` looks
+like the synthetic 2D images this way). The page shows array axes, not patient directions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import time
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+#: file endings the demo accepts (a DICOM series comes as a zip of its files)
+SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".nrrd", ".dcm", ".zip")
+MAX_ZIP_BYTES = 1 << 30  # 1 GiB uncompressed: a large CT series, not a zip bomb
+MAX_ZIP_FILES = 5000
+_SKIPPED = ("__MACOSX/", ".DS_Store", "Thumbs.db")
+#: RGB per segment value 1, 2, ...: red first (the tumor), then distinct hues
+PALETTE = ((255, 48, 48), (48, 200, 255), (255, 210, 0), (80, 230, 80), (220, 80, 255))
+CONTOUR_RGB = (255, 255, 0)
+
+
+class UploadError(ValueError):
+    """An upload the demo cannot use; the message names the file and the problem."""
+
+
+def supported(name: str) -> bool:
+    """Whether a file name has one of :data:`SUPPORTED_SUFFIXES` (case-insensitive)."""
+    return name.lower().endswith(SUPPORTED_SUFFIXES)
+
+
+def unpack_upload(path: str | os.PathLike, workdir: str | os.PathLike, max_bytes: int = MAX_ZIP_BYTES,
+                  max_files: int = MAX_ZIP_FILES) -> Path:
+    """The path to hand to the Predictor for one uploaded file.
+
+    A zip (a DICOM series) is extracted safely into ``workdir`` and the folder holding its files is
+    returned; any other supported file is returned as it is.
+
+    Raises:
+        UploadError: the file is missing, empty, of an unsupported type, or an unsafe / empty /
+            oversized zip (see :func:`extract_zip`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UploadError(f"{path.name}: file not found")
+    if not supported(path.name):
+        raise UploadError(f"{path.name}: unsupported file type; upload PNG/JPG, NIfTI (.nii/.nii.gz), "
+                          "NRRD, a DICOM file or a zip of a DICOM series")
+    if path.stat().st_size == 0:
+        raise UploadError(f"{path.name}: the file is empty")
+    if path.name.lower().endswith(".zip"):
+        files = extract_zip(path, Path(tempfile.mkdtemp(prefix="series-", dir=workdir)), max_bytes, max_files)
+        return _common_folder(files)
+    return path
+
+
+def extract_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_ZIP_BYTES,
+                max_files: int = MAX_ZIP_FILES) -> list[Path]:
+    """Extract a zip's regular files into ``dest``, refusing anything unsafe before writing a byte.
+
+    Raises:
+        UploadError: not a zip; a member with an absolute path, ``..``, or a link; more than
+            ``max_files`` files or ``max_bytes`` uncompressed (checked on the headers, which
+            ``zipfile`` then enforces while reading, so a zip bomb stops at the limit); no files
+            at all; corrupt data; members that cannot be written (a file and a folder of one name).
+    """
+    name = zip_path.name
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as e:
+        raise UploadError(f"{name}: not a readable zip file ({e})") from e
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir() and not _skipped(m.filename)]
+        for m in members:
+            _check_member(name, m)
+        if not members:
+            raise UploadError(f"{name}: the zip holds no files")
+        if len(members) > max_files:
+            raise UploadError(f"{name}: the zip holds {len(members)} files, more than the limit of {max_files}")
+        total = sum(m.file_size for m in members)
+        if total > max_bytes:
+            raise UploadError(f"{name}: the zip unpacks to {total} bytes, more than the limit of {max_bytes}")
+        out = []
+        for m in members:
+            target = dest.joinpath(*PurePosixPath(m.filename.replace("\\", "/")).parts)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # zipfile stops at the header's size and checks the CRC: a lying header raises here
+                with archive.open(m) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+                raise UploadError(f"{name}: corrupt zip member {m.filename!r} ({e})") from e
+            except OSError as e:
+                raise UploadError(f"{name}: cannot extract {m.filename!r} ({e.strerror})") from e
+            out.append(target)
+    return out
+
+
+def _skipped(member: str) -> bool:
+    return any(member.startswith(s) or member.endswith(s) for s in _SKIPPED)
+
+
+def _check_member(name: str, m: zipfile.ZipInfo) -> None:
+    parts = PurePosixPath(m.filename.replace("\\", "/")).parts
+    if m.filename.startswith(("/", "\\")) or (parts and ":" in parts[0]) or ".." in parts:
+        raise UploadError(f"{name}: unsafe path in zip: {m.filename!r}")
+    if stat.S_ISLNK(m.external_attr >> 16):
+        raise UploadError(f"{name}: the zip holds a symbolic link ({m.filename!r}); links are not extracted")
+
+
+def plain_error(message: str, upload: str | os.PathLike, source: str | os.PathLike | None) -> str:
+    """An error message without the server's temp folders: the user knows the file by its name.
+
+    Args:
+        upload: where the server keeps the uploaded file.
+        source: what was handed to the Predictor (the unzipped series folder for a zip), if known.
+    """
+    upload = Path(upload)
+    if source is not None and Path(source) != upload:  # an unzipped series: name the zip
+        message = message.replace(str(source), upload.name)
+    return message.replace(str(upload.parent) + os.sep, "")
+
+
+def _common_folder(files: list[Path]) -> Path:
+    common = os.path.commonpath([str(f.parent) for f in files])
+    return Path(common)
+
+
+def num_slices(label: np.ndarray) -> int:
+    """How many slices the viewer offers: 1 for a 2D ``(H, W)`` map, ``Z`` for ``(X, Y, Z)``."""
+    return 1 if label.ndim == 2 else int(label.shape[-1])
+
+
+def best_slice(label: np.ndarray) -> int:
+    """The slice with the most tumor (the middle one when there is none); 0 for 2D maps."""
+    if label.ndim == 2:
+        return 0
+    area = (label > 0).reshape(-1, label.shape[-1]).sum(axis=0)  # (X*Y, Z) -> per-slice count (Z,)
+    return int(area.argmax()) if area.any() else label.shape[-1] // 2
+
+
+def slice_view(image: np.ndarray, label: np.ndarray, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One 2D view of a prediction: image ``(C, rows, cols)`` and label ``(rows, cols)``.
+
+    Args:
+        image: ``(C, H, W)`` or ``(C, X, Y, Z)``.
+        label: ``(H, W)`` or ``(X, Y, Z)``.
+        index: slice along ``Z`` (ignored for 2D).
+
+    Raises:
+        ValueError: the image and label grids differ, or ``index`` is outside ``0..Z-1``.
+    """
+    if image.shape[1:] != label.shape:
+        raise ValueError(f"image grid {image.shape[1:]} differs from label grid {label.shape}")
+    if label.ndim == 2:
+        return image, label
+    if not 0 <= index < label.shape[-1]:
+        raise ValueError(f"slice {index} is outside 0..{label.shape[-1] - 1}")
+    # (C, X, Y, Z) -> (C, X, Y): the slice exactly as a 2D model is given it, rows = X
+    return image[..., index], label[..., index]
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Display an image ``(C, H, W)`` as RGB uint8 ``(H, W, 3)``, windowed to 0.5..99.5 percentiles.
+
+    Three or four channels are shown as colour, anything else by its first channel in grey.
+    """
+    planes = image[:3] if image.shape[0] in (3, 4) else image[:1]
+    lo, hi = np.percentile(planes, [0.5, 99.5])
+    scaled = np.zeros(planes.shape, np.float32) if hi <= lo else np.clip((planes - lo) / (hi - lo), 0, 1)
+    rgb = np.moveaxis((scaled * 255).astype(np.uint8), 0, -1)  # (c, H, W) -> (H, W, c)
+    return np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
+
+
+def render_overlay(image: np.ndarray, label: np.ndarray, index: int = 0, opacity: float = 0.4,
+                   min_size: int = 384) -> np.ndarray:
+    """The image with each segment filled at ``opacity`` and outlined, as RGB uint8 ``(rows, cols, 3)``.
+
+    The label map is drawn on the image's own grid (original resolution). Small images are enlarged
+    by an integer nearest-neighbour factor to at least ``min_size`` pixels so the outline stays thin;
+    every output pixel still belongs to exactly one input pixel.
+
+    Args:
+        image: ``(C, H, W)`` or ``(C, X, Y, Z)`` float, as the Predictor read it.
+        label: ``(H, W)`` or ``(X, Y, Z)`` uint8, 0 = background.
+        index: slice along ``Z`` for volumes.
+        opacity: fill opacity 0..1 (the outline is always drawn).
+
+    Raises:
+        ValueError: see :func:`slice_view`; ``opacity`` outside 0..1.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be within 0..1, got {opacity}")
+    img2d, lab2d = slice_view(image, label, index)
+    factor = max(1, -(-min_size // max(1, min(lab2d.shape))))  # ceil(min_size / shortest side)
+    rgb = np.kron(to_rgb(img2d), np.ones((factor, factor, 1), np.uint8)).astype(np.float32)
+    lab = np.kron(lab2d, np.ones((factor, factor), lab2d.dtype))
+    for value in np.unique(lab[lab > 0]):
+        color = np.array(PALETTE[(int(value) - 1) % len(PALETTE)], np.float32)
+        rgb[lab == value] = (1 - opacity) * rgb[lab == value] + opacity * color
+    rgb[_outline(lab)] = CONTOUR_RGB
+    return rgb.round().astype(np.uint8)
+
+
+def _outline(lab: np.ndarray) -> np.ndarray:
+    """Pixels of a segment with a 4-neighbour of another value: a one-pixel inner contour."""
+    edge = np.zeros(lab.shape, bool)
+    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
+    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    return edge & (lab > 0)
+
+
+def probabilities(result: dict[str, Any]) -> dict[str, float]:
+    """``{class name: probability}`` of a Result JSON, for ``gr.Label``."""
+    return {str(k): float(v) for k, v in result["diagnosis"]["probabilities"].items()}
+
+
+def summary_markdown(result: dict[str, Any], spatial_dims: int) -> str:
+    """What a person reads beside the image: diagnosis, tumor size, model, device and warnings.
+
+    Args:
+        result: the Result JSON of DESIGN.md.
+        spatial_dims: 2 for an image (size as area), 3 for a volume (size in mL).
+    """
+    diag = result["diagnosis"]
+    lines = [f"**Diagnosis: {diag['label']}** ({100 * probabilities(result)[diag['label']]:.1f} %)", ""]
+    for seg in result["segmentation"]["segments"]:
+        if spatial_dims == 2:
+            mm2 = f" ({seg['area_mm2']:.1f} mm²)" if seg.get("area_mm2") is not None else ""
+            lines.append(f"- {seg['name']}: area {seg['voxels']} pixels{mm2}")
+        else:
+            lines.append(f"- {seg['name']}: volume {seg['volume_ml']:.2f} mL ({seg['voxels']} voxels)")
+    model = result.get("model", {})
+    times = result.get("timings_s", {})
+    lines += ["", f"Model {model.get('name', '?')} {model.get('version', '')} on {result.get('device', '?')}, "
+              f"{sum(float(t) for t in times.values()):.2f} s (read, infer, write)"]
+    lines += [f"- ⚠ {w}" for w in result.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def write_examples(folder: str | os.PathLike, seed: int = 0, size: int = 128) -> list[Path]:
+    """Example inputs from the built-in synthetic data: a ``size``² PNG per class and a NIfTI volume.
+
+    Written once (atomically); files already present are reused, so a restart costs nothing.
+    """
+    from scripts import synthetic  # imported here: drawing and unpacking do not need scipy
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    spacing = (1.5, 1.5, 5.0)  # a 19 cm field of view at 128 px, thick axial slices
+
+    def slice_png(k: int):
+        return lambda p: _save_png(p, synthetic.make_slice(np.random.default_rng([seed, k]), k, size)[0])
+
+    def volume_nifti(k: int):
+        return lambda p: _save_nifti(p, synthetic.make_volume(seed, k, (size, size, 24), spacing)[0], spacing)
+
+    # rendering costs seconds: makers run only for files not yet on disk
+    makers = {f"example_{name}.png": slice_png(k) for k, name in enumerate(synthetic.CLASSES)}
+    makers["example_glioma_volume.nii.gz"] = volume_nifti(synthetic.CLASSES.index("glioma"))
+    return [_write_atomic(folder / name, make) for name, make in makers.items()]
+
+
+def prune_runs(workdir: str | os.PathLike, max_age_s: float = 3600.0) -> int:
+    """Delete per-run folders in ``workdir`` older than ``max_age_s`` (their files were served); returns the count."""
+    removed = 0
+    for run in Path(workdir).iterdir():
+        if run.is_dir() and time.time() - run.stat().st_mtime > max_age_s:
+            shutil.rmtree(run, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _write_atomic(path: Path, write) -> Path:
+    if path.is_file():
+        return path
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes), dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _save_png(path: str, image: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(path, format="PNG")
+
+
+def _save_nifti(path: str, volume: np.ndarray, spacing: tuple[float, ...]) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(volume.astype(np.float32), np.diag([*spacing, 1.0])), path)
