@@ -67,13 +67,14 @@ class Demo:
             log.info("run refused: %s", type(e).__name__)
             # print_exception off: the message names the user's file, which must not reach the log
             raise gr.Error(webdemo.plain_error(str(e), upload, source), duration=None, print_exception=False) from e
-        view = {"image": pred.image, "label": pred.label}
-        index = webdemo.best_slice(pred.label)
-        n = webdemo.num_slices(pred.label)
+        image, label = webdemo.display_arrays(pred.image, pred.label, pred.view)  # heads upright, slices last
+        view = {"image": image, "label": label}
+        index = webdemo.best_slice(label)
+        n = webdemo.num_slices(label)
         slider = gr.Slider(minimum=0, maximum=max(n - 1, 1), value=index, step=1, visible=n > 1)
         files = [str(pred.paths["segmentation"]), str(pred.paths["result"])]
         log.info("run: diagnosis %s", pred.result["diagnosis"]["label"])
-        return (webdemo.render_overlay(pred.image, pred.label, index, opacity), slider,
+        return (webdemo.render_overlay(image, label, index, opacity), slider,
                 webdemo.probabilities(pred.result), webdemo.summary_markdown(pred.result, pred.label.ndim),
                 files, view, "Done.")
 

@@ -103,8 +103,15 @@ def make_screenshot(bundle: Path, path: Path = SCREENSHOT) -> dict:
         vol, result, seg, seconds = run_worker(bundle, Path(tmp))
     x, y, z = _focus(seg)
     fig = plt.figure(figsize=(10, 4.2), dpi=110, facecolor="#1d2430")
-    panels = [(vol[:, :, z], seg[:, :, z], f"axial {z}", 1.0), (vol[:, y, :].T, seg[:, y, :].T, f"coronal {y}", 3.0),
-              (vol[x, :, :].T, seg[x, :, :].T, f"sagittal {x}", 3.0)]
+    from scripts.inference.orientation import display_view
+
+    def shown(array: np.ndarray, axis: int, index: int) -> np.ndarray:
+        # the study is written with the LPS identity direction: a viewer's picture of the slice
+        return display_view(np.eye(3), axis).to_slices(array[None])[0, index]
+
+    panels = [(shown(vol, 2, z), shown(seg, 2, z), f"axial {z}", 1.0),
+              (shown(vol, 1, y), shown(seg, 1, y), f"coronal {y}", 3.0),
+              (shown(vol, 0, x), shown(seg, 0, x), f"sagittal {x}", 3.0)]
     for i, (img, msk, title, aspect) in enumerate(panels):
         _slice_panel(fig.add_axes((0.01 + i * 0.215, 0.06, 0.2, 0.82)), img, msk, title, aspect)
     ax = fig.add_axes((0.77, 0.12, 0.21, 0.6), facecolor="#1d2430")

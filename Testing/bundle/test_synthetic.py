@@ -94,6 +94,33 @@ def test_make_volume_rejects_bad_arguments(kwargs, match):
         make_volume(**args)
 
 
+def test_volume_affine_stores_lps_axes():
+    np.testing.assert_array_equal(synthetic.volume_affine((1.5, 2.0, 5.0)), np.diag([-1.5, -2.0, 5.0, 1.0]))
+    with pytest.raises(ValueError, match=r"spacing must be three positive sizes in mm, got \(1\.0, -2\.0, 3\.0\)"):
+        synthetic.volume_affine((1.0, -2.0, 3.0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_volume_shown_by_a_viewer_is_oriented_like_the_2d_images(seed, tmp_path):
+    """Through the real reader and the display rule: X = columns, Y = rows, anterior at the top."""
+    from scripts.inference.orientation import display_view
+    from scripts.inference.readers import read_study
+
+    spacing = (3.0, 3.0, 6.0)
+    vol, mask = make_volume(seed, PITUITARY, shape=(64, 48, 16), spacing=spacing)  # X != Y: a transpose shows
+    nib.save(nib.Nifti1Image(mask, synthetic.volume_affine(spacing)), tmp_path / "m.nii.gz")
+    study = read_study(tmp_path / "m.nii.gz")
+    shown = display_view(study.geometry.direction, 2).to_slices(study.image)[0]  # (N, rows, cols)
+    assert shown.shape == (16, 48, 64)
+    np.testing.assert_array_equal(shown, np.moveaxis(mask, -1, 0).transpose(0, 2, 1))  # slice k shown = mask[:, :, k].T
+    _, rows, cols = np.nonzero(shown)
+    _, mask2d = make_slice(np.random.default_rng(seed), PITUITARY, 64)
+    rows2d, cols2d = np.nonzero(mask2d)
+    # the pituitary sits on the midline in the lower part of every synthetic 2D image: so in the volume
+    assert rows2d.mean() / 64 > 0.55 and rows.mean() / 48 > 0.58
+    assert 0.35 < cols2d.mean() / 64 < 0.65 and 0.35 < cols.mean() / 64 < 0.65
+
+
 # ------------------------------------------------------------------ ensure_dataset: contract, cache
 
 
@@ -181,6 +208,8 @@ def test_volumes_in_3d(tmp_path):
     mask = np.asarray(nib.load(tmp_path / sample["label"]).dataobj)
     assert image.shape == mask.shape == (32, 32, 16)
     assert np.allclose(image.header.get_zooms(), synthetic.VOLUME_SPACING)
+    np.testing.assert_array_equal(image.affine, synthetic.volume_affine(synthetic.VOLUME_SPACING))
+    np.testing.assert_array_equal(nib.load(tmp_path / sample["label"]).affine, image.affine)  # the set agrees with itself
     assert mask.any(axis=(0, 1)).sum() >= 2
     before = _file_hashes(tmp_path)
     again = ensure_dataset(tmp_path / "again", seed=0, n_train=4, n_val=1, n_test=2, size=32, spatial_dims=3)

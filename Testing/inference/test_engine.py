@@ -11,10 +11,12 @@ from monai.inferers import sliding_window_inference
 
 from infer_helpers import dice, tiny_card, wire_threshold
 from scripts.inference import engine
+from scripts.inference.orientation import display_view
 from scripts.inferers import MultiTaskSlidingWindowInferer
 from scripts.model_card import build_network
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+AXIAL = display_view(np.eye(3).ravel(), 2)  # an LPS volume cut along Z (orientation itself: test_orientation.py)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,7 @@ def test_count_windows_matches_monai(shape, roi, overlap):
 
 def test_slices_without_resize_equal_the_threshold(net2d):
     image = np.random.default_rng(0).random((1, 32, 32, 5)).astype(np.float32)
-    label, logits = engine.segment_slices(net2d, image, 2, (32, 32), torch.device("cpu"), batch_size=2)
+    label, logits = engine.segment_slices(net2d, image, AXIAL, (32, 32), torch.device("cpu"), batch_size=2)
     np.testing.assert_array_equal(label, (image[0] > 0.5).astype(np.uint8))
     assert label.dtype == np.uint8 and logits.shape == (4,)
 
@@ -107,7 +109,7 @@ def test_slices_resized_back_to_each_slice(net2d):
     disc = ((x - 20) ** 2 + (y - 25) ** 2 < 12 ** 2).astype(np.float32)  # (60, 45): off-centre, not square
     image = np.stack([disc * (0.9 + 0.05 * k) for k in range(3)], axis=-1)[None]  # (1, 60, 45, 3)
     image = image + 0.01
-    label, _ = engine.segment_slices(net2d, image, 2, (32, 32), torch.device("cpu"))
+    label, _ = engine.segment_slices(net2d, image, AXIAL, (32, 32), torch.device("cpu"))
     assert label.shape == (60, 45, 3)
     for k in range(3):
         assert dice(label[..., k], disc) > 0.95
@@ -127,7 +129,7 @@ def test_tumor_slices_decide_the_study_diagnosis(net2d):
     x, y = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
     for k in (6, 7, 8):
         volume[0, :, :, k][(x - 16) ** 2 + (y - 16) ** 2 < 9 ** 2] = 1.0  # bright blob: tumor, "glioma"
-    label, study_logits = engine.segment_slices(net2d, volume, 2, (32, 32), torch.device("cpu"), batch_size=7)
+    label, study_logits = engine.segment_slices(net2d, volume, AXIAL, (32, 32), torch.device("cpu"), batch_size=7)
     per_slice = [engine.segment_slices(net2d, volume[..., k], None, (32, 32), torch.device("cpu"))[1] for k in range(20)]
     assert [int(logits.argmax()) for logits in per_slice].count(0) == 3  # only the tumor slices say glioma
     assert engine.diagnosis(torch.stack(per_slice).mean(0), CLASSES)["label"] == "no_tumor"  # a plain mean is outvoted
@@ -137,7 +139,7 @@ def test_tumor_slices_decide_the_study_diagnosis(net2d):
 
 def test_no_tumor_anywhere_is_the_plain_mean(net2d):
     volume = 0.1 * np.random.default_rng(1).random((1, 32, 32, 6)).astype(np.float32)
-    _, study_logits = engine.segment_slices(net2d, volume, 2, (32, 32), torch.device("cpu"))
+    _, study_logits = engine.segment_slices(net2d, volume, AXIAL, (32, 32), torch.device("cpu"))
     per_slice = torch.stack([engine.segment_slices(net2d, volume[..., k], None, (32, 32), torch.device("cpu"))[1]
                              for k in range(6)])
     torch.testing.assert_close(study_logits, per_slice.mean(0))

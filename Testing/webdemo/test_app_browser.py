@@ -136,16 +136,17 @@ def test_volume_has_a_slice_slider(page: Page, predictor: Predictor, tiny_bundle
     upload(page, example)
     run_ok(page)
     expected = predictor.predict(example)
-    best = webdemo.best_slice(expected.label)
+    shown_image, shown_label = webdemo.display_arrays(expected.image, expected.label, expected.view)
+    best = webdemo.best_slice(shown_label)
     expect(page.locator("#slice")).to_be_visible()
     expect(page.locator("#slice input[type=number]")).to_have_value(str(best))
     expect(page.locator("#summary")).to_contain_text(f"mL ({int(expected.label.sum())} voxels)")
-    np.testing.assert_array_equal(overlay_pixels(page), webdemo.render_overlay(expected.image, expected.label, best, 0.4))
+    np.testing.assert_array_equal(overlay_pixels(page), webdemo.render_overlay(shown_image, shown_label, best, 0.4))
     page.screenshot(path=str(artifacts_dir / "webdemo_volume.png"), full_page=True, animations="disabled")
 
-    other = (best + 5) % expected.label.shape[-1]
+    other = (best + 5) % shown_label.shape[-1]
     move_slider(page, "#slice", other)
-    np.testing.assert_array_equal(overlay_pixels(page), webdemo.render_overlay(expected.image, expected.label, other, 0.4))
+    np.testing.assert_array_equal(overlay_pixels(page), webdemo.render_overlay(shown_image, shown_label, other, 0.4))
 
 
 def test_bad_uploads_show_their_message_and_the_app_keeps_serving(page: Page, tiny_bundle: Path, tmp_path: Path,

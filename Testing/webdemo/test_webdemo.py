@@ -166,6 +166,28 @@ def test_slice_view_is_what_a_2d_model_sees() -> None:
     assert lab2d[3, 0] == 1 and img2d[1, 3, 2] == image[1, 3, 2, 1]
 
 
+def test_display_arrays_show_a_volume_as_a_viewer_does() -> None:
+    from scripts.inference.orientation import display_view
+
+    image = np.random.default_rng(0).random((2, 4, 3, 5)).astype(np.float32)  # (C, X, Y, Z)
+    label = np.zeros((4, 3, 5), np.uint8)
+    label[3, 0, 1] = 1  # i=3 (left), j=0 (anterior), k=1
+    img, lab = webdemo.display_arrays(image, label, display_view(np.eye(3), 2))  # LPS identity: axial
+    assert img.shape == (2, 3, 4, 5) and lab.shape == (3, 4, 5)  # rows = Y (A->P), cols = X (R->L), slices last
+    assert lab[0, 3, 1] == 1 and lab.sum() == 1  # top row (anterior), right-most column (patient left)
+    np.testing.assert_array_equal(img[:, :, :, 1], image[:, :, :, 1].transpose(0, 2, 1))
+    ras = display_view(np.diag([-1, -1, 1.0]), 2)
+    ras_img, ras_lab = webdemo.display_arrays(image[:, ::-1, ::-1], label[::-1, ::-1], ras)
+    np.testing.assert_array_equal(ras_lab, lab)  # the same head stored RAS shows the same picture
+    np.testing.assert_array_equal(ras_img, img)
+    flat_img, flat_lab = webdemo.display_arrays(image[..., 0], label[..., 1], display_view((1.0, 0.0, 0.0, 1.0), 2))
+    assert flat_img.shape == (2, 3, 4) and flat_lab[0, 3] == 1  # a 2D grid (2D NIfTI): one axial picture
+    raster = np.zeros((1, 4, 3), np.float32)
+    assert webdemo.display_arrays(raster, np.zeros((4, 3), np.uint8))[0] is raster  # PNG/JPG: as it is
+    with pytest.raises(ValueError, match=r"image grid \(4, 3\) differs from label grid \(3, 4\)"):
+        webdemo.display_arrays(raster, np.zeros((3, 4), np.uint8))
+
+
 def test_slice_view_errors() -> None:
     with pytest.raises(ValueError, match=r"image grid \(4, 4\) differs from label grid \(4, 5\)"):
         webdemo.slice_view(np.zeros((1, 4, 4)), np.zeros((4, 5), np.uint8))

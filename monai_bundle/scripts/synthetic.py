@@ -14,7 +14,9 @@ one tumor, rendered in a head frame so that 2D slices of one patient and 3D volu
 Tumor brightness overlaps scalp fat, sinuses and white matter, and every patient gets its own
 contrast, bias field and noise, so a global threshold cannot segment and a model that ignores the
 image cannot diagnose. Coordinates: 2D arrays are ``(H, W)``, rows first, anterior at the top; 3D
-arrays are ``(X, Y, Z)`` whose ``[:, :, k]`` slices look like the 2D images.
+arrays are ``(X, Y, Z)`` with X = the images' columns, Y = their rows: stored with
+:func:`volume_affine` (i -> Left, j -> Posterior, k -> Superior), a viewer's axial display of slice
+``k``, which is ``vol[:, :, k].T`` (``docs/contracts.md``, axis conventions), looks like the 2D images.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ CHANNELS = ["T1c"]
 GLIOMA, MENINGIOMA, NO_TUMOR, PITUITARY = range(4)
 #: bump when the rendering changes: cached datasets made by an older generator are rebuilt
 GENERATOR_VERSION = 1
+#: the same for 3D data only (2: volumes stored X = columns, Y = rows with :func:`volume_affine`)
+VOLUME_VERSION = 2
 DATALIST_NAME = "datalist.json"
 SLICES_PER_PATIENT = 4
 #: share of tumor samples without a mask (classification only), of samples without a diagnosis
@@ -83,7 +87,8 @@ def make_volume(seed: int, label: int, shape: tuple[int, int, int] = (128, 128, 
     Args:
         seed: the volume is a pure function of ``seed``, ``label``, ``shape`` and ``spacing``.
         label: class index into :data:`CLASSES`.
-        shape: ``(X, Y, Z)`` voxels; ``vol[:, :, k]`` is an axial slice, rows first, like the 2D images.
+        shape: ``(X, Y, Z)`` voxels; ``vol[:, :, k].T`` is an axial slice like the 2D images (X = columns,
+            Y = rows); write it with :func:`volume_affine` so that viewers and 2D models see it so.
         spacing: voxel size in mm along X, Y, Z; the head fills the in-plane field of view.
 
     Returns:
@@ -101,13 +106,29 @@ def make_volume(seed: int, label: int, shape: tuple[int, int, int] = (128, 128, 
     patient = draw_patient(rng, label)
     sx, sy, sz = (float(s) for s in spacing)
     mm_per_unit = max(shape[0] * sx, shape[1] * sy) / 2  # the in-plane field of view spans -1..1
-    rows = ((np.arange(shape[0]) + 0.5) * sx - shape[0] * sx / 2) / mm_per_unit
-    cols = ((np.arange(shape[1]) + 0.5) * sy - shape[1] * sy / 2) / mm_per_unit
+    cols = ((np.arange(shape[0]) + 0.5) * sx - shape[0] * sx / 2) / mm_per_unit  # patient right -> left
+    rows = ((np.arange(shape[1]) + 0.5) * sy - shape[1] * sy / 2) / mm_per_unit  # anterior -> posterior
     zs = ((np.arange(shape[2]) + 0.5) * sz - shape[2] * sz / 2) / mm_per_unit + patient.tumor_z
-    y, x, z = np.meshgrid(*(a.astype(np.float32) for a in (rows, cols, zs)), indexing="ij")  # (X, Y, Z); X = rows
+    # (X, Y, Z) with X = the 2D images' columns (x) and Y = their rows (y): LPS storage, see volume_affine
+    x, y, z = np.meshgrid(*(a.astype(np.float32) for a in (cols, rows, zs)), indexing="ij")
     image, mask = render(patient, x, y, z)
     blur = [patient.blur * mm_per_unit / s for s in (sx, sy, sz)]  # head-frame units to voxels
     return _finish(patient, rng, image, blur), mask
+
+
+def volume_affine(spacing: tuple[float, float, float]) -> np.ndarray:
+    """The nibabel (RAS) affine of a :func:`make_volume` array: i -> Left, j -> Posterior, k -> Superior.
+
+    ``diag(-sx, -sy, sz, 1)``: ITK and viewers read it as the LPS identity direction, so the axial
+    display (rows A->P, columns R->L) of slice ``k`` is ``vol[:, :, k].T``, the synthetic 2D image.
+
+    Raises:
+        ValueError: not three positive sizes in mm.
+    """
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be three positive sizes in mm, got {tuple(spacing)}")
+    sx, sy, sz = (float(s) for s in spacing)
+    return np.diag([-sx, -sy, sz, 1.0])
 
 
 def ensure_dataset(root: str | Path, seed: int = 0, n_train: int | None = None, n_val: int | None = None,
@@ -165,7 +186,8 @@ def _params(seed: int, n_train: int | None, n_val: int | None, n_test: int | Non
         raise ValueError(f"need n_train >= 1 and n_val, n_test >= 0, got {params}")
     if params["size"] < (16 if spatial_dims == 2 else 32):
         raise ValueError(f"size {params['size']} is too small for {spatial_dims}D synthetic data")
-    params.update(seed=int(seed), spatial_dims=spatial_dims, version=GENERATOR_VERSION,
+    params.update(seed=int(seed), spatial_dims=spatial_dims,
+                  version=GENERATOR_VERSION if spatial_dims == 2 else VOLUME_VERSION,
                   slices_per_patient=SLICES_PER_PATIENT if spatial_dims == 2 else 1)
     return params
 
@@ -241,7 +263,7 @@ def _write_patient(tmp: Path, data_dir: str, params: dict[str, Any], patient_id:
     if params["spatial_dims"] == 3:
         shape = (size, size, size // 2)
         vol, mask = make_volume(params["seed"] * 100003 + patient_id, label, shape, VOLUME_SPACING)
-        affine = np.diag([*VOLUME_SPACING, 1.0])
+        affine = volume_affine(VOLUME_SPACING)  # one affine for images and masks: the set agrees with itself
         stem = f"{group}.nii.gz"
         _write_nifti(tmp / "images" / stem, np.round(vol * 1000).astype(np.int16), affine)
         _write_nifti(tmp / "masks" / stem, mask, affine)

@@ -1,11 +1,11 @@
 """Helpers of the web demo (``app.py``) that are not inference: uploads, overlays, text, examples.
 
 Everything the model sees is prepared by :class:`scripts.inference.Predictor`; this module only
-unpacks what a browser uploaded and draws what the Predictor returned. The drawing reads the
-arrays of a prediction in the project's axis conventions (``monai_bundle/docs/contracts.md``):
-raster images ``(C, H, W)`` rows first, volumes ``(C, X, Y, Z)``, shown one ``Z`` slice at a time
-as the 2D model sees it: rows = ``X``, columns = ``Y`` (a synthetic volume's ``[:, :, k]`` looks
-like the synthetic 2D images this way). The page shows array axes, not patient directions.
+unpacks what a browser uploaded and draws what the Predictor returned. Raster images
+``(C, H, W)`` are drawn as they are; a volume ``(C, X, Y, Z)`` is first put in the display
+orientation of a radiologist's viewer by :func:`display_arrays` (the prediction's
+:class:`~scripts.inference.orientation.DisplayView`, the one a 2D model sees: axial rows A->P,
+columns R->L, so heads stand upright), then drawn one slice at a time along its last axis.
 """
 
 from __future__ import annotations
@@ -138,6 +138,32 @@ def _common_folder(files: list[Path]) -> Path:
     return Path(common)
 
 
+def display_arrays(image: np.ndarray, label: np.ndarray, view: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """A prediction's image and label in display orientation, slices last, for the drawing functions.
+
+    Args:
+        image: ``(C, H, W)`` or ``(C, X, Y[, Z])``, as the Predictor read it (``Prediction.image``).
+        label: ``(H, W)`` or ``(X, Y[, Z])`` on the same grid (``Prediction.label``).
+        view: ``Prediction.view`` (a ``DisplayView``); None for PNG/JPG images, returned as they are.
+
+    Returns:
+        ``(C, rows, cols, N)`` and ``(rows, cols, N)`` for a volume; ``(C, rows, cols)`` and
+        ``(rows, cols)`` for a 2D grid (a 2D NIfTI/NRRD) or a raster image.
+
+    Raises:
+        ValueError: the image and label grids differ.
+    """
+    if image.shape[1:] != label.shape:
+        raise ValueError(f"image grid {image.shape[1:]} differs from label grid {label.shape}")
+    if view is None:
+        return image, label
+    flat = label.ndim == 2
+    vol, lab = (image[..., None], label[..., None]) if flat else (image, label)  # a 2D grid: one slice
+    img_shown = np.moveaxis(view.to_slices(vol), 1, -1)  # (C, N, rows, cols) -> (C, rows, cols, N)
+    lab_shown = np.moveaxis(view.to_slices(lab[None])[0], 0, -1)  # (N, rows, cols) -> (rows, cols, N)
+    return (img_shown[..., 0], lab_shown[..., 0]) if flat else (img_shown, lab_shown)
+
+
 def num_slices(label: np.ndarray) -> int:
     """How many slices the viewer offers: 1 for a 2D ``(H, W)`` map, ``Z`` for ``(X, Y, Z)``."""
     return 1 if label.ndim == 2 else int(label.shape[-1])
@@ -155,9 +181,9 @@ def slice_view(image: np.ndarray, label: np.ndarray, index: int = 0) -> tuple[np
     """One 2D view of a prediction: image ``(C, rows, cols)`` and label ``(rows, cols)``.
 
     Args:
-        image: ``(C, H, W)`` or ``(C, X, Y, Z)``.
-        label: ``(H, W)`` or ``(X, Y, Z)``.
-        index: slice along ``Z`` (ignored for 2D).
+        image: ``(C, H, W)`` or ``(C, rows, cols, N)`` (:func:`display_arrays`).
+        label: ``(H, W)`` or ``(rows, cols, N)``.
+        index: slice along the last axis (ignored for 2D).
 
     Raises:
         ValueError: the image and label grids differ, or ``index`` is outside ``0..Z-1``.
@@ -168,8 +194,7 @@ def slice_view(image: np.ndarray, label: np.ndarray, index: int = 0) -> tuple[np
         return image, label
     if not 0 <= index < label.shape[-1]:
         raise ValueError(f"slice {index} is outside 0..{label.shape[-1] - 1}")
-    # (C, X, Y, Z) -> (C, X, Y): the slice exactly as a 2D model is given it, rows = X
-    return image[..., index], label[..., index]
+    return image[..., index], label[..., index]  # (C, rows, cols, N) -> (C, rows, cols)
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -193,9 +218,9 @@ def render_overlay(image: np.ndarray, label: np.ndarray, index: int = 0, opacity
     every output pixel still belongs to exactly one input pixel.
 
     Args:
-        image: ``(C, H, W)`` or ``(C, X, Y, Z)`` float, as the Predictor read it.
-        label: ``(H, W)`` or ``(X, Y, Z)`` uint8, 0 = background.
-        index: slice along ``Z`` for volumes.
+        image: ``(C, H, W)`` or ``(C, rows, cols, N)`` float (:func:`display_arrays` of a prediction).
+        label: ``(H, W)`` or ``(rows, cols, N)`` uint8, 0 = background.
+        index: slice along the last axis for volumes.
         opacity: fill opacity 0..1 (the outline is always drawn).
 
     Raises:
@@ -305,7 +330,9 @@ def _save_png(path: str, image: np.ndarray) -> None:
     Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(path, format="PNG")
 
 
-def _save_nifti(path: str, volume: np.ndarray, spacing: tuple[float, ...]) -> None:
+def _save_nifti(path: str, volume: np.ndarray, spacing: tuple[float, float, float]) -> None:
     import nibabel as nib
 
-    nib.save(nib.Nifti1Image(volume.astype(np.float32), np.diag([*spacing, 1.0])), path)
+    from scripts.synthetic import volume_affine  # i -> Left, j -> Posterior: viewers show the head upright
+
+    nib.save(nib.Nifti1Image(volume.astype(np.float32), volume_affine(spacing)), path)

@@ -5,7 +5,10 @@ Rules (the Predictor's docstring points here):
 - **2D model.** Each slice ``(C, h, w)`` is resized to the card's ``spatial_size`` (bilinear, the
   training resize), the segmentation logits are resized back to ``(h, w)`` (bilinear on logits)
   and only then arg-maxed to uint8, batch by batch: nothing float at full resolution outlives its
-  batch. A volume is cut along its acquisition axis (:func:`slice_axis`).
+  batch. A volume is cut along its acquisition axis (:func:`slice_axis`) and each slice is shown to
+  the network in the display orientation of a radiologist's viewer, as PNG/JPG exports show it
+  (:mod:`.orientation`: axial rows A->P, columns R->L, ...); the label map goes back to the
+  volume's own voxels by the exact inverse (permute/flip only, no resampling).
 - **3D model.** :class:`scripts.inferers.MultiTaskSlidingWindowInferer` (windows of the card's
   ``spatial_size``, Gaussian blending) stitches the segmentation on the CPU while windows run
   batched on the device, so device memory is bounded by one window batch.
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from scripts.inference.orientation import DisplayView
 from scripts.inferers import MultiTaskSlidingWindowInferer, aggregate_class_logits
 from scripts.tasks import Task
 
@@ -109,20 +113,22 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
-def segment_slices(network: torch.nn.Module, image: np.ndarray, axis: int | None, spatial_size: Sequence[int],
+def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayView | None, spatial_size: Sequence[int],
                    device: torch.device, batch_size: int = 16, amp: bool = True,
                    progress: Progress | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """Run a 2D model over one image or every slice of a volume.
 
     Args:
-        image: ``(C, h, w)`` (``axis`` None) or ``(C, X, Y, Z)`` normalised float32.
-        axis: spatial axis to slice along (0..2), None for a single 2D image.
+        image: ``(C, h, w)`` (``view`` None) or ``(C, X, Y, Z)`` normalised float32.
+        view: how a volume is cut into display-oriented slices ``(C, N, rows, cols)``
+            (:func:`scripts.inference.orientation.display_view`); None for a single 2D image,
+            which the network sees as it is.
         spatial_size: the model's 2D input size.
 
     Returns:
-        label ``(h, w)`` or ``(X, Y, Z)`` uint8, and study class logits ``(K,)`` (aggregated).
+        label ``(h, w)`` or ``(X, Y, Z)`` uint8 (on the input's voxels), and study class logits ``(K,)`` (aggregated).
     """
-    stack = image[:, None] if axis is None else np.moveaxis(image, axis + 1, 1)  # (C, N, h, w), a view
+    stack = image[:, None] if view is None else view.to_slices(image)  # (C, N, h, w), a view
     n, (h, w) = stack.shape[1], stack.shape[2:]
     label = np.empty((n, h, w), np.uint8)
     logits, tumor = [], []
@@ -146,7 +152,7 @@ def segment_slices(network: torch.nn.Module, image: np.ndarray, axis: int | None
             if progress is not None:
                 progress(min(start + batch_size, n) / n)
     study_logits = aggregate_class_logits(torch.cat(logits), torch.cat(tumor))
-    label = label[0] if axis is None else np.ascontiguousarray(np.moveaxis(label, 0, axis))
+    label = label[0] if view is None else view.from_slices(label)  # (N, rows, cols) -> (X, Y, Z)
     return label, study_logits
 
 

@@ -31,6 +31,7 @@ import torch
 
 from scripts.inference import engine
 from scripts.inference.errors import InputError
+from scripts.inference.orientation import DisplayView, display_view
 from scripts.inference.readers import Study, read_study
 from scripts.inference.writers import OutputSet, check_output_dir, write_json, write_nifti, write_overlay, write_seg_nrrd
 from scripts.inferers import MultiTaskSlidingWindowInferer
@@ -50,6 +51,8 @@ class Prediction:
     image: np.ndarray  # (C, *spatial) float32, the input as read
     label: np.ndarray  # (*spatial) uint8 in input geometry
     paths: dict[str, Path] = field(default_factory=dict)
+    #: display orientation of a volume's slices (None for PNG/JPG); a 2D grid is seen as ``(X, Y, 1)``
+    view: DisplayView | None = None
 
 
 def sha256_file(path: Path) -> str:
@@ -176,16 +179,16 @@ class Predictor:
         image = self._prepare(study)
         t1 = time.perf_counter()
         report(10, "infer")
-        label, logits, axis_used, device, warnings = self._infer(study, image, axis, report)
+        label, logits, view, device, warnings = self._infer(study, image, axis, report)
         t2 = time.perf_counter()
         result = self._result(study, label, logits, device, warnings)
         result["timings_s"] = {"load": round(t1 - t0, 3), "infer": round(t2 - t1, 3), "write": 0.0}
         paths: dict[str, Path] = {}
         if output_dir is not None:
             report(90, "write")
-            paths = self._write(study, label, result, Path(output_dir), seg_format, axis_used, overlay, name)
+            paths = self._write(study, label, result, Path(output_dir), seg_format, view, overlay, name)
         report(100, "done")
-        return Prediction(result, study.image, label, paths)
+        return Prediction(result, study.image, label, paths, view)
 
     def _prepare(self, study: Study) -> np.ndarray:
         """Channels matched and intensities normalised: ``(C_model, *spatial)`` float32."""
@@ -207,14 +210,21 @@ class Predictor:
         return normalize_intensity(image)
 
     def _infer(self, study: Study, image: np.ndarray, axis: int | None, report: ProgressFn):
-        """Label map, study logits, slice axis used, device used, warnings."""
+        """Label map, study logits, display view (None for raster images), device used, warnings.
+
+        A 2D model sees a volume's slices in display orientation (:mod:`.orientation`); a 2D
+        non-raster grid (a 2D NIfTI/NRRD) is a one-slice volume ``(C, X, Y, 1)`` for this. A 3D model
+        sees the volume in file index order, as training gave it; the view is still returned for display.
+        """
         def on_progress(fraction: float) -> None:
             report(10 + int(78 * fraction), "infer")
 
-        axis_used = None  # slice axis of a volume: where a 2D model cuts it, and what the overlay shows
-        if len(study.spatial_shape) == 3:
+        view = None
+        if not study.raster:
+            flat = image if image.ndim == 4 else image[..., None]  # (C, X, Y) -> (C, X, Y, 1)
             try:
-                axis_used = engine.slice_axis(study.geometry.spacing, study.spatial_shape, axis)
+                axis_used = engine.slice_axis(study.geometry.spacing, flat.shape[1:], axis if image.ndim == 4 else None)
+                view = display_view(study.geometry.direction, axis_used)
             except ValueError as e:
                 raise InputError(f"{study.path}: {e}") from e
 
@@ -223,10 +233,15 @@ class Predictor:
             if self.spatial_dims == 3:
                 return engine.segment_volume(self.network, image, self.inferer, device, self.amp, on_progress)
             size = self.card["spatial_size"]
-            return engine.segment_slices(self.network, image, axis_used, size, device, self.batch_size, self.amp, on_progress)
+            if view is not None and image.ndim == 3:
+                label, logits = engine.segment_slices(self.network, flat, view, size, device, self.batch_size,
+                                                      self.amp, on_progress)
+                return label[..., 0], logits  # (X, Y, 1) -> (X, Y)
+            return engine.segment_slices(self.network, image, view, size, device, self.batch_size, self.amp,
+                                         on_progress)
 
         (label, logits), device, warnings = engine.with_cpu_fallback(run, self.device)
-        return label, logits, axis_used, device, warnings
+        return label, logits, view, device, warnings
 
     def _result(self, study: Study, label: np.ndarray, logits: torch.Tensor, device: torch.device,
                 warnings: list[str]) -> dict[str, Any]:
@@ -249,7 +264,7 @@ class Predictor:
         }
 
     def _write(self, study: Study, label: np.ndarray, result: dict[str, Any], folder: Path, seg_format: str,
-               axis: int | None, overlay: bool, name: str | None) -> dict[str, Path]:
+               view: DisplayView | None, overlay: bool, name: str | None) -> dict[str, Path]:
         start = time.perf_counter()
         stem = name or study.name
         names = {"segmentation": stem + SEG_SUFFIXES[seg_format], "result": f"{stem}_result.json"}
@@ -269,8 +284,22 @@ class Predictor:
                 write_dicom_seg(label, study.dicom, self.card["segments"], result["model"]["name"],
                                 result["model"]["version"], seg_tmp, study.path)
             if overlay:
-                write_overlay(study.image, label, study.raster, axis, self.card["segments"], out.temp(names["overlay"]))
+                shown, shown_label, shown_axis = _overlay_input(study.image, label, view)
+                write_overlay(shown, shown_label, study.raster, shown_axis, self.card["segments"],
+                              out.temp(names["overlay"]))
             result["timings_s"]["write"] = round(time.perf_counter() - start, 3)  # the JSON itself is negligible
             write_json(result, out.temp(names["result"]))
             out.commit()
         return {key: folder / file for key, file in names.items()}
+
+
+def _overlay_input(image: np.ndarray, label: np.ndarray, view: DisplayView | None):
+    """``(image, label, axis)`` for :func:`write_overlay` so that it draws the display orientation.
+
+    write_overlay shows slices ``(a, b)`` transposed (rows = b), so it is handed the display stack with
+    rows and columns swapped: ``(C, N, cols, rows)`` and ``(N, cols, rows)``, cut along axis 0.
+    """
+    if view is None:
+        return image, label, None
+    vol, lab = (image, label) if label.ndim == 3 else (image[..., None], label[..., None])  # 2D grid: one slice
+    return view.to_slices(vol).swapaxes(2, 3), view.to_slices(lab[None])[0].swapaxes(1, 2), 0
