@@ -21,8 +21,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import scripts
-from scripts.inference import SEG_SUFFIXES, BatchRunner, InputError, Outcome, Predictor
+if __package__ in (None, ""):  # run as a file (python monai_bundle/scripts/infer.py): make the bundle importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import scripts  # noqa: E402
+from scripts.inference import SEG_SUFFIXES, BatchRunner, InputError, Outcome, Predictor  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ model card written next to the weights.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
 import time
@@ -155,6 +156,7 @@ class HistoryHandler:
         self._sums: dict[str, float] = {}
         self._count = 0
         self._t0 = 0.0
+        self._continued = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.started)
@@ -164,12 +166,17 @@ class HistoryHandler:
         self.evaluator.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "trainer_epoch", engine.state.epoch))
 
     def started(self, engine: Engine) -> None:
-        import json
+        self._continued = False
 
-        if engine.state.epoch > 0 and self.path.is_file():  # resumed: keep the earlier epochs
-            self.records = [r for r in json.loads(self.path.read_text()) if r["epoch"] <= engine.state.epoch]
+    def _continue_history(self, engine: Engine) -> None:
+        """On a resumed run keep the records of the epochs before it (the checkpoint sets the epoch at STARTED)."""
+        self._continued = True
+        if self.path.is_file():
+            self.records = [r for r in json.loads(self.path.read_text()) if r["epoch"] < engine.state.epoch]
 
     def epoch_started(self, engine: Engine) -> None:
+        if not self._continued:
+            self._continue_history(engine)
         self._sums, self._count, self._t0 = {}, 0, time.perf_counter()
 
     def iteration_completed(self, engine: Engine) -> None:

@@ -1,0 +1,116 @@
+"""The bundle as an ML engineer runs it: train -> resume -> evaluate -> infer -> verify, and DDP.
+
+Every command runs in a subprocess from a temporary working directory (not the repo root), on a
+copy of the bundle, with a tiny network and a tiny generated dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scripts.networks import MultiTaskUNet
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_TOOLS = REPO.parent / "shared" / "tools"
+TINY = [
+    "--datalist_file#n_train", "16", "--datalist_file#n_val", "8", "--datalist_file#n_test", "8", "--datalist_file#size", "64",
+    "--spatial_size", "[64,64]", "--network_channels", "[4,8,16,32]", "--batch_size", "8", "--val_batch_size", "8",
+]
+
+
+def _bundle_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "monai.bundle", *args]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    assert done.returncode == 0, f"{cmd}\nSTDOUT:\n{done.stdout[-3000:]}\nSTDERR:\n{done.stderr[-5000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A copy of the bundle trained for 1 epoch on tiny synthetic data, run from another folder."""
+    base = tmp_path_factory.mktemp("bundle_workflow")
+    bundle = base / "bundle"
+    shutil.copytree(REPO / "monai_bundle", bundle, ignore=shutil.ignore_patterns("models", "data", "eval", "__pycache__"))
+    work = base / "elsewhere"
+    work.mkdir()
+    train = str(bundle / "configs" / "train.json")
+    done = _run(_bundle_cmd("run", "training", "--config_file", train, "--max_epochs", "1", *TINY), cwd=work)
+    return {"bundle": bundle, "work": work, "train": Path(train), "log": done.stdout + done.stderr}
+
+
+def test_training_writes_model_card_weights_history_and_resume_state(trained: dict) -> None:
+    models = trained["bundle"] / "models"
+    card = json.loads((models / "model_card.json").read_text())
+    assert card["classes"] == ["glioma", "meningioma", "no_tumor", "pituitary"]
+    assert card["network"]["channels"] == [4, 8, 16, 32] and card["spatial_size"] == [64, 64]
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    MultiTaskUNet(**card["network"]).load_state_dict(state)  # strict: the card rebuilds the trained network
+    history = json.loads((models / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1]
+    assert history[0]["iterations"] == 2  # 16 training samples, batch 8, one process
+    assert {"loss", "loss_seg", "loss_cls", "lr", "val_score"} <= set(history[0])
+    assert (models / "checkpoint_last.pt").is_file()
+    assert not list(models.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_plain_run_resumes_from_the_last_checkpoint(trained: dict) -> None:
+    done = _run(_bundle_cmd("run", "--config_file", str(trained["train"]), "--max_epochs", "2", *TINY), cwd=trained["work"])
+    assert "resumed from" in done.stdout + done.stderr
+    history = json.loads((trained["bundle"] / "models" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+
+
+def test_evaluate_writes_metrics_and_report(trained: dict) -> None:
+    configs = trained["bundle"] / "configs"
+    files = f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']"
+    _run(_bundle_cmd("run", "evaluating", "--config_file", files, *TINY), cwd=trained["work"])
+    out = trained["bundle"] / "eval"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["seg"]["lesion"]["dice"] <= 1.0 and 0.0 <= metrics["cls"]["accuracy"] <= 1.0
+    assert (out / "report.md").is_file() and list(out.glob("*.png"))
+
+
+def test_inference_cli_writes_segmentation_and_probabilities(trained: dict) -> None:
+    bundle = trained["bundle"]
+    datalist = json.loads((bundle / "data" / "synthetic" / "datalist.json").read_text())
+    image = bundle / "data" / "synthetic" / datalist["test"][0]["image"]
+    out = trained["work"] / "infer_out"
+    _run([sys.executable, "-m", "scripts.infer", str(image), "--bundle", str(bundle), "--out", str(out)], cwd=trained["work"],
+         env={"PYTHONPATH": str(bundle)})
+    result = json.loads(next(out.glob("*_result.json")).read_text())
+    probs = result["diagnosis"]["probabilities"]
+    assert set(probs) == {"glioma", "meningioma", "no_tumor", "pituitary"} and sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+    assert Path(result["segmentation"]["path"]).is_file()
+
+
+def test_model_zoo_checks_pass_on_the_trained_bundle(trained: dict) -> None:
+    verify = SHARED_TOOLS / "verify_bundle.py"
+    done = subprocess.run([sys.executable, str(verify), str(trained["bundle"]), "--schema", str(SHARED_TOOLS / "meta_schema_20240725.json"),
+                           "--strict"], cwd=trained["work"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 failed, 0 warnings" in done.stdout
+
+
+def test_ddp_training_with_gloo_on_two_cpu_processes(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "monai_bundle", bundle, ignore=shutil.ignore_patterns("models", "data", "eval", "__pycache__"))
+    configs = bundle / "configs"
+    files = f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    _run([*torchrun, "-m", "monai.bundle", "run", "training", "--config_file", files, "--max_epochs", "1", *TINY], cwd=tmp_path)
+    history = json.loads((bundle / "models" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1]
+    assert history[0]["iterations"] == 1  # the 16 samples are split between the 2 ranks: 8 each, one batch
+    state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state), "rank 0 must save the unwrapped network"
