@@ -1,0 +1,59 @@
+# MultiTaskUNet: `make demo` runs the whole path on the built-in synthetic data,
+# `make test` runs the test suite. Both set up what they need first (idempotent).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+BUNDLE := monai_bundle
+# re-install when requirements.txt changes
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+# root installs system packages directly; others through sudo when it is there
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup system-deps demo train evaluate infer test bench web verify clean
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+# Debian packages the tests need: chromium drives the web demo's browser test (playwright never
+# downloads a browser), cmake + a compiler configure the Slicer extension's CMake files
+SYSTEM_PACKAGES := chromium cmake g++
+system-deps:
+	@missing=""; for c in chromium cmake g++; do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); fi
+
+train: setup
+	$(BIN)/python -m monai.bundle run training --config_file $(BUNDLE)/configs/train.json
+
+evaluate: setup
+	$(BIN)/python -m monai.bundle run evaluating --config_file "['$(BUNDLE)/configs/train.json','$(BUNDLE)/configs/evaluate.json']"
+
+infer: setup
+	$(BIN)/python -m monai.bundle run --config_file $(BUNDLE)/configs/inference.json
+
+demo: setup
+	$(BIN)/python $(BUNDLE)/scripts/demo.py
+
+test: setup system-deps
+	$(BIN)/python -m pytest Testing -q -p no:cacheprovider
+
+bench: setup
+	$(BIN)/python Testing/benchmarks/bench_training.py
+	$(BIN)/python Testing/benchmarks/bench_inference.py
+
+web: setup
+	$(BIN)/python app.py
+
+# the model-zoo checks on a copy of the bundle trained for one tiny epoch (a demo-sized model.pt is
+# over the zoo's 1 MB file limit by design: weights are produced, never committed)
+verify: setup
+	$(BIN)/python -m pytest Testing/bundle/test_bundle_workflow.py -q -k model_zoo
+
+clean:
+	rm -rf $(BUNDLE)/models $(BUNDLE)/eval $(BUNDLE)/data Testing/artifacts
