@@ -50,7 +50,7 @@ def summary(eval_dir: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-epochs", type=int, default=None, help="override the training config's max_epochs")
-    parser.add_argument("--examples", type=int, default=4, help="test images to run through the inference CLI")
+    parser.add_argument("--examples", type=int, default=4, help="test images (one per diagnosis) to run through the inference CLI")
     args = parser.parse_args(argv)
     py = sys.executable
     train = [py, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json")]
@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     from scripts.synthetic import ensure_dataset
 
     test = load_datalist(ensure_dataset(BUNDLE / "data" / "synthetic"), require_training=False).split("test")
-    examples = [s["image"] for s in test if "label" in s][: args.examples]
+    # one example image of each diagnosis (the test split lists a patient's slices together)
+    first_of_class: dict[int, str] = {}
+    for sample in test:
+        if "class" in sample:
+            first_of_class.setdefault(sample["class"], sample["image"])
+    examples = list(first_of_class.values())[: args.examples]
     out = BUNDLE / "eval" / "examples"
     times["infer"] = run([py, "-m", "scripts.infer", *examples, "--out", str(out)], cwd=BUNDLE)
 
