@@ -130,7 +130,7 @@ def test_supervised_evaluator_key_metric_and_report(tmp_path, decollate):
     assert details == report.metrics == evaluator.state.metric_details["evaluation"]
     assert (details[SEG]["n_without_mask"], details[CLS]["n_without_class"], details[CLS]["n_samples"]) == (1, 1, 6)
     assert evaluator.state.metrics["val_score"] == details["combined_score"]
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == details
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8")) == details
     assert "report" in report.paths and "training_curves" not in report.paths
 
 
@@ -145,7 +145,7 @@ def test_report_handler_reads_history_and_resets_between_runs(tmp_path):
     engine.run(outputs)  # a second evaluation starts from zero
     assert handler.metrics[SEG]["n_images"] == 12
     assert handler.paths["training_curves"].is_file()
-    assert "![Training curves](training_curves.png)" in handler.paths["report"].read_text()
+    assert "![Training curves](training_curves.png)" in handler.paths["report"].read_text(encoding="utf-8")
 
 
 def test_load_history_errors(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from scripts import report as report_module
 from scripts.metrics import MetricsAccumulator
-from scripts.report import FILES, atomic_write_bytes, history_series, plot_history, plot_roc, write_report
+from scripts.report import FILES, history_series, plot_history, plot_roc, write_report
 from scripts.tasks import Task
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
@@ -56,12 +56,12 @@ def test_full_report_files_and_content(tmp_path, artifacts_dir):
     metrics = acc.compute()
     paths = report_of(acc, tmp_path / "eval", history=history())
     assert set(paths) == set(FILES)
-    assert json.loads(paths["metrics"].read_text()) == json.loads(json.dumps(metrics))
+    assert json.loads(paths["metrics"].read_text(encoding="utf-8")) == json.loads(json.dumps(metrics))
     for key in ("confusion_matrix", "roc", "training_curves", "dice_histogram"):
         image = matplotlib.image.imread(paths[key])
         assert image.ndim == 3 and min(image.shape[:2]) > 200, key
         (artifacts_dir / f"report_{paths[key].name}").write_bytes(paths[key].read_bytes())  # for a human look
-    text = paths["report"].read_text()
+    text = paths["report"].read_text(encoding="utf-8")
     seg, cls = metrics[Task.SEG.value], metrics[Task.CLS.value]
     assert f"**Combined score: {metrics['combined_score']:.3f}**" in text
     assert f"| Dice | {seg['lesion']['dice']:.3f} ± {seg['lesion']['dice_std']:.3f}" in text
@@ -71,7 +71,7 @@ def test_full_report_files_and_content(tmp_path, artifacts_dir):
     assert "| glioma | " + " | ".join(map(str, cls["confusion_matrix"][0])) + " |" in text
     for key in ("confusion_matrix", "roc", "training_curves", "dice_histogram", "per_image", "metrics"):
         assert f"({FILES[key]})" in text, key
-    rows = paths["per_image"].read_text().splitlines()
+    rows = paths["per_image"].read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("id,has_seg,lesion_voxels") and len(rows) == 1 + len(acc)
     assert not [p for p in (tmp_path / "eval").iterdir() if p.name.startswith(".")]  # no temp files left
 
@@ -83,14 +83,14 @@ def test_report_without_history_or_classes(tmp_path):
     acc.update(true, true, np.ones(2), np.full((2, 4), 0.25), np.full(2, -1), np.zeros(2))
     paths = write_report(acc.compute(), tmp_path, history=None, per_image=acc.per_image())
     assert set(paths) == {"metrics", "report", "per_image", "dice_histogram"}
-    text = paths["report"].read_text()
+    text = paths["report"].read_text(encoding="utf-8")
     assert "No training history was given." in text
     assert "0 scored" in text and "Confusion matrix" not in text
 
 
 def test_multi_segment_report_has_per_segment_table(tmp_path):
     paths = report_of(evaluated(segments=("background", "edema", "core")), tmp_path)
-    text = paths["report"].read_text()
+    text = paths["report"].read_text(encoding="utf-8")
     assert "## Segmentation (edema, core)" in text
     assert "| edema |" in text and "| core |" in text
 
@@ -106,7 +106,7 @@ def test_confusion_matrix_with_an_absent_class_row(tmp_path):
                np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]]), np.array([0, 0]), np.ones(2))
     paths = write_report(acc.compute(), tmp_path)
     assert matplotlib.image.imread(paths["confusion_matrix"]).ndim == 3
-    text = paths["report"].read_text()
+    text = paths["report"].read_text(encoding="utf-8")
     assert "| y | 0 | n/a | n/a | n/a | n/a |" in text  # absent, never predicted
     assert "| z | 0 | 0.000 | n/a | n/a | n/a |" in text  # absent, predicted once (wrongly)
 
@@ -134,7 +134,7 @@ def test_history_without_known_series_draws_nothing(tmp_path):
     assert plot_history([{"epoch": 1, "note": "x"}], tmp_path / "h.png") is False
     paths = write_report(evaluated().compute(), tmp_path, history=[{"epoch": 1}])
     assert "training_curves" not in paths
-    assert "The history holds none of the series plotted here." in paths["report"].read_text()
+    assert "The history holds none of the series plotted here." in paths["report"].read_text(encoding="utf-8")
 
 
 def test_write_report_rejects_other_dicts(tmp_path):
@@ -142,15 +142,3 @@ def test_write_report_rejects_other_dicts(tmp_path):
         write_report({"dice": 0.9}, tmp_path)
 
 
-def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
-    target = tmp_path / "metrics.json"
-    target.write_text("old")
-
-    def failing_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(report_module.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write_bytes(target, b"new")
-    assert target.read_text() == "old"
-    assert os.listdir(tmp_path) == ["metrics.json"]

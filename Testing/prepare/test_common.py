@@ -9,7 +9,6 @@ import pytest
 from scripts.prepare.common import (
     PrepareError,
     Sample,
-    atomic_write_bytes,
     check_out_dir,
     path_for_datalist,
     sample_entry,
@@ -38,10 +37,3 @@ def test_sample_entry_omits_missing_targets(tmp_path):
     assert sample_entry(s, tmp_path, absolute=False) == {"image": "a.png", "label": "m.png", "group": "p1"}
 
 
-def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    atomic_write_bytes(tmp_path / "d" / "f.json", b"{}")
-    assert (tmp_path / "d" / "f.json").read_bytes() == b"{}"
-    with pytest.raises(TypeError):
-        atomic_write_bytes(tmp_path / "d" / "g.json", "not bytes")  # type: ignore[arg-type]
-    assert [p.name for p in (tmp_path / "d").iterdir()] == ["f.json"]
-    assert Path(tmp_path / "d" / "f.json").read_bytes() == b"{}"

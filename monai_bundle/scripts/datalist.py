@@ -103,7 +103,7 @@ def load_datalist(path: str | os.PathLike, require_training: bool = True) -> Dat
     if not path.is_file():
         raise DatalistError(path, ["datalist file not found"])
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatalistError(path, [f"not valid JSON ({e})"]) from e
     problems, fields = _header_fields(raw, path)

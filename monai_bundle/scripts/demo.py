@@ -35,7 +35,7 @@ def run(args: list[str], cwd: Path = BUNDLE.parent) -> float:
 
 def summary(eval_dir: Path) -> dict[str, float]:
     """The headline numbers of ``metrics.json`` written by the evaluation step."""
-    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
     seg, cls = metrics["seg"], metrics["cls"]
     return {
         "lesion Dice": seg["lesion"]["dice"],

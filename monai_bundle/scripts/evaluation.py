@@ -164,7 +164,7 @@ def load_history(history_file: str | os.PathLike | None) -> list[dict[str, Any]]
     if history_file is None or not Path(history_file).is_file():
         return None
     try:
-        history = json.loads(Path(history_file).read_text())
+        history = json.loads(Path(history_file).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{history_file}: training history is not valid JSON ({e})") from e
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):

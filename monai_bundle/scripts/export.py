@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from scripts.atomic import atomic_path
 from scripts.inference.errors import InputError
 from scripts.inference.predictor import Predictor
 from scripts.tasks import Task
@@ -52,36 +52,21 @@ def example_input(card: dict[str, Any], batch: int = 2, seed: int = 0) -> torch.
     return torch.rand((batch, int(card["network"]["in_channels"]), *card["spatial_size"]), generator=g)
 
 
-def _temp_beside(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def export_torchscript(network: torch.nn.Module, path: str | os.PathLike) -> Path:
     """Script ``network`` (eval mode) into ``path`` atomically."""
-    path, tmp = Path(path), _temp_beside(Path(path))
-    try:
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
         torch.jit.script(network.eval()).save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def export_onnx(network: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
     """Export ``network`` to one self-contained ONNX file (torch.export based, dynamic batch)."""
-    path, tmp = Path(path), _temp_beside(Path(path))
     batch = torch.export.Dim("batch", min=1, max=4096)
-    try:
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
         torch.onnx.export(_TupleOutput(network.eval()).eval(), (example,), str(tmp), input_names=["image"],
                           output_names=[Task.SEG.value, Task.CLS.value], dynamo=True,
                           dynamic_shapes=({0: batch},), external_data=False, verbose=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def _worst(reference: torch.Tensor, other: np.ndarray | torch.Tensor, atol: float) -> tuple[float, bool]:

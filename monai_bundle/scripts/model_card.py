@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from scripts.atomic import write_json_atomic  # noqa: F401  (re-exported: the card's writer)
 from scripts.networks import MultiTaskUNet
 
 CARD_FILE = "models/model_card.json"
@@ -54,7 +54,7 @@ def load_model_card(bundle_root: str | os.PathLike, card_file: str | os.PathLike
             raise ValueError(f"{path}: model card not found")
         return json.loads(json.dumps(DEFAULT_CARD))  # a deep copy callers may change
     try:
-        card = json.loads(path.read_text())
+        card = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: model card is not valid JSON ({e})") from e
     missing = [k for k in _REQUIRED if k not in card]
@@ -66,23 +66,6 @@ def load_model_card(bundle_root: str | os.PathLike, card_file: str | os.PathLike
 def build_network(card: dict[str, Any]) -> MultiTaskUNet:
     """The (untrained) network a card describes."""
     return MultiTaskUNet(**card["network"])
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON to a temp file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others (shared installs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: list[str], classes: list[str],

@@ -12,7 +12,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from scripts.atomic import write_bytes_atomic
 from scripts.metrics import as_numpy, roc_auc, roc_curve
 from scripts.tasks import Task
 
@@ -43,24 +43,11 @@ HISTORY_PANELS: list[tuple[str, str, list[tuple[str, list[str]]]]] = [
 ]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_figure(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path) -> None:
@@ -208,7 +195,7 @@ def _write_per_image(rows: Sequence[dict[str, Any]], path: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    write_bytes_atomic(path, buf.getvalue().encode())
 
 
 def write_report(metrics: dict[str, Any], out_dir: str | os.PathLike, history: Sequence[dict[str, Any]] | None = None,
@@ -234,7 +221,7 @@ def write_report(metrics: dict[str, Any], out_dir: str | os.PathLike, history: S
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in FILES.items()}
     written = {"metrics": paths["metrics"]}
-    atomic_write_bytes(paths["metrics"], (json.dumps(metrics, indent=2) + "\n").encode())
+    write_bytes_atomic(paths["metrics"], (json.dumps(metrics, indent=2) + "\n").encode())
     cls = metrics[Task.CLS.value]
     if cls["n_scored"] > 0:
         plot_confusion_matrix(np.array(cls["confusion_matrix"]), cls["classes"], paths["confusion_matrix"])
@@ -253,7 +240,7 @@ def write_report(metrics: dict[str, Any], out_dir: str | os.PathLike, history: S
             written["dice_histogram"] = paths["dice_histogram"]
     written["report"] = paths["report"]
     text = render_markdown(metrics, {k: p.name for k, p in written.items()}, history_given=bool(history))
-    atomic_write_bytes(paths["report"], text.encode())
+    write_bytes_atomic(paths["report"], text.encode())
     return written
 
 

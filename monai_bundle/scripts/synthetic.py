@@ -199,7 +199,7 @@ def _digest(params: dict[str, Any]) -> str:
 def _is_current(datalist_path: Path, params: dict[str, Any]) -> bool:
     """True when the datalist was made with ``params`` and every file it names exists."""
     try:
-        datalist = json.loads(datalist_path.read_text())
+        datalist = json.loads(datalist_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if not isinstance(datalist, dict) or datalist.get("synthetic") != params:
@@ -214,7 +214,7 @@ def _refuse_foreign(datalist_path: Path) -> None:
     if not datalist_path.exists():
         return
     try:
-        ours = "synthetic" in json.loads(datalist_path.read_text())
+        ours = "synthetic" in json.loads(datalist_path.read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):
         ours = False
     if not ours:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from scripts.losses import MultiTaskLoss
-from scripts.model_card import write_json_atomic
+from scripts.atomic import atomic_path, write_json_atomic
 from scripts.tasks import Keys, Task
 
 
@@ -50,17 +49,9 @@ def prepare_batch(batchdata: dict[str, Any], device: str | torch.device | None =
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file in the target folder, then rename (no half-written checkpoint)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """``torch.save`` through :func:`scripts.atomic.atomic_path` (no half-written checkpoint)."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def is_main_process() -> bool:
@@ -172,7 +163,7 @@ class HistoryHandler:
         """On a resumed run keep the records of the epochs before it (the checkpoint sets the epoch at STARTED)."""
         self._continued = True
         if self.path.is_file():
-            self.records = [r for r in json.loads(self.path.read_text()) if r["epoch"] < engine.state.epoch]
+            self.records = [r for r in json.loads(self.path.read_text(encoding="utf-8")) if r["epoch"] < engine.state.epoch]
 
     def epoch_started(self, engine: Engine) -> None:
         if not self._continued:

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from scripts.atomic import atomic_path
+
 #: file endings the demo accepts (a DICOM series comes as a zip of its files)
 SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".nrrd", ".dcm", ".zip")
 MAX_ZIP_BYTES = 1 << 30  # 1 GiB uncompressed: a large CT series, not a zip bomb
@@ -313,14 +315,8 @@ def prune_runs(workdir: str | os.PathLike, max_age_s: float = 3600.0) -> int:
 def _write_atomic(path: Path, write) -> Path:
     if path.is_file():
         return path
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes), dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix="".join(path.suffixes)) as tmp:  # the writers pick the format by suffix
+        write(str(tmp))
     return path
 
 

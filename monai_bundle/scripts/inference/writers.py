@@ -141,7 +141,7 @@ def write_seg_nrrd(label: np.ndarray, geometry: Geometry, raster: bool, segments
 
 
 def write_json(data: dict[str, Any], path: Path) -> Path:
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
     return path

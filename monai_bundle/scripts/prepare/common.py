@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scripts.atomic import write_json_atomic
 from scripts.tasks import Keys
 
 #: datalist split names, in the order they are written
@@ -89,23 +89,9 @@ def check_out_dir(source: Path, out: Path, inside: bool = True) -> None:
         raise PrepareError(f"{out}: the output folder must not be the source folder or inside it ({source})")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
+    write_json_atomic(path, obj)
 
 
 def path_for_datalist(path: str, datalist_dir: Path, absolute: bool) -> str:

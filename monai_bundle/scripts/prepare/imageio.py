@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from scripts.prepare.common import atomic_write_bytes
+from scripts.atomic import atomic_path, write_bytes_atomic
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -179,7 +178,7 @@ def save_png(plane: np.ndarray, path: str | os.PathLike) -> None:
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(plane)).save(buf, format="PNG")
-    atomic_write_bytes(Path(path), buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def save_nifti_like(array: np.ndarray, reference: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -190,14 +189,6 @@ def save_nifti_like(array: np.ndarray, reference: str | os.PathLike, path: str |
     out = nib.Nifti1Image(np.asarray(array), ref.affine)
     out.set_qform(ref.affine, code=1)
     out.set_sform(ref.affine, code=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"  # nibabel compresses by suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
+    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"  # nibabel compresses by suffix
+    with atomic_path(path, suffix=suffix) as tmp:
         nib.save(out, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -35,7 +35,7 @@ def _read_dataset_json(source: Path) -> dict[str, Any]:
     if not path.is_file():
         raise PrepareError(f"{source}: no dataset.json (is this an MSD / nnU-Net data set folder?)")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise PrepareError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(raw, dict):

@@ -90,7 +90,7 @@ def validate(path: str | Path) -> ValidationReport:
 def _lenient_load(path: Path) -> tuple[dict[str, Any] | None, dict[str, list[dict[str, Any]]]]:
     """Header and samples of a datalist that failed ``load_datalist``, to keep checking its files."""
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None, {}
     if not isinstance(raw, dict):
