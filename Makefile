@@ -41,7 +41,7 @@ demo: setup
 	$(BIN)/python $(BUNDLE)/scripts/demo.py
 
 test: setup system-deps
-	$(BIN)/python -m pytest Testing -q -p no:cacheprovider
+	$(BIN)/python -m pytest Testing -q -p no:cacheprovider --timeout 900
 
 bench: setup
 	$(BIN)/python Testing/benchmarks/bench_training.py
