@@ -43,7 +43,7 @@ SEGMENTS = ["background", "tumor"]
 CHANNELS = ["T1c"]
 GLIOMA, MENINGIOMA, NO_TUMOR, PITUITARY = range(4)
 #: bump when the rendering changes: cached datasets made by an older generator are rebuilt
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: no-tumor patients also give slices near the skull caps
 #: the same for 3D data only (2: volumes stored X = columns, Y = rows with :func:`volume_affine`)
 VOLUME_VERSION = 2
 DATALIST_NAME = "datalist.json"

@@ -82,9 +82,15 @@ class Patient:
         return float(self.tumor.centre[2]) if self.tumor is not None else 0.0
 
     def slice_levels(self, rng: np.random.Generator, n: int) -> list[float]:
-        """``n`` axial heights, ascending; through the tumor's middle part when there is one."""
+        """``n`` axial heights, ascending; through the tumor's middle part when there is one.
+
+        Without a tumor, half the slices come from anywhere in the head, skull caps included: a 2D
+        model run slice by slice over a whole volume meets such slices and must leave them empty.
+        """
         if self.tumor is None:
-            return sorted(rng.uniform(-0.25, 0.25, size=n).tolist())
+            anywhere = rng.random(n) < 0.5
+            levels = np.where(anywhere, rng.uniform(-0.92, 0.92, size=n) * self.axes[2], rng.uniform(-0.25, 0.25, size=n))
+            return sorted(levels.tolist())
         u = np.linspace(-0.45, 0.45, n) if n > 1 else np.zeros(1)
         u = u + rng.uniform(-0.05, 0.05, size=n)
         return (self.tumor.centre[2] + self.tumor.radius * self.tumor.axes[2] * u).tolist()
