@@ -16,7 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from scripts.model_card import CARD_FILE, WEIGHTS_FILE, build_network, make_card, write_json_atomic
+from scripts.atomic import write_json_atomic
+from scripts.model_card import CARD_FILE, WEIGHTS_FILE, build_network, make_card
 from scripts.tasks import Task
 from scripts.transforms import normalize_intensity
 

@@ -17,10 +17,10 @@ from typing import Any
 
 from monai.data import load_decathlon_datalist
 
+from scripts.prepare.imageio import read_image
 from scripts.tasks import Keys
 
 SPLITS = ("training", "validation", "test")
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_LISTED_PROBLEMS = 20
 
 
@@ -140,22 +140,11 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
     Raises:
         ValueError: the file cannot be read as an image (names the file).
     """
-    p = Path(path)
     try:
-        if p.suffix.lower() in RASTER_SUFFIXES:
-            from PIL import Image
-
-            with Image.open(p) as im:
-                channels = len(im.getbands())
-                return (im.height, im.width), channels
-        import SimpleITK as sitk
-
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(p))
-        reader.ReadImageInformation()
-        return tuple(int(s) for s in reader.GetSize()), int(reader.GetNumberOfComponents())
+        _, geometry = read_image(path, header_only=True)
     except Exception as e:  # every reader has its own exception types; all mean "unreadable"
-        raise ValueError(f"{p}: cannot read image header ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{path}: cannot read image header ({type(e).__name__}: {e})") from e
+    return geometry.shape, geometry.channels
 
 
 def _image_header(image: str | list[str]) -> tuple[tuple[int, ...], int]:

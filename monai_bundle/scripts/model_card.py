@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scripts.atomic import write_json_atomic  # noqa: F401  (re-exported: the card's writer)
 from scripts.networks import MultiTaskUNet
 
 CARD_FILE = "models/model_card.json"

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from scripts.model_card import write_json_atomic
+from scripts.atomic import write_json_atomic
 from scripts.synthetic_anatomy import Patient, draw_patient, render
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]

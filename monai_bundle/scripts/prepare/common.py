@@ -9,13 +9,11 @@ splits and writes the datalist. Adapters never write into the source folder: eve
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scripts.atomic import write_json_atomic
 from scripts.tasks import Keys
 
 #: datalist split names, in the order they are written
@@ -87,11 +85,6 @@ def check_out_dir(source: Path, out: Path, inside: bool = True) -> None:
     src, dst = Path(source).resolve(), Path(out).resolve()
     if dst == src or (inside and src in dst.parents):
         raise PrepareError(f"{out}: the output folder must not be the source folder or inside it ({source})")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    write_json_atomic(path, obj)
 
 
 def path_for_datalist(path: str, datalist_dir: Path, absolute: bool) -> str:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.prepare.common import SPLITS, Collection, PrepareError, count_table, sample_entry, write_json
+from scripts.atomic import write_json_atomic
+from scripts.prepare.common import SPLITS, Collection, PrepareError, count_table, sample_entry
 from scripts.prepare.duplicates import NEAR_THRESHOLD, cluster_report, find_clusters, fingerprints, regroup
 from scripts.prepare.splits import split_samples
 
@@ -71,10 +72,10 @@ def build(collection: Collection, out: Path, options: Options) -> dict[str, Any]
         clusters = find_clusters([exact[i] for i in keep], [near[i] for i in keep], options.near_threshold)
     report["problems"] = collection.problems
     if collection.problems and not options.skip_bad:
-        write_json(out / REPORT_FILE, report)
+        write_json_atomic(out / REPORT_FILE, report)
         raise PrepareError(_problem_message(collection.name, collection.problems))
     if not samples:
-        write_json(out / REPORT_FILE, report)
+        write_json_atomic(out / REPORT_FILE, report)
         raise PrepareError(f"{collection.name}: no usable sample found")
     if options.regroup_duplicates:
         report["groups_merged_for_duplicates"] = regroup(samples, clusters)
@@ -83,10 +84,10 @@ def build(collection: Collection, out: Path, options: Options) -> dict[str, Any]
     )
     for name, assignment in zip(datalist_names(options.folds), assignments):
         datalist = _datalist(collection, samples, assignment, out, options.absolute_paths)
-        write_json(out / name, datalist)
+        write_json_atomic(out / name, datalist)
         report["datalists"].append({"file": name, "counts": count_table(datalist, collection.classes)})
     report["duplicates"] = cluster_report(samples, clusters, assignments[0]) if options.check_duplicates else None
-    write_json(out / REPORT_FILE, report)
+    write_json_atomic(out / REPORT_FILE, report)
     return report
 
 
