@@ -24,5 +24,5 @@ def test_unknown_names_are_tissue_with_distinct_colours():
 
 def test_slicer_tag_format():
     tag = slicer_terminology_tag(segment_term("tumor", 1))
-    assert tag == ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically "
+    assert tag == ("Segmentation category and type - DICOM master list~SCT^49755003^Morphologically "
                    "Altered Structure~SCT^108369006^Neoplasm~^^~Anatomic codes - DICOM master list~^^~^^")

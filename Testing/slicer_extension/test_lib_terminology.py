@@ -71,9 +71,10 @@ def test_color_to_hex():
                                          ("enhancing tumor", 4), ("lesion", 1), ("label_5", 5), ("vessel", 2)])
 def test_same_codes_and_colors_as_the_bundle(name, value):
     """The segmentation the module shows must look and be coded like the worker's own outputs."""
-    from scripts.inference.terminology import segment_term
+    from scripts.inference.terminology import segment_term, slicer_terminology_tag
 
     ours, bundle = terminology_for_segment(name, value), segment_term(name, value)
+    assert ours.to_slicer_string() == slicer_terminology_tag(bundle)  # the .seg.nrrd tag the worker writes
     assert (ours.category.value, ours.category.scheme, ours.category.meaning) == \
         (bundle.category.value, bundle.category.scheme, bundle.category.meaning)
     assert (ours.type.value, ours.type.scheme, ours.type.meaning) == (bundle.type.value, bundle.type.scheme, bundle.type.meaning)

@@ -50,7 +50,11 @@ def segment_term(name: str, value: int) -> SegmentTerm:
 
 
 def slicer_terminology_tag(term: SegmentTerm) -> str:
-    """The ``TerminologyEntry`` value 3D Slicer stores in a ``.seg.nrrd`` segment's tags."""
+    """The ``TerminologyEntry`` value 3D Slicer stores in a ``.seg.nrrd`` segment's tags.
+
+    The context is the DICOM master list, the one the Slicer module sets on the segments it creates
+    (``MultiTaskUNetLib.terminology``): a ``.seg.nrrd`` from the worker and one saved from Slicer agree.
+    """
     cat, typ = term.category, term.type
-    return (f"Segmentation category and type - 3D Slicer General Anatomy list~{cat.scheme}^{cat.value}^{cat.meaning}"
+    return (f"Segmentation category and type - DICOM master list~{cat.scheme}^{cat.value}^{cat.meaning}"
             f"~{typ.scheme}^{typ.value}^{typ.meaning}~^^~Anatomic codes - DICOM master list~^^~^^")
