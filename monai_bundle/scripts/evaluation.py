@@ -35,6 +35,7 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from monai.utils.enums import CommonKeys
 
+from scripts.inferers import label_map
 from scripts.metrics import MetricsAccumulator, as_numpy
 from scripts.report import write_report
 from scripts.tasks import Keys, Task
@@ -93,7 +94,7 @@ def multitask_output_transform(output: Mapping | Sequence[Mapping]) -> EvalBatch
         raise ValueError(f"engine output: expected a dict or a non-empty list of dicts, got {type(output).__name__}")
     seg_true = torch.as_tensor(targets[0])
     with torch.no_grad():
-        seg_pred = torch.as_tensor(seg_logits).argmax(dim=1)  # (B, S, *sp) -> (B, *sp)
+        seg_pred = label_map(torch.as_tensor(seg_logits))  # (B, S, *sp) -> (B, *sp)
         cls_prob = torch.softmax(torch.as_tensor(cls_logits).float(), dim=1)  # bf16 under AMP: softmax in fp32
     return EvalBatch(
         seg_pred=as_numpy(seg_pred), seg_true=as_numpy(seg_true[:, 0] if seg_true.ndim == seg_pred.ndim + 1 else seg_true),

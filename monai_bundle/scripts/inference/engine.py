@@ -32,7 +32,7 @@ import torch
 from torch.nn import functional as F
 
 from scripts.inference.orientation import DisplayView
-from scripts.inferers import MultiTaskSlidingWindowInferer, aggregate_class_logits
+from scripts.inferers import MultiTaskSlidingWindowInferer, aggregate_class_logits, label_map
 from scripts.tasks import Task
 
 Progress = Callable[[float], None]  # fraction done 0..1 of the network part
@@ -92,21 +92,6 @@ def slice_axis(spacing: Sequence[float], shape: Sequence[int], axis: int | None 
         return singles[-1]
     spacing = np.round(np.asarray(spacing, dtype=float), 4)
     return int(len(spacing) - 1 - np.argmax(spacing[::-1]))
-
-
-def label_map(logits: torch.Tensor) -> torch.Tensor:
-    """``(B, S, *spatial)`` logits -> ``(B, *spatial)`` uint8 arg-max over S (the first maximum wins).
-
-    Equal to ``logits.argmax(1)``; S - 1 comparisons instead, because PyTorch's CPU arg-max over a
-    strided channel axis is some 30-100x slower (it dominated the post-processing of large volumes).
-    """
-    best = logits[:, 0]
-    label = torch.zeros(best.shape, dtype=torch.uint8, device=logits.device)
-    for s in range(1, logits.shape[1]):
-        better = logits[:, s] > best
-        label.masked_fill_(better, s)
-        best = torch.where(better, logits[:, s], best)
-    return label
 
 
 def _autocast(device: torch.device, amp: bool):
