@@ -1,4 +1,4 @@
-"""Read and check one study's result JSON (the Result contract of DESIGN.md).
+"""Read and check one study's result JSON (``<stem>_result.json``, written by the bundle's ``scripts.inference.Predictor``).
 
 The module shows the diagnosis with every class probability, imports the label map named in the
 result, and keeps the result as node attributes so it survives saving the scene.

@@ -22,7 +22,7 @@ from scripts.tasks import Task
 from scripts.transforms import normalize_intensity
 
 REPO = Path(__file__).resolve().parents[2]
-#: ANCHORS.md: Debian chromium, no sandbox/GPU, and no name resolves except 127.0.0.1 (no outbound calls)
+#: the tests' browser: Debian's chromium without sandbox or GPU, where no name resolves but 127.0.0.1 (no outbound calls)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]

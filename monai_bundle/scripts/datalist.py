@@ -1,4 +1,4 @@
-"""The datalist: which images, masks and diagnoses a run uses (the DESIGN datalist contract).
+"""The datalist: which images, masks and diagnoses a run uses (format: ``docs/README.md``, "The datalist").
 
 ``load_datalist`` reads the JSON with MONAI's datalist loader (relative paths resolve against the
 datalist's folder), checks its structure and returns a :class:`Datalist`. ``check_samples`` reads

@@ -1,6 +1,7 @@
 """Evaluation numbers for both heads, as pure numpy functions plus one accumulator.
 
-Segmentation is scored the way the earlier projects should have scored it (ANCHORS.md, pitfalls):
+Segmentation is scored the way the earlier projects should have scored it (they scored an empty
+prediction of an empty mask as Dice 1.0 and counted the background in the mean IoU):
 
 * Dice, IoU, precision and recall of the **lesion** (every foreground segment together, never the
   background) are computed **per image** and averaged over the images whose ground truth has a

@@ -260,7 +260,7 @@ def summary_markdown(result: dict[str, Any], spatial_dims: int) -> str:
     """What a person reads beside the image: diagnosis, tumor size, model, device and warnings.
 
     Args:
-        result: the Result JSON of DESIGN.md.
+        result: a study's result JSON (``Prediction.result`` of :class:`scripts.inference.Predictor`).
         spatial_dims: 2 for an image (size as area), 3 for a volume (size in mL).
     """
     diag = result["diagnosis"]

@@ -245,7 +245,7 @@ class Predictor:
 
     def _result(self, study: Study, label: np.ndarray, logits: torch.Tensor, device: torch.device,
                 warnings: list[str]) -> dict[str, Any]:
-        """The Result JSON of DESIGN.md (paths and timings filled in later)."""
+        """The study's result JSON, ``<stem>_result.json`` (paths and timings filled in later)."""
         segments = []
         counts = np.bincount(label.ravel(), minlength=len(self.card["segments"]))
         for value, name in enumerate(self.card["segments"][1:], start=1):

@@ -1,4 +1,4 @@
-"""Real data sets in: adapters that write the DESIGN datalist, splits, a leakage check, validate.
+"""Real data sets in: adapters that write the bundle's datalist, splits, a leakage check, validate.
 
 ``python -m scripts.prepare <format> SOURCE --out DIR [options]`` with ``<format>`` one of
 ``busi``, ``brisc``, ``msd``, ``nnunet``, ``brats``, ``csv``; ``python -m scripts.prepare validate

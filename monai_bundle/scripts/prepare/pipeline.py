@@ -2,7 +2,7 @@
 
 Output folder (``--out``):
 
-* ``datalist.json`` — the DESIGN datalist; with ``folds=k``, ``datalist_fold0.json`` ..
+* ``datalist.json`` — the bundle's datalist (``docs/README.md``); with ``folds=k``, ``datalist_fold0.json`` ..
   ``datalist_fold{k-1}.json`` instead (same ``test``; fold i is fold i's ``validation``);
 * ``prepare_report.json`` — counts per split and class, duplicate clusters (sample keys, their
   splits, exact/near), problems and warnings; written even when the command fails;
