@@ -329,3 +329,41 @@ def test_3d_patch_crop_works_for_a_sample_without_mask(tmp_path):
     sample = {k: v for k, v in _sample_3d(tmp_path, 1).items() if k != LABEL}  # classification-only volume
     out = train_transforms(3, (16, 16, 8), 1, 2)(sample)[0]
     assert out[IMAGE].shape == (1, 16, 16, 8) and not out[LABEL].any() and float(out[HAS_SEG]) == 0.0
+
+
+# ------------------------------------------------------------------ non-square sizes
+
+
+@pytest.mark.parametrize("size", [(48, 32), (32, 48)])
+def test_rotate_knob_keeps_a_non_square_size_and_still_moves_the_sample(tmp_path, size):
+    sample = _sample_2d(tmp_path, 1, size=48)
+    chain = train_transforms(2, size, 1, 2, **(NO_AUGMENT | {"p_rot90": 1.0}))
+    reference = val_transforms(2, size, 1, 2)(sample)
+    for seed in range(6):  # rotate-90 would swap the sizes for half of these draws
+        chain.set_random_state(seed)
+        out = chain(sample)
+        assert out[IMAGE].shape == (1, *size) and out[LABEL].shape == (1, *size), seed
+        # a non-square plane turns by 180 degrees: both axes flipped
+        assert torch.equal(out[LABEL], reference[LABEL].flip(1, 2)) and _dice(out[IMAGE], out[LABEL]) > 0.85
+
+
+def test_non_square_2d_training_step(tmp_path):
+    from scripts.losses import MultiTaskLoss
+    from scripts.networks import MultiTaskUNet
+    from scripts.training import prepare_batch
+
+    set_track_meta(False)
+    size = (48, 32)
+    chain = train_transforms(2, size, 1, 2, **{k: 1.0 for k in NO_AUGMENT})  # every augmentation, rotate included
+    chain.set_random_state(0)
+    dataset = CacheDataset([_sample_2d(tmp_path, 1, size=48)] * 8, chain, progress=False)
+    image, targets = prepare_batch(next(iter(DataLoader(dataset, batch_size=8))))
+    assert image.shape == (8, 1, *size) and targets["seg"].shape == (8, 1, *size)
+    torch.manual_seed(0)
+    net, loss = MultiTaskUNet(2, 1, 2, 4, channels=(4, 8, 16)), MultiTaskLoss(2, 4)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in net.parameters()]
+    value = loss(net(image), targets)
+    value.backward()
+    opt.step()
+    assert torch.isfinite(value) and any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))

@@ -279,8 +279,11 @@ def augmentations(spatial_dims: int, spatial_size: Sequence[int], p_flip: float 
     """The random augmentations of the BUSI project, each with its probability knob.
 
     Spatial ones (flips on every axis, rotate-90 in the image plane, shift-scale-rotate, elastic)
-    draw once per sample and move ``image`` and ``label`` together (label by nearest neighbour);
-    intensity ones (brightness, contrast, gamma, Gaussian noise) touch only ``image``.
+    draw once per sample and move ``image`` and ``label`` together (label by nearest neighbour).
+    Rotating by 90 degrees swaps the two in-plane sizes, so it is drawn only when they are equal; a
+    non-square ``spatial_size`` is turned by 180 degrees instead (with ``p_rot90``), which keeps every
+    sample at ``spatial_size`` so that batches collate.
+    Intensity ones (brightness, contrast, gamma, Gaussian noise) touch only ``image``.
     ``shift`` is a fraction of the image size; ``rotate_deg`` rotates in the image plane.
 
     Raises:
@@ -297,7 +300,8 @@ def augmentations(spatial_dims: int, spatial_size: Sequence[int], p_flip: float 
     rotate_range = rotate if spatial_dims == 2 else (0.0, 0.0, rotate)
     chain: list = [RandFlipd(keys, prob=p_flip, spatial_axis=axis) for axis in range(spatial_dims)]
     chain += [
-        RandRotate90d(keys, prob=p_rot90, spatial_axes=(0, 1)),
+        RandRotate90d(keys, prob=p_rot90, spatial_axes=(0, 1)) if spatial_size[0] == spatial_size[1]
+        else RandFlipd(keys, prob=p_rot90, spatial_axis=(0, 1)),  # both axes flipped: 180 degrees
         RandAffined(keys, prob=p_affine, rotate_range=rotate_range, scale_range=scale,
                     translate_range=[shift * s for s in spatial_size], mode=modes, padding_mode="zeros"),
     ]
