@@ -1,4 +1,4 @@
-"""MultiTaskLoss: pinned values on tiny tensors, partial-label masking, learned task weights."""
+"""MultiTaskLoss: pinned values on tiny tensors (task and class weights), partial-label masking, learned task weights."""
 
 from __future__ import annotations
 
@@ -99,10 +99,40 @@ def test_invalid_arguments(kwargs: dict, match: str) -> None:
         MultiTaskLoss(2, 4, **kwargs)
 
 
-def test_class_weights_change_the_value() -> None:
+def test_label_smoothing_changes_the_value() -> None:
     preds, targets = _batch()
     with torch.no_grad():
         preds[Task.CLS.value][0, 1] = 2.0
     plain = MultiTaskLoss(2, 4, task_weights={"seg": 0.0, "cls": 1.0})(preds, targets)
     smoothed = MultiTaskLoss(2, 4, task_weights={"seg": 0.0, "cls": 1.0}, label_smoothing=0.2)(preds, targets)
     assert plain.item() != pytest.approx(smoothed.item())
+
+
+def test_pinned_cls_class_weights() -> None:
+    # sample 0 is class 0 at uniform logits (CE ln 4); sample 1 is class 1 with logit 2 on it (CE ln(e^2 + 3) - 2)
+    preds, targets = _batch(has_seg=(0.0, 0.0), has_cls=(1.0, 1.0), classes=(0, 1))
+    with torch.no_grad():
+        preds[Task.CLS.value][1, 1] = 2.0
+    ce0, ce1 = LN4, math.log(math.e**2 + 3) - 2
+    plain = MultiTaskLoss(2, 4)(preds, targets).item()
+    weighted = MultiTaskLoss(2, 4, cls_class_weights=[1.0, 3.0, 1.0, 1.0])(preds, targets).item()
+    absent_weighted = MultiTaskLoss(2, 4, cls_class_weights=[1.0, 3.0, 7.0, 9.0])(preds, targets).item()
+    assert plain == pytest.approx((ce0 + ce1) / 2, abs=1e-5)
+    assert weighted == pytest.approx((1.0 * ce0 + 3.0 * ce1) / (1.0 + 3.0), abs=1e-5)  # mean weighted by the targets' class
+    assert absent_weighted == pytest.approx(weighted, abs=1e-6)  # classes no sample has do not count
+
+
+def test_pinned_seg_class_weights() -> None:
+    # one 1x2 mask [0, 1]; pixel 0 at uniform logits, pixel 1 with tumor logit 2 (p = sigmoid(2))
+    preds, targets = _batch(has_cls=(0.0,), classes=(-1,))
+    with torch.no_grad():
+        preds[Task.SEG.value][0, 1, 0, 1] = 2.0
+    p = 1 / (1 + math.exp(-2))
+    ce = (LN2, math.log(1 + math.exp(-2)))  # per pixel, target background / tumor
+    dice = (1 - 2 * 0.5 / (0.5 + (1 - p) + 1), 1 - 2 * p / (0.5 + p + 1))  # per class, softmax over the batch
+    plain = MultiTaskLoss(2, 4)(preds, targets).item()
+    weighted = MultiTaskLoss(2, 4, seg_class_weights=[1.0, 4.0])(preds, targets).item()
+    assert plain == pytest.approx((ce[0] + ce[1]) / 2 + (dice[0] + dice[1]) / 2, abs=1e-4)
+    # MONAI's DiceCELoss weights both terms: the CE is the pixel mean weighted by the target class, and
+    # each class's Dice loss is multiplied by its weight before the mean over classes (not renormalised)
+    assert weighted == pytest.approx((1.0 * ce[0] + 4.0 * ce[1]) / 5.0 + (1.0 * dice[0] + 4.0 * dice[1]) / 2, abs=1e-4)
