@@ -35,6 +35,7 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from monai.utils.enums import CommonKeys
 
+from scripts.calibration import expected_calibration_error, reliability_bins, temper
 from scripts.inferers import label_map
 from scripts.metrics import MetricsAccumulator, as_numpy
 from scripts.report import write_report
@@ -185,12 +186,17 @@ class MetricsReportHandler:
         out_dir: report folder (created). history_file: the trainer's ``history.json`` for the
             training curves; missing file -> report without curves.
         output_transform: engine output -> :class:`EvalBatch`. name: key in ``metric_details``.
+        temperature: the model card's temperature; the diagnosis metrics are computed on the
+            temperature-scaled probabilities (as the Predictor reports them), and the report shows
+            the ECE before and after with a reliability diagram. None: as the network gives them.
     """
 
     def __init__(self, classes: Sequence[str], segments: Sequence[str], out_dir: str | os.PathLike,
                  history_file: str | os.PathLike | None = None,
-                 output_transform: Callable[[Any], EvalBatch] = multitask_output_transform, name: str = "evaluation") -> None:
+                 output_transform: Callable[[Any], EvalBatch] = multitask_output_transform, name: str = "evaluation",
+                 temperature: float | None = None) -> None:
         self.accumulator = MetricsAccumulator(classes, segments)
+        self.temperature = temperature
         self.out_dir, self.history_file = Path(out_dir), history_file
         self.output_transform, self.name = output_transform, name
         self.metrics: dict[str, Any] | None = None
@@ -206,15 +212,27 @@ class MetricsReportHandler:
 
     def _complete(self, engine: Engine) -> None:
         acc = self.accumulator.gathered()
+        raw = acc.state()["cls_prob"]
+        if self.temperature:
+            acc = acc.with_probabilities(temper(raw, self.temperature))
         self.metrics = acc.compute()
+        state = acc.state()
+        scored = state["scored"].astype(bool)
+        reliability = None
+        if scored.any():
+            truth = state["cls_true"][scored]
+            cal = {"temperature": self.temperature, "ece_uncalibrated": expected_calibration_error(raw[scored], truth),
+                   "ece": expected_calibration_error(state["cls_prob"][scored], truth)}
+            self.metrics[Task.CLS.value]["calibration"] = cal
+            reliability = {"network": reliability_bins(raw[scored], truth)}
+            if self.temperature:
+                reliability[f"temperature-scaled (T={self.temperature:.2f})"] = reliability_bins(state["cls_prob"][scored], truth)
         store_details(engine, self.name, self.metrics)
         if not _is_main_process():
             return
-        state = acc.state()
-        scored = state["scored"].astype(bool)
         self.paths = write_report(self.metrics, self.out_dir, history=load_history(self.history_file),
                                   cls_prob=state["cls_prob"][scored], cls_true=state["cls_true"][scored],
-                                  per_image=acc.per_image())
+                                  per_image=acc.per_image(), reliability=reliability)
         seg, cls = self.metrics[Task.SEG.value], self.metrics[Task.CLS.value]
         logger.info("evaluation: %d samples; lesion Dice %s; balanced accuracy %s; combined score %s; report %s",
                     len(acc), seg["lesion"]["dice"], cls["balanced_accuracy"], self.metrics["combined_score"],

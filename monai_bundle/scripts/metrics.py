@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scripts.tasks import MISSING_CLASS, Task
+from scripts.tasks import MISSING_CLASS, tumor_free_class, Task
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
 
@@ -362,10 +362,14 @@ class MetricsAccumulator:
             raise ValueError(f"MetricsAccumulator.update: batch sizes differ: has_seg={b}, {sizes}")
         _check_classification(prob, np.where(scored, true, 0), len(self.classes))
         cm = np.zeros((b, len(self.segments), len(self.segments)), dtype=np.int64)
-        cm[has] = segmentation_confusion(as_numpy(seg_pred)[has], as_numpy(seg_true)[has], len(self.segments))
+        pred_map = as_numpy(seg_pred)
+        cm[has] = segmentation_confusion(pred_map[has], as_numpy(seg_true)[has], len(self.segments))
+        flat = pred_map.reshape(b, -1)
+        pred_voxels, n_voxels = (flat > 0).sum(1).astype(np.int64), np.full(b, flat.shape[1], np.int64)
         start = len(self)
         names = [str(i) for i in range(start, start + b)] if ids is None else [str(i) for i in ids]
-        for key, value in zip(_STATE_KEYS, (cm, has, prob, true, scored, np.array(names, dtype=object))):
+        for key, value in zip(_STATE_KEYS, (cm, has, prob, true, scored, np.array(names, dtype=object),
+                                            pred_voxels, n_voxels)):
             self._parts[key].append(value)
 
     def state(self) -> dict[str, np.ndarray]:
@@ -391,6 +395,15 @@ class MetricsAccumulator:
             merged.merge(state)
         return merged
 
+    def with_probabilities(self, cls_prob: np.ndarray) -> MetricsAccumulator:
+        """A copy whose class probabilities are replaced (``(N, K)`` in update order), e.g. calibrated ones."""
+        state = self.state()
+        if cls_prob.shape != state["cls_prob"].shape:
+            raise ValueError(f"with_probabilities: expected {state['cls_prob'].shape}, got {cls_prob.shape}")
+        out = MetricsAccumulator(self.classes, self.segments)
+        out.merge({**state, "cls_prob": np.asarray(cls_prob, dtype=np.float64)})
+        return out
+
     def compute(self) -> dict[str, Any]:
         """The metrics dict: ``{"seg": {...}, "cls": {...}, "combined_score": float | None}``.
 
@@ -410,6 +423,8 @@ class MetricsAccumulator:
             cls = empty_classification_metrics(self.classes, n_missing)
         out = {Task.SEG.value: seg, Task.CLS.value: cls}
         out["combined_score"] = combined_score(out)
+        out["consistency"] = contradictions(st["cls_prob"].argmax(1), st["pred_voxels"], st["n_voxels"],
+                                            tumor_free_class(self.classes))
         return out
 
     def per_image(self) -> list[dict[str, Any]]:
@@ -431,5 +446,33 @@ class MetricsAccumulator:
         return rows
 
 
-#: per-sample arrays kept by MetricsAccumulator: (S,S) confusion, has mask, (K,) probs, class, has class, id
-_STATE_KEYS = ("seg_cm", "has_seg", "cls_prob", "cls_true", "scored", "ids")
+#: per-sample arrays kept by MetricsAccumulator: (S,S) confusion, has mask, (K,) probs, class, has class, id,
+#: predicted lesion voxels, voxels of the image
+_STATE_KEYS = ("seg_cm", "has_seg", "cls_prob", "cls_true", "scored", "ids", "pred_voxels", "n_voxels")
+#: a tumor-free diagnosis contradicts a predicted lesion of at least this share of the image (50 px of 512²)
+CONTRADICTION_MIN_FRACTION = 2e-4
+
+
+def contradictions(cls_pred: ArrayLike, pred_voxels: ArrayLike, n_voxels: ArrayLike, tumor_free: int | None,
+                   min_fraction: float = CONTRADICTION_MIN_FRACTION) -> dict[str, Any]:
+    """How often the two heads contradict each other (ground truth is not needed).
+
+    A contradiction is a tumor-free diagnosis over a predicted lesion of at least ``min_fraction`` of
+    the image (at least 1 voxel), or a tumor diagnosis with no lesion voxel at all. Without a
+    tumor-free class (``tumor_free`` None) nothing can contradict and the rate is None.
+
+    Returns:
+        ``{"rate", "tumor_free_with_lesion", "tumor_without_lesion", "n_images", "min_fraction"}``.
+    """
+    pred = as_numpy(cls_pred).reshape(-1)
+    vox, total = as_numpy(pred_voxels).reshape(-1), as_numpy(n_voxels).reshape(-1)
+    out: dict[str, Any] = {"rate": None, "tumor_free_with_lesion": 0, "tumor_without_lesion": 0,
+                           "n_images": int(pred.size), "min_fraction": min_fraction}
+    if tumor_free is None or pred.size == 0:
+        return out
+    threshold = np.maximum(np.ceil(min_fraction * total), 1)
+    free_with = int(((pred == tumor_free) & (vox >= threshold)).sum())
+    tumor_without = int(((pred != tumor_free) & (vox == 0)).sum())
+    out.update(rate=(free_with + tumor_without) / pred.size, tumor_free_with_lesion=free_with,
+               tumor_without_lesion=tumor_without)
+    return out

@@ -4,7 +4,10 @@
 for 2D and 3D inputs
 ``(B, C, H, W[, D])``. The encoder is either the plain BatchNorm U-Net encoder of the earlier
 multi-task projects (``"unet"``) or a ResNet trained from scratch (``"resnet18" | "resnet34" |
-"resnet50"``). The classification head reads the deepest encoder features. Scriptable with
+"resnet50"``). The diagnosis head either pools the deepest encoder features (``"global"``, the
+earlier projects' head) or also reads the lesion (``"lesion"``): it pools encoder and decoder
+features weighted by the predicted lesion probability and sees how much lesion the segmentation
+head found, so the two answers are drawn from the same evidence. Scriptable with
 ``torch.jit.script``.
 """
 
@@ -21,6 +24,7 @@ from torch.nn import functional as F
 from scripts.tasks import Task
 
 RESNET_ENCODERS = ("resnet18", "resnet34", "resnet50")
+CLS_POOLINGS = ("global", "lesion")
 ENCODERS = ("unet",) + RESNET_ENCODERS
 #: MONAI bundle tooling's name for a network's primary output; an alias of the ``seg`` output
 PRED_KEY = "pred"
@@ -131,14 +135,18 @@ class UNetDecoder(nn.Module):
         )
         self.out_channels = self.final_up.conv[3].out_channels if self.final_up is not None else encoder_channels[0]
 
-    def forward(self, features: list[torch.Tensor], x_in: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], x_in: torch.Tensor) -> list[torch.Tensor]:
+        """Every decoder level's output, coarsest first; the last one is at full resolution."""
         x = features[-1]
         n = len(features)
+        levels: list[torch.Tensor] = []
         for i, up in enumerate(self.ups):
             x = up(x, features[n - 2 - i])
+            levels.append(x)
         if self.final_up is not None:
             x = self.final_up(x, x_in)
-        return x
+            levels.append(x)
+        return levels
 
 
 class ClassificationHead(nn.Module):
@@ -158,6 +166,47 @@ class ClassificationHead(nn.Module):
         return self.mlp(pooled)
 
 
+def _masked_mean(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``sum(w * f) / sum(w)`` over space: ``(B, C, *sp)``, ``(B, 1, *sp)`` -> ``(B, C)``."""
+    num = (features * weight).flatten(2).sum(2)  # (B, C)
+    den = weight.flatten(2).sum(2).clamp_min(1e-3)  # (B, 1)
+    return num / den
+
+
+class LesionAwareHead(nn.Module):
+    """Diagnosis from the whole image and from the lesion the segmentation head found.
+
+    Reads three feature maps -- the deepest encoder level, the middle decoder level and the
+    full-resolution decoder output -- and the lesion probability ``p = 1 - softmax(seg)[background]``
+    ``(B, 1, *sp)``. Each map is pooled twice: globally, and weighted by ``p`` brought to its size
+    (so the diagnosis reads the lesion and its surroundings, not the whole head). Two lesion
+    statistics are added: the mean of ``p`` (expected lesion share of the image) and its maximum
+    (the strongest lesion evidence), which let the head say "no tumor" exactly when the
+    segmentation finds none. Then dropout, a hidden layer and a linear layer.
+
+    ``p`` is detached: the diagnosis loss does not move the segmentation through the pooling weights.
+    """
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, dropout: float, hidden: int) -> None:
+        super().__init__()
+        width = 2 * sum(in_channels) + 2
+        hidden = hidden if hidden > 0 else 64
+        self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True),
+                                 nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+    def forward(self, maps: list[torch.Tensor], seg: torch.Tensor) -> torch.Tensor:
+        p = (1.0 - torch.softmax(seg.detach().float(), dim=1)[:, :1]).to(maps[0].dtype)  # (B, 1, *sp)
+        pooled: list[torch.Tensor] = []
+        for f in maps:
+            w = F.adaptive_avg_pool2d(p, f.shape[2:]) if f.dim() == 4 else F.adaptive_avg_pool3d(p, f.shape[2:])
+            pooled.append(f.flatten(2).mean(2))  # (B, C)
+            pooled.append(_masked_mean(f, w))  # (B, C)
+        flat = p.flatten(1)  # (B, N)
+        pooled.append(flat.mean(1, keepdim=True))
+        pooled.append(flat.amax(1, keepdim=True))
+        return self.mlp(torch.cat(pooled, dim=1))
+
+
 class MultiTaskUNet(nn.Module):
     """Joint segmentation + diagnosis network.
 
@@ -169,7 +218,10 @@ class MultiTaskUNet(nn.Module):
         encoder: ``"unet"`` or one of ``"resnet18" | "resnet34" | "resnet50"``.
         channels: encoder widths per level for ``"unet"`` (ignored by ResNet encoders).
         dropout: dropout probability in the classification head.
-        cls_hidden: width of a hidden layer in the classification head, 0 for none.
+        cls_hidden: width of a hidden layer in the classification head, 0 for none (``"lesion"``:
+            0 means the default 64).
+        cls_pooling: ``"global"`` (deepest encoder features, average-pooled) or ``"lesion"``
+            (:class:`LesionAwareHead`).
 
     ``forward(x)`` with ``x`` of shape ``(B, C, *spatial)`` returns
     ``{"seg": (B, S, *spatial), "cls": (B, K)}``. Spatial sizes need not be divisible by the
@@ -183,6 +235,8 @@ class MultiTaskUNet(nn.Module):
         ValueError: an argument is out of range; the message names it and the value.
     """
 
+    __constants__ = ["lesion_aware"]  # TorchScript then compiles only the chosen head's call
+
     def __init__(
         self,
         spatial_dims: int = 2,
@@ -193,6 +247,7 @@ class MultiTaskUNet(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256, 512),
         dropout: float = 0.5,
         cls_hidden: int = 0,
+        cls_pooling: str = "global",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -204,6 +259,8 @@ class MultiTaskUNet(nn.Module):
                 raise ValueError(f"{name} must be >= {low}, got {value}")
         if encoder == "unet" and (len(channels) < 2 or any(c < 1 for c in channels)):
             raise ValueError(f"channels must list >= 2 positive widths, got {list(channels)}")
+        if cls_pooling not in CLS_POOLINGS:
+            raise ValueError(f"cls_pooling must be one of {CLS_POOLINGS}, got {cls_pooling!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.seg_key: str = Task.SEG.value
@@ -216,10 +273,24 @@ class MultiTaskUNet(nn.Module):
         enc_channels: list[int] = self.encoder.out_channels
         self.decoder = UNetDecoder(spatial_dims, enc_channels, self.encoder.input_stride, in_channels)
         self.segmentation_head = Conv[Conv.CONV, spatial_dims](self.decoder.out_channels, seg_classes, kernel_size=1)
-        self.classification_head = ClassificationHead(enc_channels[-1], num_classes, dropout, cls_hidden)
+        self.lesion_aware = cls_pooling == "lesion"
+        if self.lesion_aware:
+            dec_channels = [up.conv[3].out_channels for up in self.decoder.ups]
+            if self.decoder.final_up is not None:
+                dec_channels.append(self.decoder.out_channels)
+            self.mid_level: int = len(dec_channels) // 2
+            read = [enc_channels[-1], dec_channels[self.mid_level], dec_channels[-1]]
+            self.classification_head: nn.Module = LesionAwareHead(read, num_classes, dropout, cls_hidden)
+        else:
+            self.mid_level = 0
+            self.classification_head = ClassificationHead(enc_channels[-1], num_classes, dropout, cls_hidden)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.encoder(x)
-        seg = self.segmentation_head(self.decoder(features, x))
-        cls = self.classification_head(features[-1])
+        levels = self.decoder(features, x)
+        seg = self.segmentation_head(levels[-1])
+        if self.lesion_aware:
+            cls = self.classification_head([features[-1], levels[self.mid_level], levels[-1]], seg)
+        else:
+            cls = self.classification_head(features[-1])
         return {self.seg_key: seg, self.cls_key: cls, self.pred_key: seg}

@@ -27,7 +27,8 @@ from scripts.tasks import Task
 
 FILES = {"metrics": "metrics.json", "report": "report.md", "per_image": "per_image.csv",
          "confusion_matrix": "confusion_matrix.png", "roc": "roc.png",
-         "training_curves": "training_curves.png", "dice_histogram": "dice_histogram.png"}
+         "training_curves": "training_curves.png", "dice_histogram": "dice_histogram.png",
+         "reliability": "reliability.png"}
 
 #: training-curve panels: (title, y label, [(line label, history keys to try)]). A key matches a
 #: flattened history key exactly or as its ending after "/", so the trainer's nested
@@ -41,6 +42,24 @@ HISTORY_PANELS: list[tuple[str, str, list[tuple[str, list[str]]]]] = [
     ("Validation combined score", "mean(Dice, balanced accuracy)", [("combined score", ["val_score", "combined_score"])]),
     ("Learning rate", "learning rate", [("lr", ["lr"])]),
 ]
+
+
+def plot_reliability(bins: dict[str, dict[str, list]], path: Path) -> None:
+    """Reliability diagram: top-class confidence vs accuracy per bin, one line per probability set."""
+    fig = Figure(figsize=(4.6, 4.2))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="perfect calibration")
+    for (name, b), marker in zip(bins.items(), "os^"):
+        pts = [(c, a) for c, a in zip(b["confidence"], b["accuracy"]) if c is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker=marker, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence of the predicted class")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability of the diagnosis probabilities")
+    ax.legend(loc="upper left", fontsize=8)
+    _save_figure(fig, path)
 
 
 def _save_figure(fig: Figure, path: Path) -> None:
@@ -199,7 +218,8 @@ def _write_per_image(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def write_report(metrics: dict[str, Any], out_dir: str | os.PathLike, history: Sequence[dict[str, Any]] | None = None,
-                 cls_prob: Any = None, cls_true: Any = None, per_image: Sequence[dict[str, Any]] | None = None) -> dict[str, Path]:
+                 cls_prob: Any = None, cls_true: Any = None, per_image: Sequence[dict[str, Any]] | None = None,
+                 reliability: dict[str, dict[str, list]] | None = None) -> dict[str, Path]:
     """Write the evaluation report folder.
 
     Args:
@@ -208,6 +228,7 @@ def write_report(metrics: dict[str, Any], out_dir: str | os.PathLike, history: S
         history: per-epoch dicts of the trainer (``history.json``) for the training curves.
         cls_prob: ``(N, K)`` probabilities and cls_true ``(N,)`` indices of the scored samples (ROC).
         per_image: rows of :meth:`~scripts.metrics.MetricsAccumulator.per_image` (CSV, Dice histogram).
+        reliability: ``{name: scripts.calibration.reliability_bins(...)}`` for the reliability diagram.
 
     Returns:
         name -> path of every file written (keys of :data:`FILES` that were produced).
@@ -229,6 +250,9 @@ def write_report(metrics: dict[str, Any], out_dir: str | os.PathLike, history: S
     if cls_prob is not None and cls_true is not None and len(as_numpy(cls_true)):
         if plot_roc(as_numpy(cls_prob), as_numpy(cls_true).reshape(-1), cls["classes"], paths["roc"]):
             written["roc"] = paths["roc"]
+    if reliability:
+        plot_reliability(reliability, paths["reliability"])
+        written["reliability"] = paths["reliability"]
     if history and plot_history(history, paths["training_curves"]):
         written["training_curves"] = paths["training_curves"]
     if per_image:
@@ -313,7 +337,29 @@ def _classification_md(cls: dict[str, Any], files: dict[str, str]) -> list[str]:
     for key, title in (("confusion_matrix", "Confusion matrix"), ("roc", "ROC curves")):
         if key in files:
             lines += [f"![{title}]({files[key]})", ""]
+    cal = cls.get("calibration")
+    if cal:
+        lines += ["### Calibration", "",
+                  f"Temperature scaling (T = {_f(cal.get('temperature'))}, fitted on the validation split after "
+                  "training) changes no diagnosis, only how sure the probabilities are. Expected calibration error "
+                  "(MONAI `CalibrationErrorMetric`, class-wise, 15 bins): 0 is perfect.", ""]
+        lines += _table(["probabilities", "ECE"], [["as the network gives them", _f(cal.get("ece_uncalibrated"))],
+                                                   ["temperature-scaled (what the Predictor reports)", _f(cal.get("ece"))]], "lr")
+        if "reliability" in files:
+            lines += [f"![Reliability diagram]({files['reliability']})", ""]
     return lines
+
+
+def _consistency_md(con: dict[str, Any] | None) -> list[str]:
+    if not con or con.get("rate") is None:
+        return []
+    pct = 100 * con["min_fraction"]
+    return ["## Agreement of the two heads", "",
+            f"A contradiction is a tumor-free diagnosis over a predicted lesion of at least {pct:.2g}% of the image, "
+            "or a tumor diagnosis with an empty segmentation. The Predictor flags both in the result's warnings.", ""] + \
+        _table(["images", "contradictions", "rate", "tumor-free diagnosis with a lesion", "tumor diagnosis without one"],
+               [[con["n_images"], con["tumor_free_with_lesion"] + con["tumor_without_lesion"], f"{100 * con['rate']:.1f}%",
+                 con["tumor_free_with_lesion"], con["tumor_without_lesion"]]], "rrrrr")
 
 
 def render_markdown(metrics: dict[str, Any], files: dict[str, str], history_given: bool) -> str:
@@ -324,6 +370,7 @@ def render_markdown(metrics: dict[str, Any], files: dict[str, str], history_give
              "(of the halves that exist); training keeps the checkpoint with the highest value.", ""]
     lines += _segmentation_md(metrics[Task.SEG.value], files)
     lines += _classification_md(metrics[Task.CLS.value], files)
+    lines += _consistency_md(metrics.get("consistency"))
     lines += ["## Training history", ""]
     if "training_curves" in files:
         lines += [f"![Training curves]({files['training_curves']})", ""]

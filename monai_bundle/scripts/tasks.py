@@ -34,3 +34,15 @@ class Keys(str, Enum):
 
 #: the value a missing diagnosis takes in a batch (``torch.nn.CrossEntropyLoss(ignore_index=...)`` style)
 MISSING_CLASS = -1
+
+
+#: class names that mean "no lesion here" (BRISC's no_tumor, BUSI's normal), compared case- and separator-blind
+TUMOR_FREE_NAMES = ("no_tumor", "no_tumour", "normal", "healthy", "no_lesion")
+
+
+def tumor_free_class(classes: list[str] | tuple[str, ...]) -> int | None:
+    """Index of the class that means "no tumor" (see :data:`TUMOR_FREE_NAMES`), or None."""
+    for i, c in enumerate(classes):
+        if str(c).lower().replace("-", "_").replace(" ", "_") in TUMOR_FREE_NAMES:
+            return i
+    return None

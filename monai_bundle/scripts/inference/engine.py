@@ -188,12 +188,18 @@ def segment_volume(network: torch.nn.Module, image: np.ndarray, inferer: MultiTa
     return label, out[Task.CLS][0]
 
 
-def diagnosis(logits: torch.Tensor, classes: Sequence[str]) -> dict:
-    """The result's ``diagnosis`` entry from study logits ``(K,)``."""
-    probs = torch.softmax(logits.float(), dim=0)
+def diagnosis(logits: torch.Tensor, classes: Sequence[str], temperature: float | None = None) -> dict:
+    """The result's ``diagnosis`` entry from study logits ``(K,)``.
+
+    ``temperature`` (the model card's, fitted on the validation split) scales the logits before the
+    softmax: the label is unchanged, the probabilities are calibrated (``"calibrated": true``).
+    """
+    t = float(temperature) if temperature else 1.0
+    probs = torch.softmax(logits.float() / t, dim=0)
     index = int(probs.argmax())
     return {"label": classes[index], "index": index,
-            "probabilities": {c: round(float(p), 4) for c, p in zip(classes, probs)}}
+            "probabilities": {c: round(float(p), 4) for c, p in zip(classes, probs)},
+            "calibrated": bool(temperature)}
 
 
 def consistency_warnings(diag: dict, tumor_voxels: int, no_tumor_class: str | None) -> list[str]:

@@ -1,0 +1,83 @@
+"""The lesion-aware diagnosis head (scripts/networks.LesionAwareHead) and the heads' agreement metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.metrics import MetricsAccumulator, contradictions
+from scripts.networks import LesionAwareHead, MultiTaskUNet
+from scripts.tasks import tumor_free_class
+
+
+@pytest.mark.parametrize("dims, shape, encoder", [
+    (2, (2, 1, 64, 64), "unet"), (2, (2, 3, 64, 48), "resnet18"), (3, (2, 2, 32, 32, 16), "unet"),
+])
+def test_every_parameter_learns_and_torchscript_agrees(dims: int, shape: tuple, encoder: str) -> None:
+    torch.manual_seed(0)
+    net = MultiTaskUNet(spatial_dims=dims, in_channels=shape[1], num_classes=3, encoder=encoder,
+                        channels=(4, 8, 16, 32), cls_pooling="lesion", dropout=0.1)
+    x = torch.randn(*shape)
+    out = net(x)
+    assert out["seg"].shape == (2, 2, *shape[2:]) and out["cls"].shape == (2, 3)
+    (out["seg"].square().mean() + out["cls"].square().sum()).backward()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not dead, dead
+    net.eval()
+    scripted = torch.jit.script(net)
+    torch.testing.assert_close(scripted(x)["cls"], net(x)["cls"])
+
+
+def test_the_head_reads_the_lesion_and_not_only_the_whole_image() -> None:
+    head = LesionAwareHead([3], num_classes=2, dropout=0.0, hidden=8).eval()
+    features = torch.zeros(1, 3, 8, 8)
+    features[0, 0, :4] = 1.0  # channel 0 is bright in the top half only
+    seg_top = torch.zeros(1, 2, 8, 8)
+    seg_top[0, 1, :4] = 10.0  # lesion predicted in the top half, background in the bottom half
+    seg_top[0, 0, 4:] = 10.0
+    seg_bottom = seg_top.flip(2)  # the same lesion area, in the bottom half
+    inputs: list[torch.Tensor] = []
+    head.mlp.register_forward_hook(lambda m, i, o: inputs.append(i[0]))
+    head([features], seg_top)
+    head([features], seg_bottom)
+    top, bottom = inputs
+    assert top[0, 0] == pytest.approx(bottom[0, 0])  # global pooling: the same
+    assert top[0, 3] == pytest.approx(1.0, abs=1e-3) and bottom[0, 3] == pytest.approx(0.0, abs=1e-3)  # lesion pooling differs
+    assert top[0, 6] == pytest.approx(0.5, abs=1e-3) and top[0, 7] == pytest.approx(1.0, abs=1e-3)  # mean and max of p
+
+
+def test_the_segmentation_is_not_moved_by_the_diagnosis_loss_through_the_pooling() -> None:
+    head = LesionAwareHead([2], num_classes=2, dropout=0.0, hidden=4)
+    seg = torch.randn(1, 2, 4, 4, requires_grad=True)
+    head([torch.randn(1, 2, 4, 4)], seg).sum().backward()
+    assert seg.grad is None or torch.count_nonzero(seg.grad) == 0
+
+
+def test_bad_pooling_is_refused() -> None:
+    with pytest.raises(ValueError, match="cls_pooling"):
+        MultiTaskUNet(cls_pooling="attention")
+
+
+def test_contradictions_count_both_kinds() -> None:
+    # classes: glioma 0, no_tumor 1; images of 10000 voxels, threshold 2 voxels (2e-4)
+    pred = np.array([1, 1, 0, 0, 0, 1])
+    voxels = np.array([0, 5, 0, 30, 1, 1])
+    out = contradictions(pred, voxels, np.full(6, 10000), tumor_free=1)
+    assert out["tumor_free_with_lesion"] == 1  # no_tumor over 5 voxels; 1 voxel is under the threshold
+    assert out["tumor_without_lesion"] == 1  # glioma over nothing
+    assert out["rate"] == pytest.approx(2 / 6)
+    assert contradictions(pred, voxels, np.full(6, 10000), tumor_free=None)["rate"] is None
+
+
+def test_metrics_report_the_contradiction_rate() -> None:
+    classes = ["glioma", "no_tumor"]
+    assert tumor_free_class(classes) == 1 and tumor_free_class(["Normal", "benign"]) == 0
+    assert tumor_free_class(["benign", "malignant"]) is None
+    acc = MetricsAccumulator(classes, ["background", "tumor"])
+    seg_pred = np.zeros((2, 8, 8), np.uint8)
+    seg_pred[0, :2, :2] = 1  # a lesion under a no_tumor diagnosis: a contradiction
+    acc.update(seg_pred, np.zeros((2, 8, 8), np.uint8), np.array([0, 0]), np.array([[0.2, 0.8], [0.3, 0.7]]),
+               np.array([1, 1]), np.array([1, 1]))
+    con = acc.compute()["consistency"]
+    assert con["rate"] == pytest.approx(0.5) and con["tumor_free_with_lesion"] == 1

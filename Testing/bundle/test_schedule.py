@@ -1,0 +1,115 @@
+"""The learning-rate schedule and time budget (scripts/schedule.py), on a real ignite Engine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from scripts import schedule
+from scripts.schedule import BudgetSchedule
+
+
+def _optimizer(lr: float = 1.0) -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+class FakeClock:
+    """Stands in for time.perf_counter: every training iteration costs ``step`` seconds."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 1000.0, step
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_factor_warms_up_then_anneals_to_the_floor() -> None:
+    s = BudgetSchedule(_optimizer(), max_epochs=10, min_lr_ratio=0.1, warmup_fraction=0.1)
+    assert s.factor(0.0) == pytest.approx(0.01)
+    assert s.factor(0.05) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert s.factor(0.1) == pytest.approx(1.0)
+    assert s.factor(0.55) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
+    assert s.factor(1.0) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"time_budget_min": -1}, "time_budget_min"), ({"max_epochs": 0}, "max_epochs"),
+    ({"min_lr_ratio": 1.0}, "min_lr_ratio"), ({"warmup_fraction": -0.1}, "warmup_fraction"),
+])
+def test_bad_arguments_are_refused(kwargs: dict, match: str) -> None:
+    args = {"max_epochs": 5, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        BudgetSchedule(_optimizer(), **args)
+
+
+def _run(s: BudgetSchedule, clock: FakeClock, epochs: int, epoch_length: int = 10) -> tuple[Engine, list[float]]:
+    lrs: list[float] = []
+
+    def step(engine: Engine, batch: int) -> None:
+        lrs.append(s.optimizer.param_groups[0]["lr"])
+        clock.now += clock.step
+
+    engine = Engine(step)
+    s.attach(engine)
+    engine.run(range(epoch_length), max_epochs=epochs)
+    return engine, lrs
+
+
+def test_without_budget_the_cosine_spans_max_epochs(monkeypatch) -> None:
+    clock = FakeClock(step=1.0)
+    monkeypatch.setattr(schedule.time, "perf_counter", clock)
+    s = BudgetSchedule(_optimizer(2.0), max_epochs=4, min_lr_ratio=0.0, warmup_fraction=0.0)
+    engine, lrs = _run(s, clock, epochs=4)
+    assert engine.state.epoch == 4 and not s.stopped_by_budget
+    assert lrs[0] == pytest.approx(2.0)
+    assert lrs[20] == pytest.approx(1.0)  # progress 0.5
+    assert lrs[-1] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 39 / 40)))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_the_budget_stops_the_run_and_the_schedule_follows_time(monkeypatch) -> None:
+    clock = FakeClock(step=1.0)  # 10 s per epoch
+    monkeypatch.setattr(schedule.time, "perf_counter", clock)
+    s = BudgetSchedule(_optimizer(1.0), max_epochs=100, time_budget_min=0.5, min_lr_ratio=0.0, warmup_fraction=0.0)
+    engine, lrs = _run(s, clock, epochs=100)
+    assert s.stopped_by_budget
+    assert engine.state.epoch == 3  # 30 s of a 30 s budget: a 4th epoch would overrun by a whole epoch
+    assert lrs[15] == pytest.approx(0.5, abs=0.02)  # half the budget spent: half-way down the cosine
+    assert lrs[-1] < 0.01
+    assert s.seconds() == pytest.approx(30.0)
+
+
+def test_an_epoch_longer_than_the_budget_is_cut_short_after_validation(monkeypatch) -> None:
+    clock = FakeClock(step=10.0)  # one epoch of 10 iterations = 100 s, budget 30 s
+    monkeypatch.setattr(schedule.time, "perf_counter", clock)
+    s = BudgetSchedule(_optimizer(), max_epochs=5, time_budget_min=0.5)
+    validated: list[int] = []
+
+    def step(engine: Engine, batch: int) -> None:
+        clock.now += clock.step
+
+    engine = Engine(step)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: validated.append(e.state.iteration))  # like ValidationHandler
+    s.attach(engine)
+    engine.run(range(10), max_epochs=5)
+    assert validated == [3] and s.stopped_by_budget  # 3 iterations (30 s), then validation, then stop
+
+
+def test_state_carries_the_elapsed_time_into_a_resumed_run(monkeypatch) -> None:
+    clock = FakeClock(step=1.0)
+    monkeypatch.setattr(schedule.time, "perf_counter", clock)
+    first = BudgetSchedule(_optimizer(), max_epochs=100, time_budget_min=1.0)
+    _run(first, clock, epochs=2)
+    state = first.state_dict()
+    assert state["elapsed_s"] == pytest.approx(20.0)
+    second = BudgetSchedule(_optimizer(), max_epochs=100, time_budget_min=1.0)
+    second.load_state_dict(state)
+    engine, _ = _run(second, clock, epochs=100)
+    assert second.seconds() == pytest.approx(60.0) and second.stopped_by_budget
+    spent = BudgetSchedule(_optimizer(), max_epochs=100, time_budget_min=1.0)
+    spent.load_state_dict(second.state_dict())
+    _, lrs = _run(spent, clock, epochs=100)
+    assert lrs == []  # a spent budget trains nothing more
