@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--axis", type=int, choices=(0, 1, 2), help="slice axis of a 2D model on a volume")
     ap.add_argument("--no-overlay", action="store_true", help="do not write the overlay PNG")
     ap.add_argument("--progress", action="store_true", help="PROGRESS / RESULT lines on stdout (Slicer worker)")
+    ap.add_argument("--tta", action="store_true",
+                    help="flip test-time augmentation: average the network on the image and its mirror (2x time)")
     return ap
 
 
@@ -69,7 +71,8 @@ def summary_table(outcomes: list[Outcome]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        predictor = Predictor.from_bundle(args.bundle, device=args.device, checkpoint=args.checkpoint, card=args.card)
+        predictor = Predictor.from_bundle(args.bundle, device=args.device, checkpoint=args.checkpoint, card=args.card,
+                                          tta=args.tta)
     except (InputError, ValueError) as e:
         print(f"ERROR {e}", file=sys.stderr)
         return 1

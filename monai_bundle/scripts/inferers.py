@@ -95,3 +95,26 @@ class MultiTaskSimpleInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> dict[str, torch.Tensor]:
         out = network(inputs, *args, **kwargs)
         return {Task.SEG.value: out[Task.SEG], Task.CLS.value: out[Task.CLS]}
+
+
+class FlipTTA(torch.nn.Module):
+    """Flip test-time augmentation for both heads: the network on the input and on its mirror image.
+
+    ``forward(x)`` returns ``{"seg": mean of the logits (the mirrored one flipped back), "cls": mean
+    of the class logits}``. The flip is left-right: the last axis of a 2D display-oriented slice
+    ``(B, C, rows, cols)`` (columns run R->L), the first spatial axis of a 3D volume ``(B, C, X, Y, Z)``
+    in canonical orientation. Twice the network cost; any 2D/3D path (slices, sliding windows) can
+    use it because it is just another network.
+    """
+
+    def __init__(self, network: torch.nn.Module, spatial_dims: int) -> None:
+        super().__init__()
+        self.network = network
+        self.flip_dim = -1 if spatial_dims == 2 else 2
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        a = self.network(x)
+        b = self.network(x.flip(self.flip_dim))
+        seg = 0.5 * (a[Task.SEG].float() + b[Task.SEG].float().flip(self.flip_dim))
+        cls = 0.5 * (a[Task.CLS].float() + b[Task.CLS].float())
+        return {Task.SEG.value: seg, Task.CLS.value: cls}
