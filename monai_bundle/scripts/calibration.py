@@ -31,7 +31,9 @@ from scripts.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 #: temperatures are kept inside this range (a degenerate validation set cannot produce 0 or infinity)
-T_MIN, T_MAX = 0.05, 20.0
+T_MIN, T_MAX = 0.25, 10.0
+#: fewer validation samples with a class than this: no temperature is fitted (too noisy to trust)
+MIN_SAMPLES = 20
 N_BINS = 15
 
 
@@ -145,7 +147,8 @@ class TemperatureScalingHandler:
 
     The model card (``ckpt_dir/model_card.json``) gains ``"temperature": T`` and
     ``"calibration": {"ece_before", "ece_after", "n_samples", "split": "validation"}``. Only the main
-    process writes. With no ``model.pt`` (no validation ever improved) nothing is done.
+    process writes. With no ``model.pt`` (no validation ever improved) or fewer than
+    :data:`MIN_SAMPLES` validation samples with a class nothing is done.
 
     Args:
         ckpt_dir: where ``model.pt`` and ``model_card.json`` are. network: the trained network.
@@ -168,8 +171,9 @@ class TemperatureScalingHandler:
         net = self.network.module if hasattr(self.network, "module") else self.network
         net.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
         logits, labels = collect_logits(self.evaluator)
-        if labels.numel() < 2:
-            engine.logger.info("calibration skipped: fewer than 2 validation samples with a class")
+        if labels.numel() < MIN_SAMPLES:
+            engine.logger.info(f"calibration skipped: {labels.numel()} validation samples with a class, "
+                               f"fewer than the {MIN_SAMPLES} a temperature needs")
             return
         t = fit_temperature(logits, labels)
         before = expected_calibration_error(torch.softmax(logits, 1), labels)
