@@ -136,3 +136,14 @@ def test_pinned_seg_class_weights() -> None:
     # MONAI's DiceCELoss weights both terms: the CE is the pixel mean weighted by the target class, and
     # each class's Dice loss is multiplied by its weight before the mean over classes (not renormalised)
     assert weighted == pytest.approx((1.0 * ce[0] + 4.0 * ce[1]) / 5.0 + (1.0 * dice[0] + 4.0 * dice[1]) / 2, abs=1e-4)
+
+
+def test_balanced_class_weights_follow_the_training_class_counts() -> None:
+    from scripts.losses import class_weights_for
+
+    samples = [{"class": 0}] * 6 + [{"class": 1}] * 3 + [{"class": 2}] * 1 + [{"image": "no class"}]
+    assert class_weights_for("balanced", samples, 3) == pytest.approx([10 / 18, 10 / 9, 10 / 3], abs=1e-4)
+    assert class_weights_for("balanced", [{"class": 0}] * 99 + [{"class": 1}], 3) == [0.3367, 4.0, 4.0]  # clipped; absent
+    assert class_weights_for([1, 2], samples, 2) == [1.0, 2.0] and class_weights_for(None, samples, 3) is None
+    with pytest.raises(ValueError, match="balanced"):
+        class_weights_for("inverse", samples, 3)

@@ -28,6 +28,37 @@ def _class_weights(name: str, weights: Sequence[float] | None, expected: int) ->
     return w
 
 
+#: balanced class weights are clipped to this range (a class with 3 samples must not dominate the loss)
+BALANCED_WEIGHT_RANGE = (0.25, 4.0)
+
+
+def class_weights_for(weights: str | Sequence[float] | None, samples: Sequence[dict], num_classes: int) -> list[float] | None:
+    """The diagnosis class weights of the config: ``"balanced"``, explicit weights, or None.
+
+    ``"balanced"`` weighs class ``k`` by ``N / (K * n_k)`` over the training samples that carry a
+    class (clipped to :data:`BALANCED_WEIGHT_RANGE`; a class without samples gets the maximum), so
+    every class counts as much in the loss as it does in balanced accuracy. BUSI, for one, is 56%
+    benign. Explicit weights and None pass through unchanged.
+
+    Raises:
+        ValueError: an unknown string.
+    """
+    if weights is None or not isinstance(weights, str):
+        return None if weights is None else [float(w) for w in weights]
+    if weights != "balanced":
+        raise ValueError(f"cls_class_weights must be 'balanced', a list of {num_classes} weights or null, got {weights!r}")
+    counts = [0] * num_classes
+    for s in samples:
+        c = s.get("class")
+        if isinstance(c, int) and 0 <= c < num_classes:
+            counts[c] += 1
+    total = sum(counts)
+    low, high = BALANCED_WEIGHT_RANGE
+    if total == 0:
+        return None
+    return [round(min(max(total / (num_classes * n), low), high), 4) if n else high for n in counts]
+
+
 class MultiTaskLoss(nn.Module):
     """``loss(preds, targets)`` for the dictionaries of the network and of ``prepare_batch``.
 
