@@ -1,16 +1,20 @@
 """The bundle as an ML engineer runs it: train -> resume -> evaluate -> infer -> verify, and DDP.
 
 Every command runs in a subprocess from a temporary working directory (not the repo root), on a
-copy of the bundle, with a tiny network and a tiny generated dataset.
+copy of the bundle, with a tiny network and a tiny generated dataset. Runs of other settings
+(warm-up, ResNet encoders, a killed run) reuse the trained copy's dataset with their own ``--ckpt_dir``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +28,21 @@ TINY = [
     "--datalist_file#n_train", "16", "--datalist_file#n_val", "8", "--datalist_file#n_test", "8", "--datalist_file#size", "64",
     "--spatial_size", "[64,64]", "--network_channels", "[4,8,16,32]", "--batch_size", "8", "--val_batch_size", "8",
 ]
+
+
+def _tiny(spatial_size: str = "[64,64]") -> list[str]:
+    args = list(TINY)
+    args[args.index("--spatial_size") + 1] = spatial_size
+    return args
+
+
+def _trainer_epochs(log: str) -> list[int]:
+    """The epochs a training process ran, from the trainer's log (the evaluator logs its own Epoch[1])."""
+    return [int(e) for e in re.findall(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete", log)]
+
+
+def _history(models: Path) -> list[dict]:
+    return json.loads((models / "history.json").read_text())
 
 
 def _bundle_cmd(*args: str) -> list[str]:
@@ -65,10 +84,77 @@ def test_training_writes_model_card_weights_history_and_resume_state(trained: di
 
 
 def test_plain_run_resumes_from_the_last_checkpoint(trained: dict) -> None:
+    models = trained["bundle"] / "models"
+    before = _history(models)
     done = _run(_bundle_cmd("run", "--config_file", str(trained["train"]), "--max_epochs", "2", *TINY), cwd=trained["work"])
-    assert "resumed from" in done.stdout + done.stderr
-    history = json.loads((trained["bundle"] / "models" / "history.json").read_text())
-    assert [r["epoch"] for r in history] == [1, 2]
+    assert "at epoch 1" in done.stdout + done.stderr and _trainer_epochs(done.stdout + done.stderr) == [2]
+    history = _history(models)
+    assert [r["epoch"] for r in history] == [1, 2] and history[0] == before[0]  # kept, not trained again
+    assert history[1]["lr"] <= history[0]["lr"]  # extended from 1 to 2 epochs: the schedule goes on, no restart
+    assert torch.load(models / "checkpoint_last.pt", weights_only=True)["trainer"]["iteration"] == 4
+
+
+def test_a_run_of_another_setup_refuses_the_checkpoint(trained: dict) -> None:
+    models = trained["bundle"] / "models"
+    before = {p.name: p.read_bytes() for p in models.iterdir() if p.is_file()}
+    done = subprocess.run(_bundle_cmd("run", "training", "--config_file", str(trained["train"]), "--max_epochs", "3",
+                                      *TINY, "--encoder", "resnet18"),
+                          cwd=trained["work"], capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "network.encoder: 'unet' in the checkpoint, 'resnet18' now" in done.stderr, done.stderr[-3000:]
+    assert "--resume false" in done.stderr and "Epoch[" not in done.stdout + done.stderr
+    assert {p.name: p.read_bytes() for p in models.iterdir() if p.is_file()} == before  # nothing overwritten
+
+
+def test_a_killed_run_loses_no_completed_epoch(trained: dict, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    cmd = _bundle_cmd("run", "training", "--config_file", str(trained["train"]), "--max_epochs", "3", *TINY,
+                      "--ckpt_dir", str(models))
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, cwd=trained["work"], stdout=log, stderr=subprocess.STDOUT)
+        try:  # stop it the moment history.json lists epoch 2: where a checkpoint written after it would lag
+            deadline = time.monotonic() + 600
+            while not ((models / "history.json").is_file() and len(_history(models)) >= 2):
+                assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+                time.sleep(0.01)
+            first.send_signal(signal.SIGSTOP)
+            completed = _history(models)
+        finally:
+            first.kill()  # SIGKILL: no handler, no clean-up
+            first.wait()
+    assert [r["epoch"] for r in completed] == [1, 2]
+    state = torch.load(models / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert state["trainer"]["iteration"] // state["trainer"]["epoch_length"] == len(completed)  # 0 completed epochs lost
+    done = _run(cmd, cwd=trained["work"])
+    log = done.stdout + done.stderr
+    assert "at epoch 2" in log and _trainer_epochs(log) == [3]
+    history = _history(models)
+    assert [r["epoch"] for r in history] == [1, 2, 3] and history[:2] == completed
+
+
+def test_warmup_epochs_train_the_segmentation_alone_first(trained: dict, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    _run(_bundle_cmd("run", "training", "--config_file", str(trained["train"]), "--max_epochs", "2", *TINY,
+                     "--warmup_epochs", "1", "--task_weighting", "fixed", "--task_weights#seg", "1.0",
+                     "--task_weights#cls", "0.5", "--ckpt_dir", str(models)), cwd=trained["work"])
+    warm, joint = _history(models)
+    assert (warm["seg_only"], joint["seg_only"]) == (True, False)
+    assert warm["loss"] == pytest.approx(warm["loss_seg"], rel=1e-5)  # the diagnosis term is computed, not used
+    assert joint["loss"] == pytest.approx(joint["loss_seg"] + 0.5 * joint["loss_cls"], rel=1e-5)
+
+
+# both ResNet block types (resnet34 is resnet18's block with more layers; test_networks.py runs it)
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet50"])
+def test_resnet_encoders_train_through_the_bundle(trained: dict, tmp_path: Path, encoder: str) -> None:
+    models = tmp_path / "models"
+    _run(_bundle_cmd("run", "training", "--config_file", str(trained["train"]), "--max_epochs", "1", *_tiny("[32,32]"),
+                     "--encoder", encoder, "--ckpt_dir", str(models)), cwd=trained["work"])
+    card = json.loads((models / "model_card.json").read_text())
+    assert card["network"]["encoder"] == encoder and card["spatial_size"] == [32, 32]
+    MultiTaskUNet(**card["network"]).load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))
+    history = _history(models)
+    assert [r["epoch"] for r in history] == [1] and history[0]["iterations"] == 2 and history[0]["loss"] > 0
+    shutil.rmtree(models)  # a ResNet checkpoint with its optimizer state is hundreds of MB
 
 
 def test_evaluate_writes_metrics_and_report(trained: dict) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from scripts.networks import MultiTaskUNet
+from scripts.plan import card_plan
+from scripts.transforms import check_normalization
 
 CARD_FILE = "models/model_card.json"
 WEIGHTS_FILE = "models/model.pt"
@@ -68,10 +70,22 @@ def build_network(card: dict[str, Any]) -> MultiTaskUNet:
 
 
 def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: list[str], classes: list[str],
-              spatial_size: list[int], name: str = "MultiTaskUNet", version: str = "0.1.0") -> dict[str, Any]:
-    """Assemble a card from the training configuration."""
+              spatial_size: list[int], name: str = "MultiTaskUNet", version: str = "0.1.0",
+              plan: dict[str, Any] | None = None, normalization: str | dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble a card from the training configuration.
+
+    ``plan`` (``scripts.plan``) is kept under ``"plan"`` (without MONAI's raw summaries);
+    ``normalization`` -- the one training used, by default the plan's -- under ``"normalization"``,
+    which inference applies. Cards written before plans existed have neither: inference then uses
+    per-image percentile scaling, as training did then. The tumor-free class is found by name, else
+    it is the plan's (the class whose masks are empty).
+    """
     no_tumor = next((c for c in classes if c.lower().replace("-", "_").replace(" ", "_") in ("no_tumor", "normal", "no_tumour")), None)
-    return {
+    if no_tumor is None and plan is not None and plan.get("no_tumor_class") in classes:
+        no_tumor = plan["no_tumor_class"]
+    if normalization is None and plan is not None:
+        normalization = plan.get("normalization")
+    card = {
         "name": name,
         "version": version,
         "network": dict(network_kwargs),
@@ -80,4 +94,8 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
         "classes": list(classes),
         "spatial_size": [int(s) for s in spatial_size],
         "no_tumor_class": no_tumor,
+        "normalization": check_normalization(normalization),
     }
+    if plan is not None:
+        card["plan"] = card_plan(plan)
+    return card

@@ -9,7 +9,9 @@ model card written next to the weights.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from scripts.losses import MultiTaskLoss
 from scripts.atomic import atomic_path, write_json_atomic
@@ -79,21 +82,61 @@ class WarmupHandler:
         self.loss.seg_only = engine.state.epoch <= self.warmup_epochs
 
 
+def schedule_to_horizon(scheduler: Any, max_epochs: int) -> None:
+    """Fit a resumed learning-rate schedule to this run's ``max_epochs`` (the config's, not the checkpoint's).
+
+    A checkpoint brings back the horizon of the run that wrote it (``CosineAnnealingLR.T_max``), and
+    past its end the cosine climbs back up: a finished run extended with a larger ``--max_epochs``
+    would restart its learning rate. Here the cosine ends at ``max_epochs`` and the learning rate is
+    that cosine's value at the epoch reached, so the run goes on as if it had been started with this
+    ``max_epochs`` (unchanged when it is the checkpoint's). Schedules of other types are left as
+    they are: they must take their horizon from the config, not from their state.
+    """
+    if not isinstance(scheduler, CosineAnnealingLR):
+        return
+    scheduler.T_max = max_epochs
+    done = min(scheduler.last_epoch, max_epochs) / max_epochs
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * done)) / 2
+
+
+#: the model card entries a checkpoint must share with the run that resumes it
+RESUME_CARD_KEYS = ("network", "spatial_size", "channels", "segments", "classes")
+
+
+class ResumeError(RuntimeError):
+    """``checkpoint_last.pt`` was trained for another setup than the run asked to resume it."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 class CheckpointHandler:
     """Best model by validation score, a resumable last checkpoint each epoch, and the model card.
 
-    Attached to the trainer. At start it writes ``model_card.json`` and, when ``resume`` and
-    ``checkpoint_last.pt`` exist, restores the objects of ``to_save`` (network, optimizer, scheduler,
-    loss), the trainer's epoch and the best score. After each epoch's validation it saves ``model.pt`` (plain network state dict) when
-    ``score_name`` of the evaluator improved, then ``checkpoint_last.pt``. Only rank 0 writes.
+    Attached to the trainer. At start, when ``resume`` and ``checkpoint_last.pt`` exist, it checks
+    that the checkpoint was trained for this run's setup (the model card's ``RESUME_CARD_KEYS`` and
+    the contents of ``datalist_file``) and raises :class:`ResumeError` naming what differs, before
+    anything is written; then it restores the objects of ``to_save`` (network, optimizer, scheduler,
+    loss, trainer epoch and history) and the best score, fits the schedule to the config's
+    ``max_epochs`` (:func:`schedule_to_horizon`), and writes ``model_card.json``. After each epoch's
+    validation it saves ``model.pt`` (plain network state dict) when ``score_name`` of the evaluator
+    improved, then ``checkpoint_last.pt``. Only rank 0 writes.
     """
 
     def __init__(self, ckpt_dir: str, network: nn.Module, evaluator: Engine, to_save: dict[str, Any],
-                 model_card: dict[str, Any], score_name: str = "val_score", resume: bool = True) -> None:
+                 model_card: dict[str, Any], score_name: str = "val_score", resume: bool = True,
+                 datalist_file: str | os.PathLike | None = None) -> None:
         self.dir = Path(ckpt_dir)
         self.network, self.evaluator, self.to_save = network, evaluator, to_save
         self.card, self.score_name, self.resume = model_card, score_name, resume
         self.best_score, self.best_epoch = -float("inf"), 0
+        # what this run trains for, kept in every checkpoint (a copy: later handlers may extend the card)
+        self.setup: dict[str, Any] = json.loads(json.dumps({k: model_card.get(k) for k in RESUME_CARD_KEYS}))
+        if datalist_file is not None:
+            self.setup["datalist_file"] = str(Path(datalist_file).resolve())
+            self.setup["datalist_sha256"] = file_sha256(datalist_file)
 
     @property
     def last_path(self) -> Path:
@@ -106,18 +149,45 @@ class CheckpointHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     def started(self, engine: Engine) -> None:
+        if self.resume and self.last_path.is_file():
+            self._resume(engine)
         if is_main_process():
             write_json_atomic(self.dir / "model_card.json", self.card)
-        if not (self.resume and self.last_path.is_file()):
-            return
+
+    def _resume(self, engine: Engine) -> None:
         state = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        self.check_setup(state.get("setup"))
         max_epochs = engine.state.max_epochs  # the config's, so a resumed run may also be extended
         for name, obj in self.to_save.items():
             if name in state:
                 unwrap(obj).load_state_dict(state[name]) if name == "network" else obj.load_state_dict(state[name])
         engine.state.max_epochs = max(max_epochs, engine.state.epoch)
+        schedule_to_horizon(self.to_save.get("lr_scheduler"), engine.state.max_epochs)
         self.best_score, self.best_epoch = state["best"]["score"], state["best"]["epoch"]
         engine.logger.info(f"resumed from {self.last_path} at epoch {engine.state.epoch}")
+
+    def check_setup(self, saved: dict[str, Any] | None) -> None:
+        """Raise :class:`ResumeError` when the checkpoint's setup differs from this run's (names each difference)."""
+        if saved is None:
+            differences = ["the checkpoint does not record what it was trained for (written by an earlier version)"]
+        else:
+            differences = []
+            for key in RESUME_CARD_KEYS:
+                old, new = saved.get(key), self.setup.get(key)
+                if key == "network" and isinstance(old, dict) and isinstance(new, dict):
+                    differences += [f"network.{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now"
+                                    for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+                elif old != new:
+                    differences.append(f"{key}: {old!r} in the checkpoint, {new!r} now")
+            if "datalist_sha256" in self.setup and saved.get("datalist_sha256") != self.setup["datalist_sha256"]:
+                differences.append(f"datalist_file: {saved.get('datalist_file')} (sha256 {str(saved.get('datalist_sha256'))[:12]}) "
+                                   f"in the checkpoint, {self.setup['datalist_file']} (sha256 {self.setup['datalist_sha256'][:12]}) now")
+        if differences:
+            raise ResumeError(
+                f"{self.last_path} was trained for another setup than this run, so it cannot be resumed:\n  "
+                + "\n  ".join(differences)
+                + f"\nTo start fresh, run with --resume false (this run's files then replace those in {self.dir}), "
+                f"delete {self.last_path}, or give another --ckpt_dir.")
 
     def epoch_completed(self, engine: Engine) -> None:
         if not is_main_process():
@@ -131,6 +201,7 @@ class CheckpointHandler:
             engine.logger.info(f"epoch {engine.state.epoch}: new best {self.score_name} {score:.4f} -> {self.dir / 'model.pt'}")
         state = {name: (unwrap(obj) if name == "network" else obj).state_dict() for name, obj in self.to_save.items()}
         state["best"] = {"score": self.best_score, "epoch": self.best_epoch}
+        state["setup"] = self.setup
         save_atomic(state, self.last_path)
 
 
@@ -139,7 +210,14 @@ class HistoryHandler:
 
     Attach to the trainer after the ``ValidationHandler`` so each epoch's record holds its
     validation. Also stamps the evaluator state with the trainer epoch it validated.
+
+    The records are part of the trainer's state (ignite ``state_dict_user_keys``), so the trainer
+    checkpoint carries them and a resumed run continues them. The file is written after every
+    other end-of-epoch handler, the checkpoint's included: ``history.json`` never lists an epoch
+    that ``checkpoint_last.pt`` lacks, so a run killed at any moment loses no completed epoch.
     """
+
+    STATE_KEY = "history"
 
     def __init__(self, path: str, loss: MultiTaskLoss, optimizer: torch.optim.Optimizer, evaluator: Engine) -> None:
         self.path, self.loss, self.optimizer, self.evaluator = Path(path), loss, optimizer, evaluator
@@ -150,6 +228,9 @@ class HistoryHandler:
         self._continued = False
 
     def attach(self, engine: Engine) -> None:
+        if self.STATE_KEY not in engine.state_dict_user_keys:
+            engine.state_dict_user_keys.append(self.STATE_KEY)
+        setattr(engine.state, self.STATE_KEY, self.records)
         engine.add_event_handler(Events.STARTED, self.started)
         engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
@@ -158,12 +239,17 @@ class HistoryHandler:
 
     def started(self, engine: Engine) -> None:
         self._continued = False
+        self.records = []
+        setattr(engine.state, self.STATE_KEY, self.records)  # a resumed checkpoint replaces it (STARTED, after this)
+        # registered now, after every handler attached with the trainer: runs last at each epoch's end
+        if not engine.has_event_handler(self.write, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
     def _continue_history(self, engine: Engine) -> None:
-        """On a resumed run keep the records of the epochs before it (the checkpoint sets the epoch at STARTED)."""
+        """On a resumed run keep the records of the epochs before it (the checkpoint restores them at STARTED)."""
         self._continued = True
-        if self.path.is_file():
-            self.records = [r for r in json.loads(self.path.read_text(encoding="utf-8")) if r["epoch"] < engine.state.epoch]
+        self.records = [r for r in getattr(engine.state, self.STATE_KEY) if r["epoch"] < engine.state.epoch]
+        setattr(engine.state, self.STATE_KEY, self.records)
 
     def epoch_started(self, engine: Engine) -> None:
         if not self._continued:
@@ -191,7 +277,9 @@ class HistoryHandler:
                 record["val_details"] = copy.deepcopy(details)
         if self.loss.weighting == "uncertainty":
             record["log_vars"] = {k: float(v.detach()) for k, v in self.loss.log_vars.items()}
-        self.records.append(record)
+        self.records.append(json.loads(json.dumps(record)))  # plain JSON types: checkpoints load with weights_only
+
+    def write(self, engine: Engine) -> None:
         if is_main_process():
             write_json_atomic(self.path, self.records)
 

@@ -1,7 +1,9 @@
 """Pre-processing and augmentation: array functions plus thin dictionary wrappers.
 
-The array functions here (``normalize_intensity``, ``match_channels``, ``map_mask_values``) are the
-single definition of pre-processing shared by training and by the inference API.
+The array functions here (``normalize`` with ``normalize_intensity`` / ``normalize_zscore`` /
+``normalize_ct``, ``match_channels``, ``map_mask_values``) are the single definition of
+pre-processing shared by training and by the inference API; the normalisation is chosen by the
+experiment plan (``scripts.plan``) and kept in the model card.
 
 ``train_transforms`` / ``val_transforms`` turn a datalist entry (``{"image": path or [paths],
 "label": path?, "class": int?, "group": str}``) into the sample dict of the contract: ``image``
@@ -73,6 +75,104 @@ def normalize_intensity(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.
         scale = hi - lo
         out[c] = 0.0 if scale <= 0 else np.clip((arr[c] - lo) / scale, 0.0, 1.0)
     return torch.from_numpy(out) if is_tensor else out
+
+
+#: intensity normalisations (:func:`normalize`): per-image percentiles, CT (dataset statistics), z-score
+NORMALIZATION_MODES = ("percentile", "ct", "zscore")
+_CT_KEYS = ("lower", "upper", "mean", "std")
+
+
+def normalize_zscore(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Per channel: subtract the mean and divide by the standard deviation of the non-zero voxels;
+    zero voxels (background outside the anatomy, e.g. skull-stripped MR) stay 0. A channel without
+    non-zero voxels, or a constant one, becomes 0 where it is not zero already.
+
+    Args:
+        image: ``(C, *spatial)`` array or tensor.
+
+    Returns:
+        float32 array/tensor of the same shape and type family.
+    """
+    is_tensor, arr = _as_float_array(image)
+    out = np.zeros_like(arr, dtype=np.float32)
+    for c in range(arr.shape[0]):
+        nonzero = arr[c] != 0
+        values = arr[c][nonzero]
+        if values.size == 0:
+            continue
+        std = float(values.std())
+        out[c][nonzero] = (values - float(values.mean())) / std if std > 0 else 0.0
+    return torch.from_numpy(out) if is_tensor else out
+
+
+def normalize_ct(image: np.ndarray | torch.Tensor, lower: Sequence[float], upper: Sequence[float],
+                 mean: Sequence[float], std: Sequence[float]) -> np.ndarray | torch.Tensor:
+    """nnU-Net's CT scheme: per channel, clip to the dataset's ``[lower, upper]`` (foreground 0.5 and
+    99.5 percentiles), then ``(x - mean) / std`` with the dataset's foreground mean and std.
+
+    Args:
+        image: ``(C, *spatial)`` array or tensor.
+        lower, upper, mean, std: one value per channel (or one for all).
+
+    Raises:
+        ValueError: a list of another length than the channels, or ``std <= 0``.
+    """
+    is_tensor, arr = _as_float_array(image)
+    n = arr.shape[0]
+    params = {}
+    for name, values in (("lower", lower), ("upper", upper), ("mean", mean), ("std", std)):
+        values = [float(v) for v in (values if isinstance(values, (list, tuple, np.ndarray)) else [values])]
+        if len(values) == 1:
+            values = values * n
+        if len(values) != n:
+            raise ValueError(f"ct normalisation: '{name}' has {len(values)} values for {n} channel(s)")
+        params[name] = values
+    if min(params["std"]) <= 0:
+        raise ValueError(f"ct normalisation: std must be positive, got {params['std']}")
+    out = np.empty_like(arr, dtype=np.float32)
+    for c in range(n):
+        clipped = np.clip(arr[c], params["lower"][c], params["upper"][c])
+        out[c] = (clipped - params["mean"][c]) / params["std"][c]
+    return torch.from_numpy(out) if is_tensor else out
+
+
+def check_normalization(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """A normalisation spec as a dict: ``None`` -> ``{"mode": "percentile"}``, ``"zscore"`` ->
+    ``{"mode": "zscore"}``; ``"ct"`` needs the plan's statistics (``lower``, ``upper``, ``mean``, ``std``).
+
+    Raises:
+        ValueError: an unknown mode, or ``"ct"`` without its statistics.
+    """
+    spec = {"mode": "percentile"} if spec is None else ({"mode": spec} if isinstance(spec, str) else dict(spec))
+    mode = spec.get("mode")
+    if mode not in NORMALIZATION_MODES:
+        raise ValueError(f"normalization mode must be one of {list(NORMALIZATION_MODES)}, got {mode!r}")
+    missing = [k for k in _CT_KEYS if k not in spec]
+    if mode == "ct" and missing:
+        raise ValueError(f"normalization 'ct' needs the dataset statistics {missing} (from the plan)")
+    return spec
+
+
+def normalize(image: np.ndarray | torch.Tensor, spec: str | Mapping[str, Any] | None = None) -> np.ndarray | torch.Tensor:
+    """Normalise intensities as ``spec`` says: ``"percentile"`` (default, :func:`normalize_intensity`),
+    ``"zscore"`` (:func:`normalize_zscore`) or ``{"mode": "ct", "lower", "upper", "mean", "std"}``
+    (:func:`normalize_ct`). The one entry point of training (:class:`Normalized`) and inference.
+
+    Raises:
+        ValueError: as :func:`check_normalization`.
+    """
+    spec = check_normalization(spec)
+    if spec["mode"] == "zscore":
+        return normalize_zscore(image)
+    if spec["mode"] == "ct":
+        return normalize_ct(image, *(spec[k] for k in _CT_KEYS))
+    return normalize_intensity(image)
+
+
+def _as_float_array(image: np.ndarray | torch.Tensor) -> tuple[bool, np.ndarray]:
+    is_tensor = isinstance(image, torch.Tensor)
+    arr = image.detach().cpu().numpy() if is_tensor else np.asarray(image)
+    return is_tensor, arr.astype(np.float32, copy=False)
 
 
 def match_channels(image: np.ndarray, in_channels: int, source: str = "image") -> np.ndarray:
@@ -239,6 +339,20 @@ class PercentileNormalized(MapTransform):
         return d
 
 
+class Normalized(MapTransform):
+    """Dict wrapper of :func:`normalize` (the plan's / model card's ``normalization`` spec)."""
+
+    def __init__(self, spec: str | Mapping[str, Any] | None = None, keys: KeysCollection = IMAGE) -> None:
+        super().__init__(keys)
+        self.spec = check_normalization(spec)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = convert_to_dst_type(normalize(d[key], self.spec), d[key], dtype=torch.float32)[0]
+        return d
+
+
 def load_transforms() -> list:
     """Load ``image`` (one file, or a list stacked as channels in list order) and ``label`` if present.
 
@@ -252,24 +366,36 @@ def load_transforms() -> list:
 
 
 def deterministic_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels: int,
-                             num_segments: int) -> list:
+                             num_segments: int, normalization: str | Mapping[str, Any] | None = None) -> list:
     """The cacheable part shared by training and validation (see the module docstring for the order).
+
+    ``normalization`` is a :func:`normalize` spec (the plan's; default per-image percentiles).
 
     Raises:
         ValueError: ``spatial_dims`` not 2/3, ``spatial_size`` of another length or not positive,
-            ``in_channels < 1`` or ``num_segments < 2``.
+            ``in_channels < 1`` or ``num_segments < 2``; a bad ``normalization``.
     """
     _check_args(spatial_dims, spatial_size, in_channels, num_segments)
     chain = load_transforms() + [
         PartialLabelsd(),
         MatchChannelsd(in_channels),
         MapMaskValuesd(num_segments),
-        PercentileNormalized(),
+        Normalized(normalization),
     ]
     if spatial_dims == 2:  # 2D models see the whole image at one size; 3D ones see patches (training)
         chain.append(Resized((IMAGE, LABEL), spatial_size=tuple(spatial_size), mode=(IMAGE_RESIZE_MODE, "nearest")))
     chain.append(EnsureTyped((IMAGE, LABEL), dtype=(torch.float32, torch.uint8)))
     return chain
+
+
+#: augmentation strengths (the plan's ``augmentation``) as :func:`augmentations` knobs; "medium" is its defaults
+AUGMENT_STRENGTHS: dict[str, dict[str, float]] = {
+    "light": {"p_affine": 0.3, "p_elastic": 0.1, "p_intensity": 0.3, "p_gamma": 0.15, "p_noise": 0.1,
+              "rotate_deg": 10.0, "scale": 0.05},
+    "medium": {},
+    "strong": {"p_affine": 0.7, "p_elastic": 0.3, "p_intensity": 0.7, "p_gamma": 0.35, "p_noise": 0.3,
+               "rotate_deg": 25.0, "scale": 0.15, "shift": 0.1},
+}
 
 
 def augmentations(spatial_dims: int, spatial_size: Sequence[int], p_flip: float = 0.5, p_rot90: float = 0.5,
@@ -323,22 +449,28 @@ def augmentations(spatial_dims: int, spatial_size: Sequence[int], p_flip: float 
 
 def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels: int, num_segments: int,
                      augment: bool = True, crop_pos: float = 2.0, crop_neg: float = 1.0,
+                     normalization: str | Mapping[str, Any] | None = None, augment_strength: str = "medium",
                      **augment_kwargs: float) -> Compose:
     """The training chain: deterministic part, then (3D) a patch crop, then augmentations.
 
     3D volumes are padded to ``spatial_size`` and one patch of that size is cropped, centred on the
-    lesion with odds ``crop_pos : crop_neg``. ``augment_kwargs`` go to :func:`augmentations`
-    (probability knobs ``p_flip``, ``p_rot90``, ``p_affine``, ``p_elastic``, ``p_intensity``,
-    ``p_gamma``, ``p_noise``, and ``rotate_deg``, ``scale``, ``shift``, ``noise_std``).
+    lesion with odds ``crop_pos : crop_neg``. ``augment_strength`` (``light`` / ``medium`` /
+    ``strong``, :data:`AUGMENT_STRENGTHS`) sets the knobs of :func:`augmentations`; ``augment_kwargs``
+    override single ones (probability knobs ``p_flip``, ``p_rot90``, ``p_affine``, ``p_elastic``,
+    ``p_intensity``, ``p_gamma``, ``p_noise``, and ``rotate_deg``, ``scale``, ``shift``, ``noise_std``).
+    ``normalization``: see :func:`deterministic_transforms`.
 
     Returns:
         ``Compose`` producing ``image`` float32 ``(C, *spatial_size)``, ``label`` uint8 ``(1, *spatial_size)``,
         ``class`` int64, ``has_seg`` / ``has_cls`` float32 (a list of one such dict in 3D).
 
     Raises:
-        ValueError: as :func:`deterministic_transforms` and :func:`augmentations`; negative crop odds.
+        ValueError: as :func:`deterministic_transforms` and :func:`augmentations`; negative crop odds;
+            an unknown ``augment_strength``.
     """
-    chain = deterministic_transforms(spatial_dims, spatial_size, in_channels, num_segments)
+    if augment_strength not in AUGMENT_STRENGTHS:
+        raise ValueError(f"augment_strength must be one of {list(AUGMENT_STRENGTHS)}, got {augment_strength!r}")
+    chain = deterministic_transforms(spatial_dims, spatial_size, in_channels, num_segments, normalization)
     if spatial_dims == 3:
         if crop_pos < 0 or crop_neg < 0 or crop_pos + crop_neg == 0:
             raise ValueError(f"crop_pos and crop_neg must be >= 0 and not both 0, got {crop_pos}, {crop_neg}")
@@ -346,18 +478,19 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
                   RandCropByPosNegLabeld((IMAGE, LABEL), label_key=LABEL, spatial_size=tuple(spatial_size),
                                          pos=crop_pos, neg=crop_neg, num_samples=1)]
     if augment:
-        chain += augmentations(spatial_dims, spatial_size, **augment_kwargs)
+        chain += augmentations(spatial_dims, spatial_size, **{**AUGMENT_STRENGTHS[augment_strength], **augment_kwargs})
         chain.append(EnsureTyped((IMAGE, LABEL), dtype=(torch.float32, torch.uint8)))  # spatial ones return float
     return Compose(chain)
 
 
-def val_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels: int, num_segments: int) -> Compose:
+def val_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels: int, num_segments: int,
+                   normalization: str | Mapping[str, Any] | None = None) -> Compose:
     """The validation / test chain: the deterministic part only (3D: the whole volume, for sliding windows).
 
     Raises:
         ValueError: as :func:`deterministic_transforms`.
     """
-    return Compose(deterministic_transforms(spatial_dims, spatial_size, in_channels, num_segments))
+    return Compose(deterministic_transforms(spatial_dims, spatial_size, in_channels, num_segments, normalization))
 
 
 def _check_args(spatial_dims: int, spatial_size: Sequence[int], in_channels: int, num_segments: int) -> None:

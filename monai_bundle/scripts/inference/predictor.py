@@ -3,7 +3,8 @@
 ``Predictor.from_bundle(bundle_root)`` loads the model once; ``predict(path, output_dir=...)`` reads
 a PNG/JPG, NIfTI, NRRD, DICOM file or DICOM series folder (:mod:`.readers`, :mod:`.dicom`),
 prepares it exactly as training does (:func:`scripts.transforms.match_channels`, then
-:func:`scripts.transforms.normalize_intensity` over the whole image/volume -- a 2D model on a
+:func:`scripts.transforms.normalize` with the model card's ``normalization`` -- the plan's choice,
+per-image percentiles for cards without one -- over the whole image/volume: a 2D model on a
 volume sees its slices normalised together, so that slices outside the anatomy stay dark instead
 of having their noise stretched to full contrast), runs the network
 (:mod:`.engine`: 2D slice-wise or 3D sliding window, the diagnosis rule, device and memory) and
@@ -36,7 +37,7 @@ from scripts.inference.readers import Study, read_study
 from scripts.inference.writers import OutputSet, check_output_dir, write_json, write_nifti, write_overlay, write_seg_nrrd
 from scripts.inferers import MultiTaskSlidingWindowInferer
 from scripts.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card
-from scripts.transforms import match_channels, normalize_intensity
+from scripts.transforms import check_normalization, match_channels, normalize
 
 #: output format -> suffix of the segmentation file after the study name
 SEG_SUFFIXES = {"nifti": "_seg.nii.gz", "seg.nrrd": "_seg.seg.nrrd", "dicom-seg": "_seg.dcm"}
@@ -122,6 +123,10 @@ class Predictor:
         self.device = engine.resolve_device(device)
         self.network = network.to(self.device).eval()
         self.spatial_dims = int(card["network"]["spatial_dims"])
+        try:  # the training normalisation (cards without one: per-image percentiles)
+            self.normalization = check_normalization(card.get("normalization"))
+        except ValueError as e:
+            raise InputError(f"model card: {e}") from e
         self.inferer = inferer or MultiTaskSlidingWindowInferer(card["spatial_size"], sw_batch_size=4, overlap=0.25)
         self.batch_size, self.amp = batch_size, amp
 
@@ -207,7 +212,7 @@ class Predictor:
             image = match_channels(image, c_model, source=str(source))
         except ValueError as e:
             raise InputError(str(e)) from e
-        return normalize_intensity(image)
+        return normalize(image, self.normalization)
 
     def _infer(self, study: Study, image: np.ndarray, axis: int | None, report: ProgressFn):
         """Label map, study logits, display view (None for raster images), device used, warnings.

@@ -1,4 +1,4 @@
-"""``python -m scripts.prepare <format> SOURCE --out DIR [options]`` and ``... validate DATALIST``.
+"""``python -m scripts.prepare <format> SOURCE --out DIR [options]``, ``... validate DATALIST`` and ``... plan DATALIST``.
 
 Run with the bundle root as working directory (``cd monai_bundle``) or on ``PYTHONPATH``.
 Exit status: 0 done, 1 the data set or datalist has problems (all listed on stderr), 2 bad usage.
@@ -7,6 +7,7 @@ Exit status: 0 done, 1 the data set or datalist has problems (all listed on stde
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -91,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--class-names", type=_names, help="class order, comma separated (default: sorted names)")
     val = sub.add_parser("validate", help="check a datalist and every file it names")
     val.add_argument("datalist", type=Path)
+    plan = sub.add_parser("plan", help="fingerprint the training split and write plan.json beside the datalist")
+    plan.add_argument("datalist", type=Path)
+    plan.add_argument("--max-cases", type=int, default=None, help="analyse at most this many training cases (200)")
+    plan.add_argument("--device", default="auto", help="what batch size and widths are for: auto, cpu, cuda")
+    plan.add_argument("--workers", type=int, default=None, help="analysis worker processes (default: up to 2)")
+    plan.add_argument("--force", action="store_true", help="measure again even if plan.json is current")
     return p
 
 
@@ -124,6 +131,32 @@ def _run_validate(path: Path) -> int:
     return 0 if report.ok else 1
 
 
+def _run_plan(args: argparse.Namespace) -> int:
+    import time
+
+    from scripts.datalist import DatalistError
+    from scripts.plan import PLAN_FILE, load_or_create_plan  # the analysis imports MONAI (torch): only here
+
+    start = time.perf_counter()
+    try:
+        plan = load_or_create_plan(args.datalist, device=args.device, max_cases=args.max_cases, workers=args.workers,
+                                   recompute=args.force)
+    except (DatalistError, ValueError) as e:
+        print(f"ERROR {e}", file=sys.stderr)
+        return 1
+    fp = plan["fingerprint"]
+    print(f"{args.datalist.resolve().parent / PLAN_FILE}: plan of {fp['n_analysed']} of {fp['n_training']} training "
+          f"cases (analysis {fp['seconds']:.1f} s, made {plan['created']}); {time.perf_counter() - start:.1f} s now")
+    print(f"modality {fp['modality']} ({fp['modality_reason']}); median size {fp['image_size']['median']}")
+    for key in ("spatial_size", "target_spacing", "orientation", "network_channels", "batch_size", "normalization",
+                "augmentation", "no_tumor_class"):
+        if plan.get(key) is not None:
+            print(f"  {key:17s} {json.dumps(plan[key])}  [{plan['why'].get(key, '')}]")
+    if plan.get("pinned"):
+        print(f"pinned for the built-in demo: {', '.join(plan['pinned'])}")
+    return 0
+
+
 def _print_summary(args: argparse.Namespace, report: dict) -> None:
     for dl in report["datalists"]:
         total = sum(row["total"] for row in dl["counts"].values())
@@ -152,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.format == "validate":
         return _run_validate(args.datalist)
+    if args.format == "plan":
+        return _run_plan(args)
     options = Options(
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,

@@ -1,0 +1,173 @@
+"""Resume, in process: a MONAI SupervisedTrainer with the bundle's handlers on a tiny network and fixed batches.
+
+An interrupted run resumed from ``checkpoint_last.pt`` must end exactly where the uninterrupted run
+ends; an extended run follows the config's schedule; a checkpoint of another setup is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.engines import SupervisedTrainer
+from monai.handlers import LrScheduleHandler
+from torch.optim.lr_scheduler import CosineAnnealingLR
+
+from scripts.inferers import MultiTaskSimpleInferer
+from scripts.losses import MultiTaskLoss
+from scripts.networks import MultiTaskUNet
+from scripts.tasks import Keys
+from scripts.training import CheckpointHandler, HistoryHandler, ResumeError, prepare_batch
+
+LR, ETA_MIN = 0.01, 0.0001
+NETWORK = {"spatial_dims": 2, "in_channels": 1, "seg_classes": 2, "num_classes": 4, "encoder": "unet",
+           "channels": [4, 8], "dropout": 0.0, "cls_hidden": 0}
+CARD = {"name": "MultiTaskUNet", "version": "0.1.0", "network": NETWORK, "channels": ["T1c"],
+        "segments": ["background", "tumor"], "classes": ["a", "b", "c", "d"], "spatial_size": [16, 16]}
+
+
+def _batches() -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(2):
+        image = torch.rand((2, 1, 16, 16), generator=g)
+        batches.append({Keys.IMAGE.value: image, Keys.LABEL.value: (image > 0.6).to(torch.uint8),
+                        Keys.CLASS.value: torch.randint(0, 4, (2,), generator=g),
+                        Keys.HAS_SEG.value: torch.ones(2), Keys.HAS_CLS.value: torch.ones(2)})
+    return batches
+
+
+def _run(ckpt_dir: Path, max_epochs: int, stop_after: int | None = None, seed: int = 0, card: dict | None = None,
+         datalist: Path | None = None, resume: bool = True) -> dict:
+    """One training run as train.json wires it; returns its objects and the lr each epoch trained with."""
+    torch.manual_seed(seed)  # another seed: other initial weights, which a resume must replace
+    net = MultiTaskUNet(**NETWORK)
+    loss = MultiTaskLoss(2, 4)
+    opt = torch.optim.AdamW(list(net.parameters()) + list(loss.parameters()), lr=LR)
+    sched = CosineAnnealingLR(opt, T_max=max_epochs, eta_min=ETA_MIN)
+    evaluator = Engine(lambda engine, batch: None)  # never run: no validation score, so no model.pt
+    handlers = [LrScheduleHandler(sched, print_lr=False),
+                HistoryHandler(str(ckpt_dir / "history.json"), loss, opt, evaluator),
+                CheckpointHandler(str(ckpt_dir), net, evaluator, {"network": net, "optimizer": opt, "lr_scheduler": sched,
+                                  "loss": loss}, card or CARD, resume=resume, datalist_file=datalist)]
+    trainer = SupervisedTrainer(device="cpu", max_epochs=max_epochs, train_data_loader=_batches(), network=net,
+                                optimizer=opt, loss_function=loss, inferer=MultiTaskSimpleInferer(),
+                                prepare_batch=prepare_batch, decollate=False, train_handlers=handlers)
+    lrs: dict[int, float] = {}
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: lrs.__setitem__(e.state.epoch, opt.param_groups[0]["lr"]))
+    if stop_after:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda e: e.terminate())
+    trainer.run()
+    return {"net": net, "opt": opt, "sched": sched, "trainer": trainer, "lrs": lrs}
+
+
+def _cosine(epoch_done: int, horizon: int) -> float:
+    return ETA_MIN + (LR - ETA_MIN) * (1 + math.cos(math.pi * epoch_done / horizon)) / 2
+
+
+def _history(ckpt_dir: Path) -> list[dict]:
+    return json.loads((ckpt_dir / "history.json").read_text())
+
+
+def test_interrupted_run_resumed_ends_exactly_like_the_uninterrupted_one(tmp_path):
+    whole = _run(tmp_path / "whole", 3)
+    first = _run(tmp_path / "parts", 3, stop_after=1)
+    assert [r["epoch"] for r in _history(tmp_path / "parts")] == [1]
+    epoch1 = _history(tmp_path / "parts")[0]
+    second = _run(tmp_path / "parts", 3, seed=1)
+    assert sorted(second["lrs"]) == [2, 3], "the resumed run must train only the epochs left"
+    torch.testing.assert_close(second["net"].state_dict(), whole["net"].state_dict())
+    torch.testing.assert_close(second["opt"].state_dict()["state"], whole["opt"].state_dict()["state"])
+    assert second["lrs"] == {e: pytest.approx(whole["lrs"][e], rel=1e-9) for e in (2, 3)}
+    assert second["sched"].last_epoch == whole["sched"].last_epoch == 3 and second["trainer"].state.epoch == 3
+    history = _history(tmp_path / "parts")
+    assert [r["epoch"] for r in history] == [1, 2, 3] and history[0] == epoch1  # epoch 1's record kept as it was
+    assert [r["lr"] for r in history] == pytest.approx([r["lr"] for r in _history(tmp_path / "whole")], rel=1e-9)
+    assert first["trainer"].state.epoch == 1
+
+
+def test_extended_run_follows_the_horizon_of_the_config(tmp_path):
+    done = _run(tmp_path, 2)
+    assert done["lrs"] == {1: pytest.approx(_cosine(0, 2)), 2: pytest.approx(_cosine(1, 2))}
+    extended = _run(tmp_path, 4)  # the checkpoint's cosine ends at epoch 2 (T_max 2); the config asks for 4
+    assert extended["lrs"] == {3: pytest.approx(_cosine(2, 4)), 4: pytest.approx(_cosine(3, 4))}
+    assert extended["sched"].T_max == 4
+    assert extended["opt"].param_groups[0]["lr"] == pytest.approx(ETA_MIN)  # annealed to the floor at the new end
+    assert [r["epoch"] for r in _history(tmp_path)] == [1, 2, 3, 4]
+
+
+def _datalist(folder: Path, text: str = '{"training": ["a.png"]}') -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "datalist.json").write_text(text)
+    return folder / "datalist.json"
+
+
+def _changed(**changes) -> dict:
+    card = json.loads(json.dumps(CARD))
+    for key, value in changes.items():
+        if key in NETWORK:
+            card["network"][key] = value
+        else:
+            card[key] = value
+    return card
+
+
+@pytest.mark.parametrize(("card", "message"), [
+    (_changed(encoder="resnet18"), "network.encoder: 'unet' in the checkpoint, 'resnet18' now"),
+    (_changed(spatial_dims=3, spatial_size=[16, 16, 8]),
+     r"network.spatial_dims: 2 in the checkpoint, 3 now\n  spatial_size: \[16, 16\] in the checkpoint, \[16, 16, 8\] now"),
+    (_changed(spatial_size=[32, 32]), r"spatial_size: \[16, 16\] in the checkpoint, \[32, 32\] now"),
+    (_changed(classes=["a", "b", "c", "e"]), "classes: "),
+    (None, r"datalist_file: .*data.datalist.json \(sha256 [0-9a-f]{12}\) in the checkpoint, .*data.datalist.json \(sha256"),
+])
+def test_a_checkpoint_of_another_setup_is_refused_before_anything_is_written(tmp_path, card, message):
+    ckpt = tmp_path / "models"
+    datalist = _datalist(tmp_path / "data")
+    _run(ckpt, 1, datalist=datalist)
+    if card is None:
+        _datalist(tmp_path / "data", '{"training": ["a.png", "b.png"]}')  # same file, other samples
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
+    with pytest.raises(ResumeError, match=message) as refused:
+        _run(ckpt, 2, card=card, datalist=datalist)
+    assert "--resume false" in str(refused.value) and str(ckpt / "checkpoint_last.pt") in str(refused.value)
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()} == before  # card, checkpoint, history untouched
+    fresh = _run(ckpt, 1, card=card, datalist=datalist, resume=False)  # the way out the message names
+    assert sorted(fresh["lrs"]) == [1] and json.loads((ckpt / "model_card.json").read_text()) == (card or CARD)
+
+
+def test_the_same_datalist_moved_elsewhere_still_resumes(tmp_path):
+    _run(tmp_path / "models", 1, datalist=_datalist(tmp_path / "a"))
+    moved = _datalist(tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    assert sorted(_run(tmp_path / "models", 2, datalist=moved)["lrs"]) == [2]
+
+
+def test_a_checkpoint_without_its_setup_is_refused(tmp_path):
+    _run(tmp_path, 1)
+    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    del state["setup"]
+    torch.save(state, tmp_path / "checkpoint_last.pt")
+    with pytest.raises(ResumeError, match="does not record what it was trained for"):
+        _run(tmp_path, 2)
+
+
+def test_history_json_never_lists_an_epoch_the_checkpoint_lacks(tmp_path, monkeypatch):
+    import scripts.training as training
+
+    written, write = [], training.write_json_atomic
+
+    def spy(path, data):  # at each history.json write: which epochs does checkpoint_last.pt hold already?
+        if Path(path).name == "history.json":
+            trainer = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["trainer"]
+            written.append(([r["epoch"] for r in data], trainer["iteration"] // trainer["epoch_length"],
+                            [r["epoch"] for r in trainer["history"]]))
+        return write(path, data)
+
+    monkeypatch.setattr(training, "write_json_atomic", spy)
+    _run(tmp_path, 3)
+    assert written == [([1], 1, [1]), ([1, 2], 2, [1, 2]), ([1, 2, 3], 3, [1, 2, 3])]

@@ -1,0 +1,504 @@
+"""The experiment plan: training settings decided from the data (nnU-Net style).
+
+``load_or_create_plan(datalist_file)`` returns the plan of a datalist: it reads ``plan.json`` beside
+the datalist, or -- the first time, or when the datalist changed since -- measures the training
+split (:func:`scripts.fingerprint.fingerprint`, MONAI's Auto3DSeg analyzers) and decides:
+
+* ``spatial_size`` -- 2D: the input size (:func:`decide_input_size_2d`); 3D: the patch size
+  (:func:`decide_patch_size_3d`) after resampling to ``target_spacing`` (:func:`decide_target_spacing`)
+  in ``orientation`` ``"RAS"``;
+* ``normalization`` (:func:`decide_normalization`), ``network_channels``
+  (:func:`decide_network_channels`), ``batch_size`` / ``val_batch_size`` (:func:`decide_batch_size`),
+  ``augmentation`` (:func:`decide_augmentation`), ``no_tumor_class`` (:func:`decide_no_tumor_class`).
+
+Each decision is a small pure function of fingerprint numbers, with its constants at module level.
+Device-dependent decisions (widths, batch size, 3D patch budget) take the device type; a plan made
+for another device type is re-decided from its stored fingerprint without measuring again. Every
+value can still be overridden on the command line: the configs only default to the plan
+(``"spatial_size": "$@plan['spatial_size']"``). This module imports neither torch nor MONAI at import
+time, so ``python -m scripts.prepare`` stays light; measuring does.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from scripts.atomic import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+#: bump when a decision rule or the fingerprint changes: older plans are recomputed
+PLAN_VERSION = 1
+PLAN_FILE = "plan.json"
+
+# --- 2D input size -------------------------------------------------------------------------------
+#: the 5th-percentile lesion must still be this many pixels wide at the input size
+MIN_LESION_PX = 8
+#: input sizes are multiples of this (the U-Net halves the size 4 times without remainder)
+SIZE_MULTIPLE = 16
+#: 2D input sizes stay within this range (never above the images' own size unless below the minimum)
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 96, 256
+#: the input keeps the images' aspect ratio only when the median long / short side exceeds this
+ASPECT_TOLERANCE = 1.25
+
+# --- 3D spacing and patch --------------------------------------------------------------------------
+#: max / min target spacing above which the coarse axis takes its 10th-percentile spacing (nnU-Net)
+ANISOTROPY_RATIO = 3.0
+#: a resampled axis shorter than this (voxels) is a thin stack: its patch side is a multiple of 8
+THIN_STACK = 64
+THIN_MULTIPLE = 8
+#: the most voxels a 3D training patch may hold, per device type
+PATCH_VOXELS = {"cpu": 64 * 64 * 32, "cuda": 128 * 128 * 128}
+
+# --- network ---------------------------------------------------------------------------------------
+#: the bottleneck (deepest level) is MIN_BOTTLENECK..2*MIN_BOTTLENECK-1 pixels on the patch's shortest axis
+MIN_BOTTLENECK = 4
+MIN_LEVELS, MAX_LEVELS = 2, 7
+#: width of the first level per (spatial_dims, device type); doubled per level up to MAX_WIDTH
+BASE_WIDTH = {(2, "cpu"): 8, (2, "cuda"): 32, (3, "cpu"): 16, (3, "cuda"): 32}
+MAX_WIDTH = {2: 512, 3: 320}
+
+# --- batch size ------------------------------------------------------------------------------------
+#: CPU: pixels (2D) / voxels (3D) per batch; the defaults' 16 x 96^2 and 2 x 64x64x32
+CPU_BATCH_PIXELS = {2: 16 * 96 * 96, 3: 2 * 64 * 64 * 32}
+#: CUDA: share of the GPU's memory the activations may take, and bytes per (feature x pixel) of the
+#: U-Net (two conv + norm + ReLU per level, encoder and decoder, forward and backward, fp32)
+CUDA_MEMORY_SHARE, BYTES_PER_FEATURE_PIXEL = 0.5, 48
+MIN_BATCH = {2: 4, 3: 2}
+MAX_BATCH = {(2, "cpu"): 32, (2, "cuda"): 64, (3, "cpu"): 8, (3, "cuda"): 8}
+#: one batch holds at most this share of the training cases (nnU-Net's 5 %), but at least MIN_BATCH[dims]
+MAX_BATCH_SHARE = 0.05
+
+# --- augmentation, tumor-free class ------------------------------------------------------------------
+#: training-set sizes below which augmentation is "strong", then "medium"; "light" above
+AUGMENTATION_STEPS = ((200, "strong"), (2000, "medium"))
+#: a class whose analysed masks are empty at least this often is the tumor-free class
+TUMOR_FREE_SHARE = 0.95
+
+#: what the built-in synthetic demo keeps whatever the rules say, so that its published figures hold
+#: on every device (applied only to a datalist written by ``scripts.synthetic``: it has a
+#: ``"synthetic"`` key); recorded under the plan's ``"pinned"``
+SYNTHETIC_DEMO_PINS: dict[int, dict[str, Any]] = {
+    2: {"spatial_size": [96, 96], "network_channels": [8, 16, 32, 64, 128], "batch_size": 16,
+        "val_batch_size": 16, "normalization": {"mode": "percentile"}, "augmentation": "medium"},
+    3: {"spatial_size": [64, 64, 32], "network_channels": [16, 32, 64, 128], "batch_size": 2,
+        "val_batch_size": 1, "normalization": {"mode": "percentile"}},
+}
+
+_CT = re.compile(r"^(ct|cta|cect|ncct|hu)$")
+_MR = re.compile(r"^(mr|mri|t1|t2|flair|pd|adc|dwi|swi|hbv|dce|dsc|asl)")
+_US = re.compile(r"^(us|ultrasound|echo|bmode)$")
+
+
+def guess_modality(channel_names: Sequence[str], raw_channels: int, colour_fraction: float, raw_min: float,
+                   raw_max: float, integer: bool = True) -> tuple[str, str]:
+    """``(modality, reason)``: ``"CT"``, ``"MR"``, ``"US"``, ``"photo"`` or ``"unknown"``.
+
+    Channel names decide first (``CT``; ``T1``, ``T2``, ``FLAIR``, ``ADC``, ...; ``US``), then the
+    intensities: values down to -500 or below with a maximum of 300 or more are Hounsfield units
+    (CT); images whose colour channels differ in half of the cases or more are photographs;
+    anything else is ``"unknown"`` (8-bit grey exports of MR or ultrasound look alike).
+    """
+    names = [re.sub(r"[\s_\-]", "", str(n).lower()) for n in channel_names]
+    if any(_CT.match(n) for n in names):
+        return "CT", f"channel name {list(channel_names)}"
+    if raw_min <= -500 and raw_max >= 300:
+        return "CT", f"intensities from {raw_min:g} to {raw_max:g} (Hounsfield units)"
+    if names and all(_MR.match(n) for n in names):
+        return "MR", f"channel names {list(channel_names)}"
+    if any(_US.match(n) for n in names):
+        return "US", f"channel name {list(channel_names)}"
+    if raw_channels >= 3 and colour_fraction >= 0.5:
+        return "photo", f"colour images ({colour_fraction:.0%} have differing RGB channels)"
+    depth = "8-bit grey" if integer and raw_min >= 0 and raw_max <= 255 else "grey"
+    return "unknown", f"{depth} images, channel names {list(channel_names)} say nothing"
+
+
+def round_up(value: float, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is >= ``value`` (at least ``multiple``)."""
+    return max(multiple, int(math.ceil(value / multiple - 1e-9)) * multiple)
+
+
+def decide_input_size_2d(image_size: Sequence[float], lesion_width_p05: float | None) -> list[int]:
+    """The 2D input size ``[H, W]`` from the median image size and the 5th-percentile lesion width.
+
+    The short side is the smallest multiple of :data:`SIZE_MULTIPLE` at which a lesion of width
+    ``lesion_width_p05`` (pixels at the images' own size) still spans :data:`MIN_LESION_PX` pixels,
+    clamped to ``[MIN_INPUT_SIZE, min(MAX_INPUT_SIZE, the images' short side rounded up)]`` (no
+    up-sampling beyond the data, but never below the minimum); no lesion measured: the images' own
+    short side, clamped the same way. The input is square unless the median long / short side
+    exceeds :data:`ASPECT_TOLERANCE`; then the long side keeps the ratio (a multiple of 16, at most
+    ``MAX_INPUT_SIZE``).
+
+    Raises:
+        ValueError: ``image_size`` is not two positive numbers.
+    """
+    if len(image_size) != 2 or min(image_size) <= 0:
+        raise ValueError(f"image_size must be two positive sizes (H, W), got {list(image_size)}")
+    h, w = (float(s) for s in image_size)
+    short, long_ = min(h, w), max(h, w)
+    ceiling = max(MIN_INPUT_SIZE, min(MAX_INPUT_SIZE, round_up(short, SIZE_MULTIPLE)))
+    need = short if not lesion_width_p05 or lesion_width_p05 <= 0 else MIN_LESION_PX * short / float(lesion_width_p05)
+    side = min(ceiling, max(MIN_INPUT_SIZE, round_up(need, SIZE_MULTIPLE)))
+    ratio = long_ / short
+    other = side if ratio <= ASPECT_TOLERANCE else min(MAX_INPUT_SIZE, max(side, round(side * ratio / SIZE_MULTIPLE) * SIZE_MULTIPLE))
+    return [side, other] if h <= w else [other, side]
+
+
+def decide_target_spacing(spacing_median: Sequence[float], spacing_p10: Sequence[float]) -> list[float]:
+    """nnU-Net's target spacing (mm): the median spacing per axis; when the result is anisotropic
+    (max / min > :data:`ANISOTROPY_RATIO`), the coarse axis takes its 10th-percentile spacing instead,
+    but not finer than the coarsest other axis.
+
+    Raises:
+        ValueError: the two lists differ in length or hold a non-positive spacing.
+    """
+    med = [float(s) for s in spacing_median]
+    p10 = [float(s) for s in spacing_p10]
+    if len(med) != len(p10) or not med or min(med + p10) <= 0:
+        raise ValueError(f"need positive spacings of equal length, got {med} and {p10}")
+    target = list(med)
+    if max(target) / min(target) > ANISOTROPY_RATIO:
+        axis = target.index(max(target))
+        others = [s for i, s in enumerate(target) if i != axis]
+        target[axis] = max(p10[axis], max(others))
+    return [round(s, 4) for s in target]
+
+
+def coarse_axis(target_spacing: Sequence[float]) -> int:
+    """The out-of-plane axis: the coarsest spacing when anisotropic, else the last (z) axis."""
+    spacing = [float(s) for s in target_spacing]
+    return spacing.index(max(spacing)) if max(spacing) / min(spacing) > ANISOTROPY_RATIO else len(spacing) - 1
+
+
+def decide_patch_size_3d(median_shape: Sequence[float], target_spacing: Sequence[float], device_type: str = "cpu") -> list[int]:
+    """The 3D training patch from the median shape after resampling to ``target_spacing``.
+
+    Each side is rounded up to a multiple of 16 -- of :data:`THIN_MULTIPLE` (8) on the out-of-plane
+    axis (:func:`coarse_axis`) of a thin stack (shorter than :data:`THIN_STACK`) -- then, while the
+    patch holds more than ``PATCH_VOXELS[device_type]`` voxels, the side largest relative to its
+    multiple shrinks by one multiple.
+
+    Raises:
+        ValueError: not three positive sizes, or an unknown device type.
+    """
+    if len(median_shape) != 3 or min(median_shape) <= 0:
+        raise ValueError(f"median_shape must be three positive sizes, got {list(median_shape)}")
+    if device_type not in PATCH_VOXELS:
+        raise ValueError(f"device_type must be one of {sorted(PATCH_VOXELS)}, got {device_type!r}")
+    z = coarse_axis(target_spacing)
+    multiples = [THIN_MULTIPLE if i == z and median_shape[i] < THIN_STACK else SIZE_MULTIPLE for i in range(3)]
+    patch = [round_up(s, m) for s, m in zip(median_shape, multiples)]
+    while math.prod(patch) > PATCH_VOXELS[device_type]:
+        shrinkable = [i for i in range(3) if patch[i] > multiples[i]]
+        if not shrinkable:
+            break
+        i = max(shrinkable, key=lambda a: (patch[a] / multiples[a], patch[a]))
+        patch[i] -= multiples[i]
+    return patch
+
+
+def decide_levels(spatial_size: Sequence[int]) -> int:
+    """U-Net levels so that the bottleneck is 4..7 pixels on the shortest side (clamped to 2..7)."""
+    shortest = max(1, min(int(s) for s in spatial_size))
+    levels = 1 + int(math.floor(math.log2(max(1.0, shortest / MIN_BOTTLENECK))))
+    return max(MIN_LEVELS, min(MAX_LEVELS, levels))
+
+
+def decide_network_channels(spatial_size: Sequence[int], device_type: str = "cpu") -> list[int]:
+    """Encoder widths: :func:`decide_levels` levels, ``BASE_WIDTH[(dims, device)]`` doubled per level,
+    at most ``MAX_WIDTH[dims]``.
+
+    Raises:
+        ValueError: ``spatial_size`` not 2 or 3 sizes, or an unknown device type.
+    """
+    dims = len(spatial_size)
+    if (dims, device_type) not in BASE_WIDTH:
+        raise ValueError(f"need 2 or 3 sizes and device type cpu/cuda, got {list(spatial_size)}, {device_type!r}")
+    base = BASE_WIDTH[(dims, device_type)]
+    return [min(base * 2**i, MAX_WIDTH[dims]) for i in range(decide_levels(spatial_size))]
+
+
+def decide_batch_size(spatial_size: Sequence[int], network_channels: Sequence[int], n_training: int,
+                      device_type: str = "cpu", memory_gb: float | None = None) -> int:
+    """Training batch size for the device.
+
+    CPU: as many samples as fit ``CPU_BATCH_PIXELS[dims]`` pixels (the defaults' 16 x 96^2 in 2D,
+    2 x 64x64x32 in 3D). CUDA: :data:`CUDA_MEMORY_SHARE` of the GPU's memory divided by the
+    activation estimate ``BYTES_PER_FEATURE_PIXEL x sum over levels (width x pixels at that level)``.
+    Then at most ``MAX_BATCH[(dims, device)]`` and :data:`MAX_BATCH_SHARE` of the training cases,
+    at least ``MIN_BATCH[dims]`` (4 in 2D, where BatchNorm needs a few samples; 2 in 3D).
+
+    Raises:
+        ValueError: an unknown device type, or CUDA without ``memory_gb``.
+    """
+    dims = len(spatial_size)
+    if (dims, device_type) not in MAX_BATCH:
+        raise ValueError(f"need 2 or 3 sizes and device type cpu/cuda, got {list(spatial_size)}, {device_type!r}")
+    pixels = math.prod(int(s) for s in spatial_size)
+    if device_type == "cpu":
+        fit = CPU_BATCH_PIXELS[dims] // pixels
+    else:
+        if not memory_gb or memory_gb <= 0:
+            raise ValueError("a CUDA batch size needs the GPU's memory (memory_gb)")
+        per_sample = BYTES_PER_FEATURE_PIXEL * sum(w * pixels / (2**dims) ** i for i, w in enumerate(network_channels))
+        fit = int(CUDA_MEMORY_SHARE * memory_gb * 2**30 // per_sample)
+    low = MIN_BATCH[dims]
+    cap = max(low, int(MAX_BATCH_SHARE * n_training))
+    return int(max(low, min(fit, MAX_BATCH[(dims, device_type)], cap)))
+
+
+def decide_normalization(modality: str, foreground: Mapping[str, Any] | None,
+                         global_: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The intensity normalisation (a spec for :func:`scripts.transforms.normalize`).
+
+    CT: ``"ct"`` -- clip each channel to the dataset's foreground (under the masks) 0.5 / 99.5
+    percentiles, then subtract the foreground mean and divide by its pooled standard deviation
+    (nnU-Net's CT scheme; without any lesion measured, the whole-image statistics stand in).
+    Everything else (MR, ultrasound, photographs, unknown): ``"percentile"``, each image's own
+    0.5..99.5 percentile range to 0..1 -- for MR the long-standing default: it copes with 8-bit
+    exports and uncalibrated scanners alike, and the augmentations' intensity ranges are set for
+    0..1 images (``"zscore"`` is there to choose by hand).
+    """
+    if modality != "CT":
+        return {"mode": "percentile"}
+    stats = foreground or global_
+    if not stats:
+        return {"mode": "percentile"}
+    return {"mode": "ct", "lower": list(stats["p00_5"]), "upper": list(stats["p99_5"]), "mean": list(stats["mean"]),
+            "std": [max(float(s), 1e-6) for s in stats["std"]]}
+
+
+def decide_augmentation(n_training: int) -> str:
+    """``"strong"`` below 200 training cases, ``"medium"`` below 2000, else ``"light"``
+    (:data:`scripts.transforms.AUGMENT_STRENGTHS` maps each onto the augmentation knobs)."""
+    for limit, name in AUGMENTATION_STEPS:
+        if n_training < limit:
+            return name
+    return "light"
+
+
+def decide_no_tumor_class(empty_mask: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> str | None:
+    """The one class whose analysed masks are empty at least :data:`TUMOR_FREE_SHARE` of the time
+    (None when no class, or more than one, is)."""
+    free = [c for c in classes if c in empty_mask and empty_mask[c]["labelled"] > 0
+            and empty_mask[c]["fraction"] >= TUMOR_FREE_SHARE]
+    return free[0] if len(free) == 1 else None
+
+
+def _median_resampled_shape(fp: Mapping[str, Any], target_spacing: Sequence[float]) -> list[float]:
+    size_mm = fp["size_mm"]["median"]
+    return [round(float(mm) / float(t), 2) for mm, t in zip(size_mm, target_spacing)]
+
+
+def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | None = None) -> dict[str, Any]:
+    """Every decision of the plan from a fingerprint, with one line of reasoning each (``"why"``).
+
+    Raises:
+        ValueError: an unknown device type, or a fingerprint missing what a decision needs.
+    """
+    if device_type not in ("cpu", "cuda"):
+        raise ValueError(f"device_type must be 'cpu' or 'cuda', got {device_type!r}")
+    dims, n = int(fp["spatial_dims"]), int(fp["n_training"])
+    width = (fp.get("lesions") or {}).get("width_px") or {}
+    why: dict[str, str] = {}
+    out: dict[str, Any] = {"orientation": None, "target_spacing": None}
+    if dims == 2:
+        size = fp["image_size"]["median"]
+        out["spatial_size"] = decide_input_size_2d(size, width.get("p05"))
+        why["spatial_size"] = (f"median image {size}, 5th-percentile lesion {width.get('p05')} px wide: smallest "
+                               f"multiple of {SIZE_MULTIPLE} keeping it >= {MIN_LESION_PX} px, within "
+                               f"[{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}]")
+    else:
+        target = decide_target_spacing(fp["spacing"]["median"], fp["spacing"]["p10"])
+        shape = _median_resampled_shape(fp, target)
+        out.update(orientation="RAS", target_spacing=target, median_resampled_shape=shape,
+                   spatial_size=decide_patch_size_3d(shape, target, device_type))
+        why["orientation"] = "volumes are measured and trained turned to RAS (MONAI Orientationd)"
+        why["target_spacing"] = (f"median spacing {fp['spacing']['median']} mm"
+                                 + (" (anisotropic: coarse axis at its 10th percentile)"
+                                    if max(fp["spacing"]["median"]) / min(fp["spacing"]["median"]) > ANISOTROPY_RATIO else ""))
+        why["spatial_size"] = (f"median shape at the target spacing {shape}, sides multiples of {SIZE_MULTIPLE} "
+                               f"({THIN_MULTIPLE} out of plane for thin stacks), at most {PATCH_VOXELS[device_type]} "
+                               f"voxels on {device_type}")
+    out["network_channels"] = decide_network_channels(out["spatial_size"], device_type)
+    why["network_channels"] = (f"{len(out['network_channels'])} levels: bottleneck "
+                               f"{min(out['spatial_size']) // 2 ** (len(out['network_channels']) - 1)} px; "
+                               f"first width {BASE_WIDTH[(dims, device_type)]} on {device_type}")
+    out["batch_size"] = decide_batch_size(out["spatial_size"], out["network_channels"], n, device_type, memory_gb)
+    out["val_batch_size"] = out["batch_size"] if dims == 2 else 1
+    why["batch_size"] = (f"{device_type}" + (f" with {memory_gb:.0f} GB" if memory_gb else "")
+                         + f", {n} training cases")
+    fg = (fp.get("intensity") or {}).get("foreground")
+    out["normalization"] = decide_normalization(fp["modality"], fg, (fp.get("intensity") or {}).get("global"))
+    why["normalization"] = f"modality {fp['modality']} ({fp['modality_reason']})"
+    out["augmentation"] = decide_augmentation(n)
+    why["augmentation"] = f"{n} training cases"
+    out["no_tumor_class"] = decide_no_tumor_class(fp.get("empty_mask") or {}, fp["classes"])
+    why["no_tumor_class"] = f"share of empty masks per class {({k: v['fraction'] for k, v in (fp.get('empty_mask') or {}).items()})}"
+    out["why"] = why
+    return out
+
+
+def resolve_device(device: Any = "auto") -> tuple[str, float | None]:
+    """``(device type, GPU memory in GB or None)`` of ``"auto" | "cpu" | "cuda[:N]"`` or a torch.device."""
+    name = str(device)
+    if name == "cpu":
+        return "cpu", None
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not name.startswith("cuda"):
+        return "cpu", None
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+    dev = torch.device(name)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return "cuda", round(torch.cuda.get_device_properties(index).total_memory / 2**30, 1)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (the datalist's content hash)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def make_plan(fp: Mapping[str, Any], datalist_file: str | os.PathLike, device_type: str = "cpu",
+              memory_gb: float | None = None, pins: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The plan dict: version, the datalist and its hash, the decisions (pins applied) and the fingerprint."""
+    decisions = decide(fp, device_type, memory_gb)
+    pins = dict(pins or {})
+    for key, value in pins.items():  # the rule's own answer stays in "why" so that a difference shows
+        rule = decisions.get(key)
+        decisions["why"][key] = (decisions["why"].get(key, "") + ("; " if key in decisions["why"] else "")
+                                 + ("the built-in demo pins the same" if rule == value
+                                    else f"the rule gives {json.dumps(rule)}, pinned for the built-in demo"))
+        decisions[key] = value
+    why = decisions.pop("why")
+    return {
+        "version": PLAN_VERSION,
+        "datalist": str(Path(datalist_file).resolve()),
+        "datalist_sha256": file_sha256(datalist_file),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_type,
+        "device_memory_gb": memory_gb,
+        "spatial_dims": int(fp["spatial_dims"]),
+        **decisions,
+        "pinned": sorted(pins),
+        "why": why,
+        "fingerprint": dict(fp),
+    }
+
+
+def synthetic_pins(raw_datalist: Mapping[str, Any]) -> dict[str, Any]:
+    """The demo pins of a datalist written by :mod:`scripts.synthetic` (it has a ``"synthetic"`` key), else {}."""
+    if "synthetic" not in raw_datalist:
+        return {}
+    return json.loads(json.dumps(SYNTHETIC_DEMO_PINS.get(int(raw_datalist.get("spatial_dims", 2)), {})))
+
+
+@contextmanager
+def _plan_lock(folder: Path):
+    """Serialise planners of one folder (DDP ranks start together); no lock where the folder is read-only."""
+    try:
+        import fcntl
+
+        handle = open(folder / ".plan.lock", "w")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def read_plan(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A plan file's content, or None when it is missing or not a JSON object."""
+    try:
+        plan = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) else None
+
+
+def load_or_create_plan(datalist_file: str | os.PathLike, device: Any = "auto", plan_file: str | os.PathLike | None = None,
+                        max_cases: int | None = None, workers: int | None = None, recompute: bool = False) -> dict[str, Any]:
+    """The plan of a datalist: ``plan.json`` beside it when current, else measured, decided and written.
+
+    A plan is current when its ``version`` is :data:`PLAN_VERSION` and its ``datalist_sha256`` is the
+    datalist file's; a plan made for another datalist content is recomputed with a warning. A current
+    plan made for another device type is re-decided from its fingerprint (no new measurement). The
+    file is written atomically; where the folder is read-only the plan is used without being saved.
+
+    Args:
+        datalist_file: the datalist JSON.
+        device: ``"auto" | "cpu" | "cuda[:N]"`` or a torch.device: what batch size and widths are for.
+        plan_file: where the plan lives (default ``plan.json`` beside the datalist).
+        max_cases: analyse at most this many training cases (default :data:`scripts.fingerprint.MAX_CASES`).
+        workers: DataLoader workers of the analysis (None: up to 2).
+        recompute: measure again even if the plan is current.
+
+    Raises:
+        scripts.datalist.DatalistError: the datalist cannot be read.
+        ValueError: a training file cannot be read (names it).
+    """
+    from scripts.datalist import load_datalist
+
+    datalist_file = Path(datalist_file).expanduser().resolve()
+    datalist = load_datalist(datalist_file)  # checks the structure; raises DatalistError listing problems
+    path = Path(plan_file) if plan_file is not None else datalist_file.parent / PLAN_FILE
+    device_type, memory_gb = resolve_device(device)
+    with _plan_lock(path.parent):
+        sha = file_sha256(datalist_file)
+        old = None if recompute else read_plan(path)
+        if old is not None and old.get("version") == PLAN_VERSION and old.get("datalist_sha256") == sha:
+            if old.get("device") == device_type and old.get("device_memory_gb") == memory_gb:
+                return old
+            logger.info("%s: plan made for %s, re-deciding for %s", path, old.get("device"), device_type)
+            plan = make_plan(old["fingerprint"], datalist_file, device_type, memory_gb,
+                             {k: old[k] for k in old.get("pinned", []) if k in old})
+        else:
+            if old is not None:
+                reason = ("the datalist changed since" if old.get("datalist_sha256") != sha
+                          else f"plan version {old.get('version')} is not {PLAN_VERSION}")
+                warnings.warn(f"{path}: stale plan ({reason}); recomputing it", stacklevel=2)
+                logger.warning("%s: stale plan (%s); recomputing it", path, reason)
+            from scripts.fingerprint import MAX_CASES, fingerprint
+
+            fp = fingerprint(datalist, MAX_CASES if max_cases is None else max_cases, workers)
+            raw = json.loads(datalist_file.read_text(encoding="utf-8"))
+            plan = make_plan(fp, datalist_file, device_type, memory_gb, synthetic_pins(raw))
+        plan = json.loads(json.dumps(plan))  # the same plain values whether just made or read back
+        try:
+            write_json_atomic(path, plan)
+        except OSError as e:
+            warnings.warn(f"{path}: cannot write the plan ({e}); using it without saving", stacklevel=2)
+    return plan
+
+
+def network_channels_for(plan: Mapping[str, Any], spatial_size: Sequence[int]) -> list[int]:
+    """The plan's widths, or -- when ``spatial_size`` was overridden -- :func:`decide_network_channels`
+    for that size on the plan's device (so that the bottleneck stays 4..7 pixels)."""
+    if [int(s) for s in spatial_size] == [int(s) for s in plan["spatial_size"]]:
+        return list(plan["network_channels"])
+    return decide_network_channels(spatial_size, plan.get("device", "cpu"))
+
+
+def card_plan(plan: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The plan as a model card keeps it: everything but MONAI's raw summaries (``fingerprint.monai``)."""
+    if plan is None:
+        return None
+    out = json.loads(json.dumps(plan))
+    (out.get("fingerprint") or {}).pop("monai", None)
+    return out
