@@ -23,10 +23,11 @@ _STDERR_TAIL = 20
 
 
 class JobState(str, Enum):
-    """Life cycle of a job; the last three are final."""
+    """Life cycle of a job; the last three are final. ``CANCELLING``: asked to stop, processes still exiting."""
 
     NOT_STARTED = "not started"
     RUNNING = "running"
+    CANCELLING = "cancelling"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -119,8 +120,18 @@ class InferenceJob:
                 self._stderr_tail = (self._stderr_tail + [event.text])[-_STDERR_TAIL:]
             self._log(event.text)
 
+    @property
+    def active(self) -> bool:
+        """Running, or cancelled but its processes not gone yet (keep polling)."""
+        return self.state in (JobState.RUNNING, JobState.CANCELLING)
+
     def poll(self) -> JobState:
         """Process the worker's new output; never blocks. Returns the (possibly new) state."""
+        if self.state is JobState.CANCELLING and self._worker is not None:
+            self._worker.poll()  # drop output written while stopping; it is no longer wanted
+            if self._worker.reap():
+                self._finish(JobState.CANCELLED, "")
+            return self.state
         if self.state is not JobState.RUNNING or self._worker is None:
             return self.state
         finished = self._worker.finished  # read before draining so no line is left behind
@@ -154,20 +165,35 @@ class InferenceJob:
             if self.advice:
                 self._log(self.advice)
 
-    def cancel(self) -> None:
-        """Kill the worker's process tree; the job ends ``cancelled``."""
+    def cancel(self, wait: bool = True, grace_s: float = 3.0, reason: str = "Cancelled by the user.") -> None:
+        """Stop the worker's process tree; the job ends ``cancelled``.
+
+        ``wait=True`` (batch use) returns once every process is gone. ``wait=False`` (the panel)
+        returns at once with the job ``cancelling``; :meth:`poll` kills what is still alive after
+        ``grace_s`` seconds and turns the job ``cancelled`` once the processes are gone. ``reason``
+        goes to the log. ``wait=True`` on a ``cancelling`` job waits for its processes to be gone.
+        """
+        if self.state is JobState.CANCELLING and wait and self._worker is not None:
+            self._worker.cancel(grace_s)  # already terminated: waits out the grace period, then kills
+            self._finish(JobState.CANCELLED, "")
+            return
         if self.state is not JobState.RUNNING:
             return
-        if self._worker is not None:
-            self._worker.cancel()
-        self._log("Cancelled by the user.")
-        self._finish(JobState.CANCELLED, "")
+        self._log(reason)
+        if self._worker is None:
+            self._finish(JobState.CANCELLED, "")
+        elif wait:
+            self._worker.cancel(grace_s)
+            self._finish(JobState.CANCELLED, "")
+        else:
+            self._worker.terminate(grace_s)
+            self.state, self.stage = JobState.CANCELLING, "cancelling"
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> JobState:
         """Block until done (batch and console use); on ``timeout`` seconds the job is cancelled."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is JobState.RUNNING:
-            if deadline is not None and time.monotonic() > deadline:
+        while self.poll() in (JobState.RUNNING, JobState.CANCELLING):
+            if deadline is not None and time.monotonic() > deadline and self.state is JobState.RUNNING:
                 self.cancel()
                 break
             time.sleep(interval)

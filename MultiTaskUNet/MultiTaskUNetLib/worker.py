@@ -3,8 +3,15 @@
 Slicer's user interface must stay live during inference, so the worker runs in a child process
 (Slicer's ``PythonSlicer`` running ``python -m scripts.infer``); two reader threads move its output
 into a queue and :meth:`WorkerProcess.poll` hands the parsed lines to whoever asks (the module's
-``qt.QTimer``, or a blocking loop in batch use). Cancel kills the whole process tree: the worker may
-have started helper processes (data loaders) that would otherwise keep the GPU busy.
+``qt.QTimer``, or a blocking loop in batch use). Cancel stops the whole process tree: the worker may
+have started helper processes (data loaders) that would otherwise keep the GPU busy. It comes in two
+halves so the user interface never waits: :meth:`WorkerProcess.terminate` asks the tree to stop and
+returns at once, :meth:`WorkerProcess.reap` (called from the same timer) kills whatever is still
+alive after the grace period; :meth:`WorkerProcess.cancel` does both, blocking, for batch use.
+
+The child's standard streams are UTF-8 whatever the platform (``PYTHONIOENCODING``/``PYTHONUTF8``):
+on Windows Python would otherwise write the ANSI code page, and a result path under a user name
+such as ``Zoë`` would come back garbled.
 """
 
 from __future__ import annotations
@@ -68,6 +75,8 @@ def build_worker_command(python: str | os.PathLike, input_path: str | os.PathLik
     env = dict(os.environ if base_env is None else base_env)
     env["PYTHONPATH"] = os.pathsep.join([str(bundle)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONUNBUFFERED"] = "1"  # progress lines must arrive while the worker runs, not at exit
+    env["PYTHONIOENCODING"] = "utf-8"  # what the reader threads decode, on every platform
+    env["PYTHONUTF8"] = "1"  # and file names / arguments in UTF-8 mode (Windows: not the ANSI code page)
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run (or CPU retry) never touches a broken or full GPU
     return WorkerCommand(argv=argv, env=env, cwd=str(bundle))
@@ -86,6 +95,8 @@ class WorkerProcess:
         self.cancelled = False
         self._lines: queue.Queue[tuple[Stream, str]] = queue.Queue()
         self._readers: list[threading.Thread] = []
+        self._tree: list = []  # descendants listed when terminate() was called
+        self._kill_at: float | None = None  # monotonic time after which terminate() escalates to kill
 
     def start(self) -> None:
         """Start the child in its own process group and the two reader threads.
@@ -150,21 +161,49 @@ class WorkerProcess:
             time.sleep(0.02)
         return events + self.poll()
 
-    def cancel(self, grace_s: float = 3.0) -> None:
-        """Stop the worker and every process it started: terminate, then kill what is left."""
+    def terminate(self, grace_s: float = 3.0) -> None:
+        """Ask the worker and every process it started to stop; returns at once.
+
+        :meth:`reap` then kills whatever is still alive ``grace_s`` seconds later.
+        """
         self.cancelled = True
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None or self._kill_at is not None:
             return
-        descendants = _descendants(self.proc.pid)  # list them before the parent dies and they are reparented
+        self._kill_at = time.monotonic() + grace_s
+        if self.proc.poll() is not None:
+            return
+        self._tree = _descendants(self.proc.pid)  # list them before the parent dies and they are reparented
         self.proc.terminate()
-        _terminate(descendants)
-        try:  # the child is reaped through Popen (not psutil), so returncode keeps the real status
-            self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        _terminate(self._tree)
+
+    def reap(self) -> bool:
+        """After :meth:`terminate`: True once the whole tree is gone; kills survivors after the grace period.
+
+        Never blocks. Before :meth:`terminate` it only reports whether the worker has exited.
+        """
+        if self.proc is None:
+            return True
+        parent_gone = self.proc.poll() is not None  # reaps the child through Popen: returncode stays real
+        if self._kill_at is None:
+            return parent_gone
+        alive = [p for p in self._tree if _is_alive(p)]
+        if parent_gone and not alive:
+            _kill_group(self.proc.pid)  # a grandchild reparented before it was listed is still in the group
+            return True
+        if time.monotonic() >= self._kill_at:
+            if not parent_gone:
+                self.proc.kill()
+            _kill(alive)
+            _kill_group(self.proc.pid)
+        return False
+
+    def cancel(self, grace_s: float = 3.0) -> None:
+        """Stop the worker tree and wait until it is gone: terminate, then kill what is left (blocking)."""
+        self.terminate(grace_s)
+        while not self.reap():
+            time.sleep(0.02)
+        if self.proc is not None:
             self.proc.wait()
-        _reap(descendants, grace_s)
-        _kill_group(self.proc.pid)
 
 
 def _descendants(pid: int) -> list:
@@ -186,15 +225,30 @@ def _terminate(procs: list) -> None:
             pass
 
 
-def _reap(procs: list, grace_s: float) -> None:
+def _kill(procs: list) -> None:
     import psutil
 
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
+    for p in procs:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def _is_alive(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _reap(procs: list, grace_s: float) -> None:
+    import psutil
+
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    _kill(alive)
 
 
 def _kill_group(pgid: int) -> None:

@@ -98,6 +98,37 @@ def test_cancel(tmp_path, fake_bundle, volume_file):
     assert "Cancelled by the user." in job.log_lines
 
 
+def test_cancel_without_waiting(tmp_path, fake_bundle, volume_file):
+    """The panel's Cancel: returns at once (job cancelling), polling finishes it once the processes are gone."""
+    job = _job(fake_bundle("stubborn"), volume_file, tmp_path)
+    job.start()
+    deadline = time.monotonic() + 60
+    while job.percent == 0 and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    job.cancel(wait=False, grace_s=1.0)
+    assert time.monotonic() - t0 < 0.5
+    assert job.state is JobState.CANCELLING and job.active and not job.done and job.stage == "cancelling"
+    assert job.poll() is JobState.CANCELLING  # SIGTERM ignored: still within the grace period
+    while job.poll() is JobState.CANCELLING:
+        assert time.monotonic() - t0 < 30
+        time.sleep(0.05)
+    assert job.state is JobState.CANCELLED and job.done and not job.active
+    assert job._worker.returncode is not None and "Cancelled by the user." in job.log_lines
+    assert job.result_paths == []
+
+
+def test_cancel_reason_and_waiting_on_a_cancelling_job(tmp_path, fake_bundle, volume_file):
+    job = _job(fake_bundle("stubborn"), volume_file, tmp_path)
+    job.start()
+    job.cancel(wait=False, grace_s=0.5, reason="The scene was closed: run cancelled.")
+    assert job.state is JobState.CANCELLING
+    job.cancel(wait=True)  # e.g. the module is closed meanwhile: blocks until the tree is gone
+    assert job.state is JobState.CANCELLED and job._worker.returncode is not None
+    assert "The scene was closed: run cancelled." in job.log_lines
+
+
 def test_wait_timeout_cancels(tmp_path, fake_bundle, volume_file):
     job = _job(fake_bundle("sleep"), volume_file, tmp_path)
     job.start()

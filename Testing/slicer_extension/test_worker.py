@@ -22,6 +22,7 @@ def test_command_line(tmp_path, fake_bundle):
                         "--checkpoint", "/w/best.pt"]
     assert cmd.env["PYTHONPATH"].split(os.pathsep) == [str(bundle.resolve()), "/a", "/b"]
     assert cmd.env["X"] == "1" and cmd.env["PYTHONUNBUFFERED"] == "1"
+    assert cmd.env["PYTHONIOENCODING"] == "utf-8" and cmd.env["PYTHONUTF8"] == "1"  # not the Windows ANSI code page
     assert "CUDA_VISIBLE_DEVICES" not in cmd.env
     assert cmd.cwd == str(bundle.resolve())
 
@@ -145,3 +146,43 @@ def test_start_twice_and_missing_interpreter(tmp_path, fake_bundle):
     with pytest.raises(RuntimeError, match="already started"):
         worker.start()
     worker.wait(timeout=60)
+
+
+def test_non_ascii_paths_survive_the_pipe(tmp_path, fake_bundle, volume_file):
+    """A result path under a user name like "Zoë Ærø" comes back intact, even when the environment Slicer
+    starts from asks for a legacy code page (what Windows gives a child without PYTHONIOENCODING)."""
+    home = tmp_path / "Users" / "Zoë Ærø"
+    home.mkdir(parents=True)
+    study = home / "étude.nrrd"
+    study.write_bytes(volume_file.read_bytes())
+    env = dict(os.environ, PYTHONIOENCODING="cp1252")
+    worker = WorkerProcess(build_worker_command(sys.executable, study, home / "sortie", fake_bundle("ok"), device="cpu",
+                                                base_env=env))
+    worker.start()
+    events = worker.wait(timeout=60)
+    assert worker.returncode == 0, events
+    [result] = [e for e in events if isinstance(e, Result)]
+    assert result.path == str(home / "sortie" / "étude_result.json") and Path(result.path).is_file()
+
+
+def _pids(out: Path) -> list[int]:
+    return [int(_wait_for(out / "pids.txt").split()[0])]
+
+
+def test_terminate_returns_at_once_and_reap_kills_after_the_grace_period(tmp_path, fake_bundle, volume_file):
+    out = tmp_path / "out"
+    worker = WorkerProcess(build_worker_command(sys.executable, volume_file, out, fake_bundle("stubborn")))
+    worker.start()
+    [child] = _pids(out)
+    t0 = time.monotonic()
+    worker.terminate(grace_s=1.0)
+    assert time.monotonic() - t0 < 0.5  # the GUI thread never waits
+    assert worker.cancelled and not worker.reap()  # SIGTERM is ignored: still alive within the grace period
+    assert _alive(child) and _alive(worker.proc.pid)
+    deadline = time.monotonic() + 30
+    while not worker.reap():
+        assert time.monotonic() < deadline, "the worker tree outlived the grace period"
+        time.sleep(0.05)
+    assert time.monotonic() - t0 >= 1.0  # killed only after the grace period
+    psutil.wait_procs([p for p in (_proc(child),) if p], timeout=5)
+    assert not _alive(child) and worker.returncode is not None
