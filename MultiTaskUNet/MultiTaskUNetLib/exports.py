@@ -9,8 +9,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-#: export format -> file suffix; DICOM SEG goes through Slicer's DICOM exporter into a folder
-SUFFIXES = {"seg.nrrd": ".seg.nrrd", "nifti": "_label.nii.gz", "review": "_review.json"}
+#: export format -> file suffix; the DICOM SEG file is written by Slicer's DICOM SEG exporter
+SUFFIXES = {"seg.nrrd": ".seg.nrrd", "nifti": "_label.nii.gz", "dicom-seg": "_seg.dcm", "review": "_review.json"}
+
+#: DICOM Segment Algorithm Type (C.8.20.2) of the model's segments: untouched, or edited by the reviewer
+AUTOMATIC, SEMIAUTOMATIC, MANUAL = "AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"
+_LO_MAX = 64  # Segment Algorithm Name is a DICOM LO value: at most 64 characters
+
+
+def segment_algorithm(edited: bool, model_name: str, model_version: str = "") -> tuple[str, str]:
+    """``(SegmentAlgorithmType, SegmentAlgorithmName)`` for the model's segments.
+
+    ``AUTOMATIC`` as the model made them, ``SEMIAUTOMATIC`` once the reviewer edited them; the name
+    is the model's name and version (DICOM requires a name for both types).
+    """
+    name = " ".join(p for p in ((model_name or "MultiTaskUNet").strip(), (model_version or "").strip()) if p)
+    return (SEMIAUTOMATIC if edited else AUTOMATIC), name[:_LO_MAX]
 
 
 def safe_stem(name: str) -> str:
@@ -29,7 +43,7 @@ def export_paths(out_dir: str | os.PathLike, name: str, formats: list[str]) -> d
     """Where each requested format goes: ``{format: path}`` in ``out_dir``.
 
     Raises:
-        ValueError: unknown format (``dicom-seg`` is handled by Slicer's DICOM export, not here).
+        ValueError: unknown format.
     """
     unknown = [f for f in formats if f not in SUFFIXES]
     if unknown:

@@ -71,7 +71,7 @@ class SegmentTerminology:
     known: bool = True  # False: no keyword matched and the generic ``Tissue`` code was used
 
     def to_slicer_string(self) -> str:
-        """The 3D Slicer terminology entry string (``vtkSegment.SetTerminology``)."""
+        """The 3D Slicer terminology entry string (the segment tag ``vtkSegment.GetTerminologyEntryTagName()``)."""
         def c(code: Optional[Code]) -> str:
             return "^^" if code is None else str(code)
 

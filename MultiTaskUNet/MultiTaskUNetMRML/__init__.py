@@ -8,18 +8,26 @@ factory scans the top-level ``.py`` files of that folder for modules.
 """
 
 from MultiTaskUNetMRML.segmentation import (  # noqa: F401  (the package's public names)
+    ALGORITHM_NAME_TAG,
+    ALGORITHM_TYPE_TAG,
+    DICOM_SEG_UNAVAILABLE,
     LABEL_VALUE_TAG,
+    dicom_seg_available,
     export_dicom_seg,
     export_label_map,
     get_attributes,
     import_label_map,
     label_map_array,
+    non_empty_segment_ids,
     place_under_study,
     read_segmentation,
     read_volume,
     register_converter_rules,
     segment_tag,
+    segment_terminology,
     set_attributes,
+    set_segment_algorithm,
+    set_segment_terminology,
     show_in_3d,
     write_segmentation,
 )

@@ -3,6 +3,10 @@
 Arrays from ``slicer.util.arrayFromVolume`` are ``(K, J, I)`` (slice, row, column): VTK's memory
 order reversed. Label values of segments are kept in a segment tag, so an export writes the model's
 values back even after the reviewer renamed or reordered segments.
+
+Terminology goes through the segment tag ``vtkSegment.GetTerminologyEntryTagName()`` rather than
+``vtkSegment.SetTerminology``/``GetTerminology`` (added in Slicer 5.10): the tag is what those
+methods read and write, and it is what Slicer's DICOM SEG exporter reads.
 """
 
 from __future__ import annotations
@@ -20,6 +24,14 @@ from MultiTaskUNetLib.terminology import SegmentTerminology
 
 #: segment tag holding the label value the model gave the segment
 LABEL_VALUE_TAG = "MultiTaskUNet.LabelValue"
+#: segment tags Slicer's DICOM SEG exporter reads for Segment Algorithm Type / Name (default: MANUAL)
+ALGORITHM_TYPE_TAG = "DICOM.SegmentAlgorithmType"
+ALGORITHM_NAME_TAG = "DICOM.SegmentAlgorithmName"
+#: reference volume attribute that marks a volume loaded from DICOM (its SOP instance UIDs)
+DICOM_INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
+DICOM_SEG_UNAVAILABLE = (
+    "DICOM SEG export needs 3D Slicer 5.12 or later, or the QuantitativeReporting extension on Slicer 5.10 "
+    "(install it from the Extensions Manager and restart Slicer). .seg.nrrd and NIfTI export work without it.")
 _GEOMETRY_TOLERANCE = 1e-3  # mm; NIfTI stores float32 geometry, so exact equality is too strict
 
 
@@ -36,12 +48,27 @@ def register_converter_rules() -> None:
             factory.RegisterConverterRule(cls())
 
 
-def _remove(scene, node) -> None:
+def _remove(scene, node, keep_colors: Optional[set] = None) -> None:
+    """Remove a temporary node with its display and storage nodes; with ``keep_colors`` (IDs of the
+    color nodes that existed before), also the color table made for it (Slicer's labelmap export
+    creates one per labelmap node and leaves it in the scene)."""
+    colors = []
     for i in range(node.GetNumberOfDisplayNodes()):
-        scene.RemoveNode(node.GetNthDisplayNode(i))
+        display = node.GetNthDisplayNode(i)
+        color = display.GetColorNode() if display is not None and hasattr(display, "GetColorNode") else None
+        if color is not None and keep_colors is not None and color.GetID() not in keep_colors:
+            colors.append(color)
+        scene.RemoveNode(display)
     if node.GetStorageNode() is not None:
         scene.RemoveNode(node.GetStorageNode())
     scene.RemoveNode(node)
+    for color in colors:
+        scene.RemoveNode(color)
+
+
+def _color_node_ids(scene) -> set:
+    nodes = scene.GetNodesByClass("vtkMRMLColorNode")
+    return {nodes.GetItemAsObject(i).GetID() for i in range(nodes.GetNumberOfItems())}
 
 
 def read_volume(scene, path: str | os.PathLike, name: str, labelmap: bool = False):
@@ -98,11 +125,35 @@ def segment_tag(segment, tag: str) -> str:
     return str(value) if segment.GetTag(tag, value) else ""
 
 
+def segment_terminology(segment) -> str:
+    """The segment's terminology entry string ('' when it has none); works on every Slicer 5.x."""
+    return segment_tag(segment, slicer.vtkSegment.GetTerminologyEntryTagName())
+
+
+def set_segment_terminology(segment, text: str) -> None:
+    """Set the terminology entry string through its tag (``SetTerminology`` exists only from Slicer 5.10)."""
+    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), text)
+
+
 def _apply_terminology(segment, term: SegmentTerminology, value: int) -> None:
     segment.SetName(term.name)
     segment.SetColor(*term.color)
-    segment.SetTerminology(term.to_slicer_string())
+    set_segment_terminology(segment, term.to_slicer_string())
     segment.SetTag(LABEL_VALUE_TAG, str(value))
+
+
+def set_segment_algorithm(segmentation_node, algorithm_type: str, algorithm_name: str) -> None:
+    """Mark the model's segments (those with a label value tag) with the DICOM algorithm type and name;
+    segments the reviewer added are marked ``MANUAL``."""
+    segmentation = segmentation_node.GetSegmentation()
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(i)
+        if segment_tag(segment, LABEL_VALUE_TAG):
+            segment.SetTag(ALGORITHM_TYPE_TAG, algorithm_type)
+            segment.SetTag(ALGORITHM_NAME_TAG, algorithm_name)
+        else:
+            segment.SetTag(ALGORITHM_TYPE_TAG, "MANUAL")
+            segment.RemoveTag(ALGORITHM_NAME_TAG)
 
 
 def import_label_map(scene, label_path: str | os.PathLike, reference, terms: dict[int, SegmentTerminology],
@@ -160,24 +211,43 @@ def get_attributes(node, prefix: str) -> dict[str, str]:
     return {n: node.GetAttribute(n) for n in node.GetAttributeNames() if n.startswith(prefix)}
 
 
+def _segment_masks(scene, segmentation_node, reference):
+    """``(segment_id, segment, mask or None)`` per segment, masks ``(K, J, I)`` bool on ``reference``'s
+    grid (None: empty segment). Leaves no node behind (temporary labelmap, its display node and the
+    color table Slicer's export makes for it)."""
+    segmentation = segmentation_node.GetSegmentation()
+    colors_before = _color_node_ids(scene)
+    temp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MultiTaskUNet_export__")
+    try:
+        out = []
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment_id, segment = segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i)
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(segment_id)
+            mask = None
+            if slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, temp, reference):
+                mask = slicer.util.arrayFromVolume(temp) > 0
+                if not mask.any():
+                    mask = None
+            out.append((segment_id, segment, mask))  # export fails for an empty segment: nothing to export
+        return out
+    finally:
+        _remove(scene, temp, keep_colors=colors_before)
+
+
 def label_map_array(scene, segmentation_node, reference) -> np.ndarray:
     """The segmentation as a ``(K, J, I)`` uint8 label map on ``reference``'s grid, each segment
     painted with its model label value (later segments win where segments overlap)."""
-    segmentation = segmentation_node.GetSegmentation()
     out = np.zeros(tuple(reversed(reference.GetImageData().GetDimensions())), np.uint8)
-    temp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MultiTaskUNet_export__")
-    try:
-        for i in range(segmentation.GetNumberOfSegments()):
-            segment_id, segment = segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i)
-            value = int(segment_tag(segment, LABEL_VALUE_TAG) or segment.GetLabelValue() or i + 1)
-            ids = vtk.vtkStringArray()
-            ids.InsertNextValue(segment_id)
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, temp, reference):
-                continue  # an empty segment has nothing to export
-            out[slicer.util.arrayFromVolume(temp) > 0] = value
-    finally:
-        _remove(scene, temp)
+    for i, (_, segment, mask) in enumerate(_segment_masks(scene, segmentation_node, reference)):
+        if mask is not None:
+            out[mask] = int(segment_tag(segment, LABEL_VALUE_TAG) or segment.GetLabelValue() or i + 1)
     return out
+
+
+def non_empty_segment_ids(scene, segmentation_node, reference) -> list[str]:
+    """IDs of the segments that hold at least one voxel, in segment order."""
+    return [segment_id for segment_id, _, mask in _segment_masks(scene, segmentation_node, reference) if mask is not None]
 
 
 def _atomic_target(path: Path, suffix: str) -> tuple[Path, Path]:
@@ -249,31 +319,69 @@ def read_segmentation(scene, path: str | os.PathLike, name: str):
     return node
 
 
-def export_dicom_seg(scene, segmentation_node, out_dir: str | os.PathLike) -> Optional[Path]:
-    """Export through Slicer's DICOM SEG exporter (3D Slicer only: core in >= 5.12, else the
-    QuantitativeReporting extension). The segmentation must sit under a DICOM study.
+def dicom_seg_exporter():
+    """Slicer's DICOM SEG exporter class (``DICOMSegmentationPlugin.DICOMSegmentationExporter``).
+
+    The plugin is part of 3D Slicer from 5.12 and of the QuantitativeReporting extension before;
+    both define the exporter with the same ``export(outputDirectory, segFileName, metadata,
+    segmentIDs, skipEmpty)``.
 
     Raises:
-        RuntimeError: no DICOM SEG exporter is available, or the segmentation is not under a
-            DICOM study (the message says what to do).
+        RuntimeError: no DICOM SEG exporter in this Slicer (:data:`DICOM_SEG_UNAVAILABLE`).
     """
     try:
         import DICOMSegmentationPlugin  # a Slicer DICOM plugin: present only inside the application
     except ImportError as e:
-        raise RuntimeError("DICOM SEG export needs 3D Slicer 5.12 or later, or the QuantitativeReporting "
-                           "extension on older versions") from e
-    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    item = sh.GetItemByDataNode(segmentation_node)
-    exporter = DICOMSegmentationPlugin.DICOMSegmentationPluginClass()
-    exportables = exporter.examineForExport(item)
-    if not exportables:
-        raise RuntimeError("DICOM SEG export needs the input volume loaded from DICOM (the segmentation is "
-                           "placed under its study); save as .seg.nrrd or NIfTI instead")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for exportable in exportables:
-        exportable.directory = str(out_dir)
-    error = exporter.export(exportables)
-    if error:
-        raise RuntimeError(f"DICOM SEG export failed: {error}")
-    return out_dir
+        raise RuntimeError(DICOM_SEG_UNAVAILABLE) from e
+    exporter = getattr(DICOMSegmentationPlugin, "DICOMSegmentationExporter", None)
+    if exporter is None:
+        raise RuntimeError(DICOM_SEG_UNAVAILABLE)
+    return exporter
+
+
+def dicom_seg_available() -> bool:
+    """Whether this Slicer can write DICOM SEG (see :func:`dicom_seg_exporter`)."""
+    try:
+        dicom_seg_exporter()
+    except RuntimeError:
+        return False
+    return True
+
+
+def export_dicom_seg(scene, segmentation_node, reference, path: str | os.PathLike, content_creator: str = "") -> Path:
+    """Write one DICOM SEG file through Slicer's DICOM SEG exporter (3D Slicer only).
+
+    Only segments with voxels are written (the exporter cannot store empty ones; called this way it
+    never asks the "skip empty segments?" question). The segments' algorithm type and name come from
+    their ``DICOM.SegmentAlgorithm*`` tags (:func:`set_segment_algorithm`).
+
+    Raises:
+        RuntimeError: no DICOM SEG exporter, the input was not loaded from DICOM, every segment is
+            empty, or the exporter failed (the message says what to do).
+    """
+    exporter_class = dicom_seg_exporter()
+    if not reference.GetAttribute(DICOM_INSTANCE_UIDS_ATTRIBUTE):
+        raise RuntimeError("DICOM SEG export needs the input volume loaded from DICOM (through the DICOM module); "
+                           "save as .seg.nrrd or NIfTI instead")
+    segment_ids = non_empty_segment_ids(scene, segmentation_node, reference)
+    if not segment_ids:
+        raise RuntimeError("DICOM SEG export: every segment is empty, and DICOM SEG cannot store an empty "
+                           "segmentation; save as .seg.nrrd or NIfTI instead")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exporter = exporter_class(segmentation_node, content_creator or None)
+    metadata = {"SeriesDescription": segmentation_node.GetName()}
+    if content_creator:
+        metadata["ContentCreatorName"] = content_creator
+    try:
+        exporter.export(str(path.parent), path.name, metadata, segmentIDs=segment_ids, skipEmpty=True)
+    except Exception as e:  # the exporter raises ValueError/RuntimeError/...: one message for the user
+        raise RuntimeError(f"DICOM SEG export failed: {e}") from e
+    finally:
+        exporter.cleanup()
+    if not path.is_file():
+        raise RuntimeError(f"DICOM SEG export failed: {path} was not written")
+    database = getattr(slicer, "dicomDatabase", None)
+    if database is not None:  # as Slicer's DICOM export does: the new series shows in the DICOM browser
+        database.insert(str(path))
+    return path

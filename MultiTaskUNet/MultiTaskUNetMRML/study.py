@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional
 
-from MultiTaskUNetLib.exports import export_paths, write_review_report
+from MultiTaskUNetLib.exports import export_paths, segment_algorithm, write_review_report
 from MultiTaskUNetLib.results import ATTRIBUTE_PREFIX, StudyResult, result_attributes, result_from_attributes
 from MultiTaskUNetLib.review import ReviewError, ReviewRecord, label_digest
 from MultiTaskUNetLib.terminology import Code, terminologies
 from MultiTaskUNetMRML.segmentation import (export_dicom_seg, export_label_map, get_attributes, import_label_map,
-                                            label_map_array, set_attributes, write_segmentation)
+                                            label_map_array, set_attributes, set_segment_algorithm, write_segmentation)
 
 REVIEW_ATTRIBUTE = ATTRIBUTE_PREFIX + "Review"
 #: formats :func:`export_study` writes; ``dicom-seg`` works inside 3D Slicer only
@@ -33,6 +33,7 @@ def import_study(scene, result: StudyResult, reference, name: Optional[str] = No
     terms = terminologies(((s.name, s.value) for s in result.segments), anatomic_region)
     name = name or f"{reference.GetName()} MultiTaskUNet"
     seg = import_label_map(scene, result.segmentation_path, reference, terms, name, segmentation_node)
+    set_segment_algorithm(seg, *segment_algorithm(False, result.model_name, result.model_version))
     set_attributes(seg, result_attributes(result))
     record = ReviewRecord.from_result(result, original_digest=label_digest(label_map_array(scene, seg, reference)))
     set_review(seg, record)
@@ -68,10 +69,16 @@ def set_review(segmentation_node, record: ReviewRecord) -> None:
 
 
 def refresh_edit_state(scene, segmentation_node, reference, reviewer: str = "") -> ReviewRecord:
-    """Compare the segments with the model's output, update and store the record, return it."""
+    """Compare the segments with the model's output, update and store the record, return it.
+
+    The model's segments are marked ``SEMIAUTOMATIC`` once edited (``AUTOMATIC`` otherwise), which
+    the ``.seg.nrrd`` and DICOM SEG exports carry.
+    """
     record = get_review(segmentation_node)
     record.note_segment_state(label_digest(label_map_array(scene, segmentation_node, reference)), reviewer)
     set_review(segmentation_node, record)
+    set_segment_algorithm(segmentation_node, *segment_algorithm(record.segment_edited, record.model_name,
+                                                                record.model_version))
     return record
 
 
@@ -94,20 +101,21 @@ def export_study(scene, segmentation_node, reference, out_dir: str | os.PathLike
 
     Raises:
         ValueError: unknown format, or a file could not be written (names it).
-        RuntimeError: DICOM SEG requested outside Slicer or for a non-DICOM input.
+        RuntimeError: DICOM SEG requested without a DICOM SEG exporter (outside Slicer, or Slicer 5.10
+            without QuantitativeReporting), for a non-DICOM input, or for empty segments only.
         ResultError, ReviewError: the node holds no MultiTaskUNet result / review.
     """
     formats = _default_formats(formats)
     result = get_result(segmentation_node)
     record = refresh_edit_state(scene, segmentation_node, reference, reviewer)
-    paths = export_paths(out_dir, segmentation_node.GetName(), [f for f in formats if f != "dicom-seg"] + ["review"])
+    paths = export_paths(out_dir, segmentation_node.GetName(), formats + ["review"])
     written: dict[str, Path] = {}
     if "seg.nrrd" in paths:
         written["seg.nrrd"] = write_segmentation(scene, segmentation_node, paths["seg.nrrd"])
     if "nifti" in paths:
         written["nifti"] = export_label_map(scene, segmentation_node, reference, paths["nifti"])
-    if "dicom-seg" in formats:
-        written["dicom-seg"] = export_dicom_seg(scene, segmentation_node, Path(out_dir) / "dicom-seg")
+    if "dicom-seg" in paths:
+        written["dicom-seg"] = export_dicom_seg(scene, segmentation_node, reference, paths["dicom-seg"], reviewer)
     files = {k: Path(v).name for k, v in written.items()}
     written["review"] = write_review_report(paths["review"], record, result, files)
     return written

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from MultiTaskUNetLib.exports import export_paths, review_report, safe_stem, write_review_report, write_text_atomic
+from MultiTaskUNetLib.exports import (export_paths, review_report, safe_stem, segment_algorithm, write_review_report,
+                                      write_text_atomic)
 from MultiTaskUNetLib.results import SegmentInfo
 from MultiTaskUNetLib.review import ReviewRecord
 
@@ -25,8 +26,19 @@ def test_export_paths(tmp_path):
     assert export_paths(tmp_path, "case 1", ["seg.nrrd", "nifti", "review"]) == {
         "seg.nrrd": tmp_path / "case_1.seg.nrrd", "nifti": tmp_path / "case_1_label.nii.gz",
         "review": tmp_path / "case_1_review.json"}
-    with pytest.raises(ValueError, match=r"unknown export format\(s\) \['dicom-seg'\]"):
-        export_paths(tmp_path, "x", ["dicom-seg"])
+    assert export_paths(tmp_path, "case 1", ["dicom-seg"]) == {"dicom-seg": tmp_path / "case_1_seg.dcm"}
+    with pytest.raises(ValueError, match=r"unknown export format\(s\) \['png'\]"):
+        export_paths(tmp_path, "x", ["png"])
+
+
+@pytest.mark.parametrize("edited, name, version, expected", [
+    (False, "MultiTaskUNet", "0.1.0", ("AUTOMATIC", "MultiTaskUNet 0.1.0")),
+    (True, "MultiTaskUNet", "0.1.0", ("SEMIAUTOMATIC", "MultiTaskUNet 0.1.0")),
+    (False, "", "", ("AUTOMATIC", "MultiTaskUNet")),  # DICOM needs a name for non-MANUAL segments
+    (False, "x" * 70, "1", ("AUTOMATIC", "x" * 64)),  # LO: at most 64 characters
+])
+def test_segment_algorithm(edited, name, version, expected):
+    assert segment_algorithm(edited, name, version) == expected
 
 
 def test_write_text_atomic_leaves_no_temp_files(tmp_path):

@@ -5,6 +5,8 @@ volume with anisotropic spacing, an offset origin and a rotated direction.
 """
 
 import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,8 +43,8 @@ def test_import_names_colors_terminology_geometry(scene, worker_result, volume_f
     tumor, edema = _segments(seg)
     assert [tumor.GetName(), edema.GetName()] == ["tumor", "edema"]
     assert tumor.GetColor() == pytest.approx(terms[1].color) and edema.GetColor() == pytest.approx(terms[2].color)
-    assert parse_slicer_string(tumor.GetTerminology())["type"].value == "108369006"
-    assert parse_slicer_string(edema.GetTerminology())["anatomic_region"] == BRAIN
+    assert parse_slicer_string(mrml.segment_terminology(tumor))["type"].value == "108369006"
+    assert parse_slicer_string(mrml.segment_terminology(edema))["anatomic_region"] == BRAIN
     assert [mrml.segment_tag(s, mrml.LABEL_VALUE_TAG) for s in (tumor, edema)] == ["1", "2"]
     # reference geometry is the input volume's, and it is referenced (DICOM SEG export needs both)
     assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is ref
@@ -70,8 +72,8 @@ def test_seg_nrrd_round_trip(scene, tmp_path, worker_result, volume_file):
     assert sorted(p.name for p in path.parent.iterdir()) == ["r.seg.nrrd"]  # no temporary file left
     back = mrml.read_segmentation(scene, path, "back")
     for a, b in zip(_segments(seg), _segments(back), strict=True):
-        assert (a.GetName(), a.GetTerminology(), mrml.segment_tag(a, mrml.LABEL_VALUE_TAG)) == \
-            (b.GetName(), b.GetTerminology(), mrml.segment_tag(b, mrml.LABEL_VALUE_TAG))
+        assert (a.GetName(), mrml.segment_terminology(a), mrml.segment_tag(a, mrml.LABEL_VALUE_TAG)) == \
+            (b.GetName(), mrml.segment_terminology(b), mrml.segment_tag(b, mrml.LABEL_VALUE_TAG))
         assert a.GetColor() == pytest.approx(b.GetColor(), abs=1e-6)
     np.testing.assert_array_equal(mrml.label_map_array(scene, back, ref), mrml.label_map_array(scene, seg, ref))
 
@@ -159,5 +161,122 @@ def test_write_failure_names_the_file(scene, tmp_path):
 def test_dicom_seg_needs_slicer(scene, worker_result, volume_file, tmp_path):
     ref = mrml.read_volume(scene, volume_file, "input")
     seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1)]), "r")
-    with pytest.raises(RuntimeError, match="DICOM SEG export needs 3D Slicer 5.12 or later"):
-        mrml.export_dicom_seg(scene, seg, tmp_path)
+    assert not mrml.dicom_seg_available()
+    with pytest.raises(RuntimeError, match="DICOM SEG export needs 3D Slicer 5.12 or later, or the QuantitativeReporting "
+                                           "extension on Slicer 5.10"):
+        mrml.export_dicom_seg(scene, seg, ref, tmp_path / "r_seg.dcm")
+
+
+def test_terminology_is_stored_in_the_tag_every_slicer_reads(scene, worker_result, volume_file):
+    """Written through ``vtkSegment.GetTerminologyEntryTagName()`` (Slicer 5.x), not ``SetTerminology`` (5.10+)."""
+    ref = mrml.read_volume(scene, volume_file, "input")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1)]), "r")
+    segment = _segments(seg)[0]
+    expected = terminologies([("tumor", 1)])[1].to_slicer_string()
+    assert mrml.segment_tag(segment, slicer.vtkSegment.GetTerminologyEntryTagName()) == expected
+    assert mrml.segment_terminology(segment) == expected
+    if hasattr(segment, "GetTerminology"):  # slicer-core here is newer than 5.10: the API reads the same tag
+        assert segment.GetTerminology() == expected
+
+
+def _node_classes(scene):
+    return sorted(scene.GetNthNode(i).GetClassName() for i in range(scene.GetNumberOfNodes()))
+
+
+def test_label_map_and_exports_leave_no_nodes_behind(scene, tmp_path, worker_result, volume_file):
+    """Slicer's labelmap export makes a color table per temporary labelmap; none may pile up in the scene."""
+    ref = mrml.read_volume(scene, volume_file, "input")
+    terms = terminologies([("tumor", 1), ("edema", 2)])
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terms, "r")
+    before = _node_classes(scene)
+    assert "vtkMRMLColorTableNode" not in before
+    for _ in range(5):
+        mrml.label_map_array(scene, seg, ref)
+        mrml.non_empty_segment_ids(scene, seg, ref)
+    mrml.export_label_map(scene, seg, ref, tmp_path / "r_label.nii.gz")
+    mrml.write_segmentation(scene, seg, tmp_path / "r.seg.nrrd")
+    assert _node_classes(scene) == before
+
+
+def test_color_tables_that_existed_before_are_kept(scene, worker_result, volume_file):
+    ref = mrml.read_volume(scene, volume_file, "input")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1)]), "r")
+    mine = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "user colors")
+    mrml.label_map_array(scene, seg, ref)
+    assert scene.IsNodePresent(mine)
+
+
+def test_non_empty_segment_ids(scene, worker_result, volume_file):
+    ref = mrml.read_volume(scene, volume_file, "input")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1), ("edema", 2)]), "r")
+    segmentation = seg.GetSegmentation()
+    assert mrml.non_empty_segment_ids(scene, seg, ref) == [segmentation.GetNthSegmentID(0)]  # edema has no voxels
+
+
+class _FakeExporter:
+    """Stands in for ``DICOMSegmentationPlugin.DICOMSegmentationExporter`` (Slicer 5.12 / QuantitativeReporting):
+    same constructor and ``export``/``cleanup``; raises the exporter's "empty segments" question if asked
+    to export an empty segment without ``skipEmpty`` (that is where the real one prompts)."""
+
+    calls = []
+    fail = None
+
+    def __init__(self, segmentationNode, contentCreatorName=None):
+        self.node, self.creator, self.cleaned = segmentationNode, contentCreatorName, False
+        _FakeExporter.calls.append(self)
+
+    def export(self, outputDirectory, segFileName, metadata, segmentIDs=None, skipEmpty=False):
+        self.args = dict(outputDirectory=outputDirectory, segFileName=segFileName, metadata=dict(metadata),
+                         segmentIDs=list(segmentIDs or []), skipEmpty=skipEmpty)
+        segmentation = self.node.GetSegmentation()
+        self.tags = {sid: (mrml.segment_tag(segmentation.GetSegment(sid), mrml.ALGORITHM_TYPE_TAG),
+                           mrml.segment_tag(segmentation.GetSegment(sid), mrml.ALGORITHM_NAME_TAG)) for sid in segmentIDs}
+        if _FakeExporter.fail:
+            raise ValueError(_FakeExporter.fail)
+        (Path(outputDirectory) / segFileName).write_bytes(b"DICM")
+        return True
+
+    def cleanup(self):
+        self.cleaned = True
+
+
+@pytest.fixture
+def fake_dicom_seg_plugin(monkeypatch):
+    module = types.ModuleType("DICOMSegmentationPlugin")
+    module.DICOMSegmentationExporter = _FakeExporter
+    _FakeExporter.calls, _FakeExporter.fail = [], None
+    monkeypatch.setitem(sys.modules, "DICOMSegmentationPlugin", module)
+    return _FakeExporter
+
+
+def test_dicom_seg_export_skips_empty_segments_without_asking(scene, tmp_path, worker_result, volume_file,
+                                                               fake_dicom_seg_plugin):
+    ref = mrml.read_volume(scene, volume_file, "input")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1), ("edema", 2)]), "r")
+    mrml.set_segment_algorithm(seg, "AUTOMATIC", "MultiTaskUNet 0.1.0")
+    with pytest.raises(RuntimeError, match="needs the input volume loaded from DICOM"):
+        mrml.export_dicom_seg(scene, seg, ref, tmp_path / "r_seg.dcm")
+    ref.SetAttribute("DICOM.instanceUIDs", "1.2.3.4 1.2.3.5")  # what Slicer's DICOM volume loader sets
+    assert mrml.dicom_seg_available()
+    path = mrml.export_dicom_seg(scene, seg, ref, tmp_path / "out" / "r_seg.dcm", content_creator="Dr A")
+    assert path == tmp_path / "out" / "r_seg.dcm" and path.read_bytes() == b"DICM"
+    [call] = fake_dicom_seg_plugin.calls
+    tumor_id = seg.GetSegmentation().GetNthSegmentID(0)
+    assert call.args == {"outputDirectory": str(tmp_path / "out"), "segFileName": "r_seg.dcm",
+                         "metadata": {"SeriesDescription": "r", "ContentCreatorName": "Dr A"},
+                         "segmentIDs": [tumor_id], "skipEmpty": True}  # edema (empty) left out: no question asked
+    assert call.tags == {tumor_id: ("AUTOMATIC", "MultiTaskUNet 0.1.0")} and call.creator == "Dr A" and call.cleaned
+
+
+def test_dicom_seg_export_errors(scene, tmp_path, worker_result, volume_file, fake_dicom_seg_plugin):
+    ref = mrml.read_volume(scene, volume_file, "input")
+    ref.SetAttribute("DICOM.instanceUIDs", "1.2.3.4")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1)]), "r")
+    fake_dicom_seg_plugin.fail = "Referenced volume files were not found in the DICOM database"
+    with pytest.raises(RuntimeError, match="DICOM SEG export failed: Referenced volume files were not found"):
+        mrml.export_dicom_seg(scene, seg, ref, tmp_path / "r_seg.dcm")
+    assert fake_dicom_seg_plugin.calls[-1].cleaned  # the exporter's temporary folder is removed on failure too
+    empty = mrml.import_label_map(scene, _write_label(tmp_path / "zero.nii.gz", np.zeros(slicer.util.arrayFromVolume(ref).shape),
+                                                      volume_file), ref, terminologies([("tumor", 1)]), "empty")
+    with pytest.raises(RuntimeError, match="every segment is empty"):
+        mrml.export_dicom_seg(scene, empty, ref, tmp_path / "e_seg.dcm")

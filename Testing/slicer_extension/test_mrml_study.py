@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,60 @@ def test_export_errors(scene, study, tmp_path):
         mrml.get_result(plain)
     with pytest.raises(ReviewError, match="plain: no MultiTaskUNet review record"):
         mrml.get_review(plain)
+
+
+def _algorithm(segment):
+    return mrml.segment_tag(segment, mrml.ALGORITHM_TYPE_TAG), mrml.segment_tag(segment, mrml.ALGORITHM_NAME_TAG)
+
+
+def test_segment_algorithm_automatic_then_semiautomatic_after_an_edit(scene, study, tmp_path):
+    """DICOM SEG / .seg.nrrd say how the segments were made: the model's untouched, then edited by the reviewer."""
+    ref, seg, _ = study
+    segmentation = seg.GetSegmentation()
+    assert _algorithm(segmentation.GetNthSegment(0)) == ("AUTOMATIC", "FakeMultiTaskUNet 0.0.1")
+    added = segmentation.GetSegment(segmentation.AddEmptySegment("", "reviewer note"))
+    mask = mrml.label_map_array(scene, seg, ref) == 1
+    mask[:, :, :2] = True
+    paint(scene, seg, ref, mask)
+    mrml.refresh_edit_state(scene, seg, ref, "dr.a")
+    assert _algorithm(segmentation.GetNthSegment(0)) == ("SEMIAUTOMATIC", "FakeMultiTaskUNet 0.0.1")
+    assert _algorithm(added) == ("MANUAL", "")  # drawn by the reviewer
+    written = mrml.export_study(scene, seg, ref, tmp_path / "export", ["seg.nrrd"], reviewer="dr.a")
+    back = mrml.read_segmentation(scene, written["seg.nrrd"], "back")
+    assert _algorithm(back.GetSegmentation().GetNthSegment(0)) == ("SEMIAUTOMATIC", "FakeMultiTaskUNet 0.0.1")
+
+
+def test_export_study_dicom_seg_through_slicers_exporter(scene, study, tmp_path, monkeypatch):
+    """With a DICOM SEG exporter present (Slicer 5.12 core / QuantitativeReporting): one file named like the
+    others, listed in the review report, written with the reviewer as content creator."""
+    import types
+
+    calls = []
+
+    class Exporter:
+        def __init__(self, node, creator=None):
+            self.creator = creator
+
+        def export(self, outputDirectory, segFileName, metadata, segmentIDs=None, skipEmpty=False):
+            calls.append((segFileName, metadata, list(segmentIDs), skipEmpty, self.creator))
+            (Path(outputDirectory) / segFileName).write_bytes(b"DICM")
+
+        def cleanup(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "DICOMSegmentationPlugin", types.SimpleNamespace(DICOMSegmentationExporter=Exporter))
+    ref, seg, _ = study
+    ref.SetAttribute("DICOM.instanceUIDs", "1.2.3")
+    written = mrml.export_study(scene, seg, ref, tmp_path / "export", ["dicom-seg"], reviewer="dr.b")
+    assert written["dicom-seg"] == tmp_path / "export" / "input_MultiTaskUNet_seg.dcm"
+    assert calls == [("input_MultiTaskUNet_seg.dcm", {"SeriesDescription": "input MultiTaskUNet", "ContentCreatorName": "dr.b"},
+                      [seg.GetSegmentation().GetNthSegmentID(0)], True, "dr.b")]
+    assert json.loads(written["review"].read_text())["files"] == {"dicom-seg": "input_MultiTaskUNet_seg.dcm"}
+
+
+def test_repeated_reviews_leave_no_nodes_behind(scene, study):
+    ref, seg, _ = study
+    count = scene.GetNumberOfNodes()
+    for _ in range(4):
+        mrml.refresh_edit_state(scene, seg, ref, "dr.a")
+    assert scene.GetNumberOfNodes() == count

@@ -72,7 +72,7 @@ def test_real_result_imported_as_segmentation(scene, run, tmp_path):
     assert segmentation.GetNumberOfSegments() == 1  # present even if the random model found no tumor
     segment = segmentation.GetNthSegment(0)
     assert segment.GetName() == "tumor"
-    assert parse_slicer_string(segment.GetTerminology())["type"].meaning == "Neoplasm"
+    assert parse_slicer_string(mrml.segment_terminology(segment))["type"].meaning == "Neoplasm"
     assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is ref
     worker_label = sitk.GetArrayFromImage(sitk.ReadImage(str(result.segmentation_path)))
     np.testing.assert_array_equal(mrml.label_map_array(scene, seg, ref), worker_label)
@@ -81,4 +81,25 @@ def test_real_result_imported_as_segmentation(scene, run, tmp_path):
     written = mrml.export_study(scene, seg, ref, tmp_path, ["seg.nrrd"])
     back = mrml.read_segmentation(scene, written["seg.nrrd"], "back")
     np.testing.assert_array_equal(mrml.label_map_array(scene, back, ref), worker_label)
-    assert back.GetSegmentation().GetNthSegment(0).GetTerminology() == segment.GetTerminology()
+    assert mrml.segment_terminology(back.GetSegmentation().GetNthSegment(0)) == mrml.segment_terminology(segment)
+
+
+def test_a_model_added_to_the_store_runs(tmp_path, tiny, run):
+    """The parts ``install_folder`` copies (code, configs, card, weights) are all the worker needs; a zip of
+    the bundle installs to the same thing."""
+    import zipfile
+
+    from MultiTaskUNetLib import models
+
+    study, first, _ = run
+    archive = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(tiny.rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts:
+                z.write(f, "bundle/" + f.relative_to(tiny).as_posix())
+    info = models.install_zip(archive, tmp_path / "store", sha256=models.sha256_of(archive))
+    assert info.version.endswith("+tiny-random") and [i.root for i in models.list_models(tmp_path / "store")] == [info.root]
+    job = InferenceJob(sys.executable, study, tmp_path / "out", info.root, device="cpu")
+    job.start()
+    assert job.wait(timeout=300) is JobState.SUCCEEDED, job.error
+    assert read_result(job.result_paths[0]).probabilities == read_result(first.result_paths[0]).probabilities

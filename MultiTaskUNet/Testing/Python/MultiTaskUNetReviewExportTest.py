@@ -2,7 +2,9 @@
 
 Needs no model: a worker-style result (label map + result JSON) is written for a synthetic volume,
 so this test checks what only the application can: the Segment Editor-style edit, the review
-record surviving a saved and reloaded scene (.mrb), and DICOM SEG export through Slicer's exporter.
+record surviving a saved and reloaded scene (.mrb), and DICOM SEG export through Slicer's exporter
+(core in Slicer 5.12+, QuantitativeReporting on 5.10: without either that part is skipped with a
+message): only non-empty segments, no "skip empty segments?" question, SEMIAUTOMATIC after an edit.
 The whole flow with the real worker is ``MultiTaskUNetTest`` in ``MultiTaskUNet.py``.
 """
 
@@ -97,15 +99,21 @@ class MultiTaskUNetReviewExportTest(ScriptedLoadableModuleTest):
             self.assertEqual(record.decision, Decision.EDITED)
             self.assertTrue(record.segment_edited and record.diagnosis_overridden)
 
-            paths = logic.exportResult(seg, os.path.join(self.work, "export"), ["seg.nrrd", "nifti", "dicom-seg"], "tester")
-            dcm = [f for f in os.listdir(paths["dicom-seg"]) if f.lower().endswith(".dcm")]
-            self.assertEqual(len(dcm), 1)
-            import pydicom
-            ds = pydicom.dcmread(os.path.join(paths["dicom-seg"], dcm[0]))
-            self.assertEqual(ds.Modality, "SEG")
-            self.assertEqual(ds.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue, "108369006")
+            seg.GetSegmentation().AddEmptySegment("", "reviewer note")  # empty: must be skipped without a question
+            formats = ["seg.nrrd", "nifti"] + (["dicom-seg"] if mrml.dicom_seg_available() else [])
+            paths = logic.exportResult(seg, os.path.join(self.work, "export"), formats, "tester")
             with open(paths["review"]) as f:
                 self.assertEqual(json.load(f)["review"]["final_diagnosis"], "glioma")
+            if "dicom-seg" not in paths:
+                self.delayDisplay("DICOM SEG part skipped: " + mrml.DICOM_SEG_UNAVAILABLE)
+            else:
+                import pydicom
+                ds = pydicom.dcmread(str(paths["dicom-seg"]))
+                self.assertEqual(ds.Modality, "SEG")
+                self.assertEqual(len(ds.SegmentSequence), 1)  # the empty segment was left out
+                self.assertEqual(ds.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue, "108369006")
+                self.assertEqual(ds.SegmentSequence[0].SegmentAlgorithmType, "SEMIAUTOMATIC")  # edited by the reviewer
+                self.assertEqual(ds.SegmentSequence[0].SegmentAlgorithmName, "test 0")
 
         # the review is part of the scene: save as .mrb, clear, load, read it back
         segName = seg.GetName()
