@@ -90,13 +90,20 @@ def test_extension_configures_against_a_stub_slicer(tmp_path):
     cache = (build / "CMakeCache.txt").read_text()
     assert "STUB_MODULE_NAME:INTERNAL=MultiTaskUNet" in cache
     assert "MultiTaskUNet.py;" in cache and "MultiTaskUNetReviewExportTest.py" in cache  # both ctests registered
-    staged = build / "lib" / "Slicer-5.8" / "qt-scripted-modules" / "monai_bundle"
+    staged = build / "lib" / "Slicer-5.10" / "qt-scripted-modules" / "monai_bundle"
     assert (staged / "scripts" / "infer.py").is_file() and (staged / "configs" / "inference.json").is_file()
     done = subprocess.run(["cmake", "--install", str(build), "--prefix", str(tmp_path / "inst")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    installed = tmp_path / "inst" / "lib" / "Slicer-5.8" / "qt-scripted-modules" / "monai_bundle"
+    installed = tmp_path / "inst" / "lib" / "Slicer-5.10" / "qt-scripted-modules" / "monai_bundle"
     assert (installed / "scripts" / "inference" / "predictor.py").is_file()
     assert not (installed / "data").exists() and not list(installed.rglob("__pycache__"))
+    assert not (installed / "models").exists()  # no weights, ever: users add a model in the module
+
+
+def test_no_weights_are_ever_shipped():
+    """The extension factory has no trained model: the package must not pretend to ship one."""
+    text = _strip_comments((REPO / "CMakeLists.txt").read_text())
+    assert "models/" not in text and "model.pt" not in text
 
 
 def _ui_names() -> set[str]:
@@ -135,14 +142,44 @@ def test_screenshot_is_a_real_image():
     assert red.sum() > 50  # the tumor outline / diagnosis bar in the segment color is drawn
 
 
+#: the GitHub repository every URL of the extension points at (ExtensionsIndex: the name starts with "Slicer")
+REPOSITORY = "multitaskunet/SlicerMultiTaskUNet"
+
+
+def _repo_of(url: str) -> str:
+    return re.search(r"github(?:usercontent)?\.com/([\w.-]+/[\w-]+)", url).group(1)
+
+
 def test_catalog_entry():
     entry = json.loads((REPO / "Resources" / "MultiTaskUNet.json").read_text())
     jsonschema.validate(entry, CATALOG_SCHEMA)
+    assert b"\r" not in (REPO / "Resources" / "MultiTaskUNet.json").read_bytes()  # ExtensionsIndex: LF only
     sets = cmake_sets(REPO / "CMakeLists.txt")
     assert entry["category"] == sets["EXTENSION_CATEGORY"]
     assert entry["build_dependencies"] == sets["EXTENSION_DEPENDS"].split()
-    repo_of = lambda url: re.search(r"github(?:usercontent)?\.com/([\w.-]+/[\w-]+)", url).group(1)  # noqa: E731
-    assert repo_of(entry["scm_url"]) == repo_of(sets["EXTENSION_HOMEPAGE"]) == repo_of(sets["EXTENSION_ICONURL"])
+    urls = [entry["scm_url"], sets["EXTENSION_HOMEPAGE"], sets["EXTENSION_ICONURL"], *sets["EXTENSION_SCREENSHOTURLS"].split()]
+    assert {_repo_of(u) for u in urls} == {REPOSITORY}, urls
+
+
+def test_names_follow_the_extensions_index_rules():
+    """As Slicer/ExtensionsIndex scripts/check_description_files.py checks them: the repository name starts
+    with "Slicer" (check_git_repository_name), the extension name (project, .json file) does not
+    (check_extension_name) and equals the project name (check_cmakelists_content)."""
+    entry = json.loads((REPO / "Resources" / "MultiTaskUNet.json").read_text())
+    repo_name = entry["scm_url"].rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    assert any(repo_name.startswith(p) for p in ("Slicer", "Slicer-", "Slicer_", "SlicerExtension-", "SlicerExtension_"))
+    project = re.search(r"project\s*\(\s*([^\s)]+)", (REPO / "CMakeLists.txt").read_text()).group(1)
+    assert project == "MultiTaskUNet" == (REPO / "Resources" / "MultiTaskUNet.json").stem
+    assert not project.lower().startswith("slicer")
+    cmake = (REPO / "CMakeLists.txt").read_text()  # the index's own patterns find both image settings
+    assert re.findall(r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"[ ]*\)', cmake, re.I | re.M)
+    assert re.findall(r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)', cmake, re.I | re.M)
+
+
+def test_docs_point_at_the_same_repository():
+    for doc in (REPO / "README.md", MODULE / "docs" / "slicer.md"):
+        found = set(re.findall(r"github\.com/([\w.-]+/[\w-]+)", doc.read_text()))
+        assert found <= {REPOSITORY}, (doc.name, found)
 
 
 def _imports(path: Path) -> set[str]:
@@ -217,3 +254,119 @@ def test_python_39_syntax_and_lazy_annotations(path):
                     for n in ast.walk(tree)) or any(isinstance(n, ast.FunctionDef) and n.returns for n in ast.walk(tree))
     if annotated:
         assert "from __future__ import annotations" in source, path
+
+
+def _ui_widget(name: str):
+    root = ET.parse(MODULE / "Resources" / "UI" / "MultiTaskUNet.ui").getroot()
+    return next(w for w in root.iter("widget") if w.get("name") == name)
+
+
+def _ui_property(widget, name: str):
+    prop = next((p for p in widget.findall("property") if p.get("name") == name), None)
+    if prop is None:
+        return None
+    if prop.find("stringlist") is not None:
+        return [e.text for e in prop.find("stringlist")]
+    return next(iter(prop)).text
+
+
+def test_input_selector_lists_scalar_volumes_but_not_labelmaps():
+    """``vtkMRMLLabelMapVolumeNode`` is a subclass of ``vtkMRMLScalarVolumeNode``: child types are hidden,
+    as Slicer's scripted-module template does (Utilities/Templates/Modules/Scripted/Resources/UI)."""
+    selector = _ui_widget("inputVolumeSelector")
+    assert _ui_property(selector, "nodeTypes") == ["vtkMRMLScalarVolumeNode"]
+    assert _ui_property(selector, "showChildNodeTypes") == "false"
+
+
+def _module_tree():
+    return ast.parse((MODULE / "MultiTaskUNet.py").read_text())
+
+
+def _method(tree, cls: str, name: str) -> ast.FunctionDef:
+    klass = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    return next(f for f in klass.body if isinstance(f, ast.FunctionDef) and f.name == name)
+
+
+def _calls(node) -> list[str]:
+    return [ast.unparse(c) for c in ast.walk(node) if isinstance(c, ast.Call)]
+
+
+def test_terminology_goes_through_the_portable_tag():
+    """``vtkSegment.SetTerminology``/``GetTerminology`` exist from Slicer 5.10 only; the module uses the tag."""
+    for path in MODULE.rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"\.(Set|Get)Terminology\(", text), path
+
+
+def test_panel_cancel_does_not_block_and_the_job_is_always_cleaned_up():
+    tree = _module_tree()
+    assert "self.job.cancel(wait=False)" in _calls(_method(tree, "MultiTaskUNetWidget", "onApply"))
+    poll = _method(tree, "MultiTaskUNetWidget", "onPoll")
+    tries = [n for n in ast.walk(poll) if isinstance(n, ast.Try)]
+    assert any("self.logic.cleanupJob(job)" in _calls(ast.Module(body=t.finalbody, type_ignores=[])) for t in tries)
+    assert "job.active" in ast.unparse(poll)  # keeps polling while the cancelled processes exit
+
+
+def test_scene_close_cancels_the_run():
+    tree = _module_tree()
+    setup = ast.unparse(_method(tree, "MultiTaskUNetWidget", "setup"))
+    assert "self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)" in setup
+    close = ast.unparse(_method(tree, "MultiTaskUNetWidget", "onSceneStartClose"))
+    assert "self.jobVolume = None" in close and "cancel(wait=False" in close
+    assert "self.removeObservers()" in ast.unparse(_method(tree, "MultiTaskUNetWidget", "cleanup"))
+
+
+def test_nothing_is_installed_before_there_is_a_model():
+    tree = _module_tree()
+    ensure = ast.unparse(_method(tree, "MultiTaskUNetLogic", "ensureDependencies"))
+    assert ensure.index("self.requireModel(bundleDir)") < ensure.index("self.missingDependencies(bundleDir)") < \
+        ensure.index("self._install(plan)")
+    assert ensure.index("environmentProblem()") < ensure.index("self.requireModel(bundleDir)")
+    apply = ast.unparse(_method(tree, "MultiTaskUNetWidget", "onApply"))
+    assert apply.index("if not bundle:") < apply.index("ensureDependencies")
+
+
+def test_torch_first_through_pytorchutils_then_pip_under_constraints():
+    install = ast.unparse(_method(_module_tree(), "MultiTaskUNetLogic", "_install"))
+    assert "installTorch(askConfirmation=False, torchVersionRequirement=f'>={MIN_TORCH}')" in install
+    assert "slicer.util.pip_install(pip_arguments(plan.pip, path))" in install
+    assert install.index("installTorch") < install.index("pip_constraints(installed_versions())") < install.index("pip_install")
+
+
+def test_self_test_never_installs_packages():
+    tree = _module_tree()
+    klass = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MultiTaskUNetTest")
+    calls = " ".join(_calls(klass))
+    assert not re.search(r"ensureDependencies|pip_install|installTorch|_install\(", calls), calls
+    inference = ast.unparse(_method(tree, "MultiTaskUNetTest", "test_segment_classify_review_export"))
+    assert inference.index("missingDependencies") < inference.index("Skipped the inference test") < inference.index("process(")
+    assert "slicer.util.pip_install" not in (MODULE / "Testing" / "Python" / "MultiTaskUNetReviewExportTest.py").read_text()
+
+
+def test_module_load_checks_the_slicer_version():
+    tree = _module_tree()
+    init = ast.unparse(_method(tree, "MultiTaskUNet", "__init__"))
+    assert "environmentProblem()" in init and "logging.warning(problem)" in init
+    setup = ast.unparse(_method(tree, "MultiTaskUNetWidget", "setup"))
+    assert "self.ui.applyButton.enabled = False" in setup
+
+
+# slicer.util functions checked to exist with these names in 3D Slicer v5.10.0 and v5.12.3
+# (Base/Python/slicer/util.py; pip_install in 5.12 forwards to slicer.packaging.pip_install, which
+# accepts the same list of pip arguments)
+VERIFIED_SLICER_UTIL = {
+    "addVolumeFromArray", "arrayFromVolume", "childWidgetVariables", "confirmOkCancelDisplay", "createProgressDialog",
+    "errorDisplay", "getFirstNodeByClassByName", "getModuleLogic", "loadScene", "loadUI", "mainWindow", "pip_install", "saveNode",
+    "saveScene", "selectModule", "setSliceViewerLayers", "settingsValue", "startupEnvironment", "tryWithErrorDisplay",
+    "updateSegmentBinaryLabelmapFromArray", "updateVolumeFromArray", "VTKObservationMixin",
+}
+
+
+def test_only_verified_slicer_util_functions_are_used():
+    used = set()
+    for path in [MODULE / "MultiTaskUNet.py", *sorted((MODULE / "MultiTaskUNetMRML").glob("*.py")),
+                 *sorted((MODULE / "Testing" / "Python").glob("*.py"))]:
+        used |= set(re.findall(r"slicer\.util\.(\w+)", path.read_text()))
+        used |= {a.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)
+                 and n.module == "slicer.util" for a in n.names}
+    assert used <= VERIFIED_SLICER_UTIL, used - VERIFIED_SLICER_UTIL
