@@ -271,6 +271,14 @@ def test_prepare_plan_on_a_tiny_2d_set(tmp_path, capsys):
     assert plan["datalist_sha256"] == P.file_sha256(datalist) and plan["pinned"] == []
 
 
+def test_prepare_plan_subsamples_to_max_cases(tmp_path):
+    datalist = _tiny_2d(tmp_path)
+    assert main(["plan", str(datalist), "--device", "cpu", "--max-cases", "6", "--workers", "0"]) == 0
+    fp = json.loads((tmp_path / "plan.json").read_text())["fingerprint"]
+    assert fp["n_training"] == 24 and fp["n_analysed"] == 6 and fp["subsampled"]
+    assert {k: v["labelled"] for k, v in fp["empty_mask"].items()} == {c: 2 for c in CLASSES_2D}  # 2 per class
+
+
 def test_prepare_plan_on_a_tiny_3d_set(tmp_path):
     datalist = _tiny_3d(tmp_path)
     assert main(["plan", str(datalist), "--device", "cpu"]) == 0
