@@ -53,3 +53,17 @@ def test_the_handler_updates_after_every_iteration() -> None:
     EMAHandler(net, ema).attach(engine)
     engine.run(range(3), max_epochs=2)
     assert int(ema.n_averaged) == 6
+
+
+def test_auto_decay_averages_over_about_one_epoch() -> None:
+    from scripts.ema import auto_decay
+
+    assert auto_decay(40) == pytest.approx(0.975) and auto_decay(3) == 0.9 and auto_decay(10**6) == 0.999
+    net = MultiTaskUNet(channels=(4, 8))
+    ema = ema_network(net)  # "auto"
+    engine = Engine(lambda e, b: None)
+    EMAHandler(net, ema).attach(engine)
+    engine.run(range(50), max_epochs=1)
+    assert ema.avg_fn.decay == pytest.approx(0.98)
+    with pytest.raises(ValueError, match="ema_decay"):
+        ema_network(net, "fast")

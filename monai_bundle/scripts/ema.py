@@ -9,7 +9,10 @@ the decay ramped up over the first updates);
 network to the evaluator, the best-model checkpoint and the calibration, and keeps both in
 ``checkpoint_last.pt`` so a resumed run continues the same average.
 
-``ema_decay`` 0 turns it off: the "averaged" network is then the training network itself.
+``ema_decay`` ``"auto"`` (the default) averages over about one epoch: ``1 - 1 / iterations per
+epoch``, kept in [0.9, 0.999]. A fixed horizon would be wrong both ways: 200 steps are five epochs
+of a small data set (validation would see weights from long ago) and a fraction of one of a large
+one. ``ema_decay`` 0 turns it off: the "averaged" network is then the training network itself.
 """
 
 from __future__ import annotations
@@ -37,27 +40,40 @@ class _WarmDecay:
     initialisation (which matters for short runs).
     """
 
-    def __init__(self, decay: float) -> None:
-        self.decay = decay
+    def __init__(self, decay: float | None) -> None:
+        self.decay = decay  # None: "auto", set by EMAHandler when the epoch length is known
 
     def __call__(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
         n = float(num_averaged)
-        d = min(self.decay, (1.0 + n) / (10.0 + n))
+        d = min(self.decay if self.decay is not None else AUTO_RANGE[0], (1.0 + n) / (10.0 + n))
         return averaged * d + current * (1.0 - d)
 
 
-def ema_network(network: nn.Module, decay: float = 0.995) -> nn.Module:
+#: the range of the "auto" decay (about one epoch of averaging)
+AUTO_RANGE = (0.9, 0.999)
+
+
+def auto_decay(iterations_per_epoch: int) -> float:
+    """``1 - 1 / iterations_per_epoch`` within :data:`AUTO_RANGE`."""
+    return min(max(1.0 - 1.0 / max(int(iterations_per_epoch), 1), AUTO_RANGE[0]), AUTO_RANGE[1])
+
+
+def ema_network(network: nn.Module, decay: float | str = "auto") -> nn.Module:
     """The averaged copy of ``network`` (unwrapped from DDP), or ``network`` itself when ``decay == 0``.
 
     Raises:
-        ValueError: ``decay`` outside [0, 1).
+        ValueError: ``decay`` neither ``"auto"`` nor in [0, 1).
     """
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {decay}")
-    if decay == 0.0:
+    if decay == "auto":
+        value: float | None = None
+    elif isinstance(decay, (int, float)) and not isinstance(decay, bool) and 0.0 <= decay < 1.0:
+        value = float(decay)
+    else:
+        raise ValueError(f"ema_decay must be 'auto' or in [0, 1) (0: off), got {decay!r}")
+    if value == 0.0:
         return network
     plain = network.module if hasattr(network, "module") else network
-    return EMANetwork(plain, avg_fn=_WarmDecay(decay), use_buffers=True)
+    return EMANetwork(plain, avg_fn=_WarmDecay(value), use_buffers=True)
 
 
 class EMAHandler:
@@ -68,7 +84,15 @@ class EMAHandler:
 
     def attach(self, engine: Engine) -> None:
         if isinstance(self.ema, AveragedModel):
+            engine.add_event_handler(Events.STARTED, self.started)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+
+    def started(self, engine: Engine) -> None:
+        fn = self.ema.avg_fn
+        if isinstance(fn, _WarmDecay) and (fn.decay is None or getattr(self, "_auto", False)):
+            self._auto = True
+            fn.decay = auto_decay(engine.state.epoch_length or 1)
+            engine.logger.info(f"weight average over about one epoch: EMA decay {fn.decay:.4f}")
 
     def update(self, engine: Engine) -> None:
         plain = self.network.module if hasattr(self.network, "module") else self.network
