@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -213,15 +214,96 @@ def test_no_committed_file_is_over_the_model_zoo_limit() -> None:
     assert large_files(REPO) == []
 
 
-def test_ddp_training_with_gloo_on_two_cpu_processes(tmp_path: Path) -> None:
+def _run_ddp(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    """torchrun with 2 CPU processes (gloo, GPUs hidden even on a GPU host); a hang past ``timeout`` fails the test.
+
+    torchrun and its workers run in a session of their own, so that on a timeout the whole group is
+    killed and no worker is left behind waiting on a collective.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "monai.bundle", "run", "training", *args]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"DDP training did not finish within {timeout} s (a collective mismatch hangs):\n{err[-5000:]}")
+    assert proc.returncode == 0, f"{cmd}\nSTDOUT:\n{out[-3000:]}\nSTDERR:\n{err[-5000:]}"
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _copy_bundle(tmp_path: Path) -> Path:
     bundle = tmp_path / "bundle"
     shutil.copytree(REPO / "monai_bundle", bundle, ignore=shutil.ignore_patterns("models", "data", "eval", "__pycache__"))
+    return bundle
+
+
+def _ddp_configs(bundle: Path) -> str:
     configs = bundle / "configs"
-    files = f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    _run([*torchrun, "-m", "monai.bundle", "run", "training", "--config_file", files, "--max_epochs", "1", *TINY], cwd=tmp_path)
+    return f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
+
+
+def test_ddp_training_with_gloo_on_two_cpu_processes(tmp_path: Path) -> None:
+    bundle = _copy_bundle(tmp_path)
+    tiny = list(TINY)
+    tiny[tiny.index("--datalist_file#n_val") + 1] = "9"  # an odd count: the two validation shards differ in size
+    _run_ddp(["--config_file", _ddp_configs(bundle), "--max_epochs", "1", *tiny], cwd=tmp_path, timeout=900)
     history = json.loads((bundle / "models" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1]
     assert history[0]["iterations"] == 1  # the 16 samples are split between the 2 ranks: 8 each, one batch
     state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "rank 0 must save the unwrapped network"
+    # validation is sharded and gathered: each validation sample is counted once, not once per rank
+    n_val = len(json.loads((bundle / "data" / "synthetic" / "datalist.json").read_text())["validation"])
+    details = history[0]["val_details"]["val_score"]
+    assert n_val % 2 == 1
+    assert details["seg"]["n_images"] == n_val and details["cls"]["n_samples"] == n_val
+
+
+def _write_partial_datalist(root: Path) -> Path:
+    """4 training images of which only one has a mask, 3 validation images with masks; all 64x64 with a diagnosis."""
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True)
+    (root / "mask").mkdir()
+    rows, cols = np.mgrid[:64, :64]
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(7):
+        cy, cx = 20 + 3 * i, 44 - 3 * i
+        lesion = (rows - cy) ** 2 + (cols - cx) ** 2 < 64
+        image = np.clip(60 + 120 * lesion + rng.normal(0, 10, (64, 64)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / "img" / f"{i}.png")
+        Image.fromarray((lesion * 255).astype(np.uint8)).save(root / "mask" / f"{i}.png")
+        entries.append({"image": f"img/{i}.png", "label": f"mask/{i}.png", "class": i % 4, "group": f"p{i}"})
+    training = [entries[0]] + [{k: v for k, v in e.items() if k != "label"} for e in entries[1:4]]
+    datalist = {"name": "partial", "spatial_dims": 2, "channels": ["T1c"], "segments": ["background", "tumor"],
+                "classes": ["glioma", "meningioma", "no_tumor", "pituitary"],
+                "training": training, "validation": entries[4:], "test": []}
+    (root / "datalist.json").write_text(json.dumps(datalist))
+    return root / "datalist.json"
+
+
+def test_ddp_uncertainty_weighting_when_one_rank_has_no_mask(tmp_path: Path) -> None:
+    """2 ranks, batch 2, 4 training samples of which one has a mask: one rank's batch has none.
+
+    With learned task weights that rank's segmentation term is absent; the loss weights' gradients
+    must still be averaged with the same collectives on both ranks (no hang, same weights on both).
+    """
+    bundle = _copy_bundle(tmp_path)
+    datalist = _write_partial_datalist(tmp_path / "data")
+    args = ["--config_file", _ddp_configs(bundle), "--datalist_file", str(datalist), "--max_epochs", "2",
+            "--task_weighting", "uncertainty", "--batch_size", "2", "--val_batch_size", "2", "--augment", "false",
+            "--spatial_size", "[64,64]", "--network_channels", "[4,8,16,32]", "--calibrate", "false"]
+    _run_ddp(args, cwd=tmp_path, timeout=600)
+    history = json.loads((bundle / "models" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2] and [r["iterations"] for r in history] == [1, 1]
+    log_vars = history[-1]["log_vars"]
+    assert log_vars["seg"] != 0.0 and log_vars["cls"] != 0.0  # both learned weights moved
+    assert history[-1]["val_details"]["val_score"]["seg"]["n_images"] == 3
+    last = torch.load(bundle / "models" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert {k: float(v) for k, v in last["loss"].items() if "log_vars" in k} == pytest.approx(
+        {f"log_vars.{k}": v for k, v in log_vars.items()})

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.metrics import CalibrationErrorMetric
 
@@ -118,7 +119,11 @@ def card_temperature(ckpt_dir: str | Path) -> float | None:
 
 
 def collect_logits(evaluator: Engine) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``evaluator`` once more and return the class logits and labels of samples that carry a class."""
+    """Run ``evaluator`` once more and return the class logits and labels of samples that carry a class.
+
+    Under DDP each rank validates its shard: the shards are gathered, so every rank fits the
+    temperature on the whole validation split (and all of them on the same numbers).
+    """
     logits, labels = [], []
 
     def keep(engine: Engine) -> None:
@@ -137,6 +142,11 @@ def collect_logits(evaluator: Engine) -> tuple[torch.Tensor, torch.Tensor]:
         evaluator.run()
     finally:
         handle.remove()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        shards: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(shards, (logits, labels))
+        logits = [z for shard_logits, _ in shards for z in shard_logits]
+        labels = [y for _, shard_labels in shards for y in shard_labels]
     if not logits:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
     return torch.cat(logits), torch.cat(labels)
@@ -166,6 +176,8 @@ class TemperatureScalingHandler:
 
     def __call__(self, engine: Engine) -> None:
         best, card_path = self.dir / "model.pt", self.dir / "model_card.json"
+        if self.enabled and dist.is_available() and dist.is_initialized():
+            dist.barrier()  # rank 0 writes model.pt at its last epoch's end: every rank then sees the same files
         if not self.enabled or not best.is_file() or not card_path.is_file():
             return
         net = self.network.module if hasattr(self.network, "module") else self.network

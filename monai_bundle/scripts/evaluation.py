@@ -13,8 +13,9 @@
   batched (``decollate=False``) or decollated into a list of per-sample dicts (MONAI's default).
 
 Under DDP every process evaluates its shard; statistics are gathered (``all_gather_object``) before
-computing, and only rank 0 writes files. A ``DistributedSampler`` pads the last shard with
-repeated samples, which are then counted twice.
+computing, and only rank 0 writes files. Shard with ``DistributedSampler(even_divisible=False)``
+(``configs/multi_gpu_train.json`` does): the default pads the last shard with repeated samples,
+which would then be counted twice.
 """
 
 from __future__ import annotations

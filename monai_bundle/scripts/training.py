@@ -284,20 +284,39 @@ class HistoryHandler:
             write_json_atomic(self.path, self.records)
 
 
-def sync_loss_gradients(loss: nn.Module) -> nn.Module:
-    """Average the gradients of the loss's own parameters across DDP ranks (uncertainty weights).
+class LossGradientSync:
+    """Average the gradients of the loss's own parameters (uncertainty task weights) across DDP ranks.
 
-    DDP only synchronises the wrapped network; the learnable task weights live in the loss.
+    DDP only synchronises the wrapped network; the learnable task weights live in the loss. With
+    partial labels a rank whose batch carries no mask (or no class) has no gradient for that task's
+    weight, so per-parameter gradient hooks would fire on some ranks and not on others: a collective
+    mismatch that hangs or mixes up the reductions. Instead, after every backward
+    (``IterationEvents.BACKWARD_COMPLETED``, before the optimizer step) every rank all-reduces one
+    tensor holding every trainable loss parameter's gradient (zero where it has none) and a flag per
+    parameter; the mean over all ranks is written back, as DDP averages the network's gradients. A
+    parameter no rank has a gradient for keeps ``None`` (the optimizer then skips it, as in one process).
+    Attach it to the trainer on every rank; in one process it does nothing.
     """
-    if dist.is_available() and dist.is_initialized():
-        world = dist.get_world_size()
 
-        def average(grad: torch.Tensor) -> torch.Tensor:
-            grad = grad.clone()
-            dist.all_reduce(grad)
-            return grad / world
+    def __init__(self, loss: nn.Module) -> None:
+        self.params = [p for p in loss.parameters() if p.requires_grad]
 
-        for p in loss.parameters():
-            if p.requires_grad:
-                p.register_hook(average)
-    return loss
+    def attach(self, engine: Engine) -> None:
+        from monai.engines.utils import IterationEvents
+
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        if not self.params or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        grads = [p.grad.detach().reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1) for p in self.params]
+        flags = torch.tensor([p.grad is not None for p in self.params], dtype=grads[0].dtype, device=grads[0].device)
+        packed = torch.cat(grads + [flags])
+        dist.all_reduce(packed)
+        packed /= dist.get_world_size()
+        offset = 0
+        for i, p in enumerate(self.params):
+            n = p.numel()
+            if packed[-len(self.params) + i] > 0:
+                p.grad = packed[offset: offset + n].reshape(p.shape).to(p.dtype).clone()
+            offset += n
