@@ -58,15 +58,14 @@ class Demo:
         webdemo.prune_runs(self.workdir)
         run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.workdir))
         log.info("run: %s upload of %d bytes", "".join(Path(upload).suffixes[-2:]), Path(upload).stat().st_size)
-        source = None
         try:
-            source = webdemo.unpack_upload(upload, run_dir)
-            pred = self.predictor.predict(source, output_dir=run_dir / "out", seg_format="nifti",
+            source = webdemo.check_upload(upload)  # a zip of a DICOM series is unpacked by the Predictor's reader
+            pred = self.predictor.predict(source, output_dir=run_dir / "out", seg_format="auto",
                                           progress=lambda pct, stage: progress(pct / 100, desc=stage))
         except ValueError as e:  # InputError and UploadError: the user's file, said plainly
             log.info("run refused: %s", type(e).__name__)
             # print_exception off: the message names the user's file, which must not reach the log
-            raise gr.Error(webdemo.plain_error(str(e), upload, source), duration=None, print_exception=False) from e
+            raise gr.Error(webdemo.plain_error(str(e), upload), duration=None, print_exception=False) from e
         image, label = webdemo.display_arrays(pred.image, pred.label, pred.view)  # heads upright, slices last
         view = {"image": image, "label": label}
         index = webdemo.best_slice(label)

@@ -47,7 +47,7 @@ def test_one_failure_does_not_stop_the_batch(predictor2d, tmp_path):
     assert outcomes[1].result["diagnosis"]["label"] in predictor2d.card["classes"]
     assert calls.count(True) == 2 and (2, 3, 100, "done") in calls
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "good_overlay.png", "good_result.json", "good_seg.nii.gz", "zz_overlay.png", "zz_result.json", "zz_seg.nii.gz"]
+        "good_overlay.png", "good_result.json", "good_seg.png", "zz_overlay.png", "zz_result.json", "zz_seg.png"]
 
 
 def test_strict_batch_raises_after_trying_all(predictor2d, tmp_path):

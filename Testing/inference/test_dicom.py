@@ -36,7 +36,7 @@ def test_brain_volume_as_oblique_series_keeps_geometry(tmp_path):
     assert study.geometry.spacing == pytest.approx((2.0, 2.0, 3.0), abs=1e-5)
     assert study.geometry.origin == pytest.approx((-90.0, -120.0, 10.0), abs=1e-4)
     np.testing.assert_allclose(np.reshape(study.geometry.direction, (3, 3)), direction, atol=1e-6)
-    assert study.warnings == []
+    assert len(study.warnings) == 1 and study.warnings[0].startswith("series: oblique volume")  # kept, not resampled
 
 
 def test_several_series_most_instances_wins_and_is_reported(tmp_path):
@@ -45,9 +45,10 @@ def test_several_series_most_instances_wins_and_is_reported(tmp_path):
     big = write_dicom_series(vol, tmp_path / "study" / "b")
     study = read_study(tmp_path / "study")
     assert study.image.shape[-1] == 6
-    assert len(study.warnings) == 1 and big in study.warnings[0] and small in study.warnings[0]
+    choice, where = study.warnings
+    assert big in choice and small in choice and where == "study: the series lies in sub-folder b; it was read from there"
     chosen = read_study(tmp_path / "study", series_uid=small)
-    assert chosen.image.shape[-1] == 3 and chosen.warnings == []
+    assert chosen.image.shape[-1] == 3 and chosen.warnings == ["study: the series lies in sub-folder a; it was read from there"]
 
 
 def test_localizers_lose_to_a_real_series(tmp_path):
@@ -123,12 +124,25 @@ def test_slices_without_position_refused(tmp_path):
         read_study(tmp_path / "nopos")
 
 
-def test_truncated_slice_refused(tmp_path):
+def test_truncated_slice_refused_naming_the_slice(tmp_path):
     write_dicom_series(mni_volume(3), tmp_path / "cut")
     victim = sorted((tmp_path / "cut").iterdir())[1]
     victim.write_bytes(victim.read_bytes()[:-2000])
-    with pytest.raises(InputError, match=r"cut: cannot read the pixel data of series .* \(corrupt or truncated"):
+    with pytest.raises(InputError, match=r"cut/IM0001\.dcm: cannot read the pixel data: the file ends 2000 bytes "
+                                         r"before its pixel data does \(truncated file\)"):
         read_study(tmp_path / "cut")
+
+
+def test_slice_with_half_its_pixel_data_refused_naming_the_slice(tmp_path):
+    write_dicom_series(mni_volume(3), tmp_path / "half")
+    victim = sorted((tmp_path / "half").iterdir())[2]
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]  # a well-formed file whose pixel data is too short
+    ds.save_as(victim)
+    with pytest.raises(InputError, match=r"half/IM0002\.dcm: cannot read the pixel data: it holds 11584 bytes, but Rows x "
+                                         r"Columns x SamplesPerPixel x BitsAllocated/8 x frames = 117 x 99 x 1 x 16/8 x 1 "
+                                         r"needs 23166 \(truncated or corrupt slice\)"):
+        read_study(tmp_path / "half")
 
 
 def test_single_dicom_file_is_a_one_slice_volume():

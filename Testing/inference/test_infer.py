@@ -171,6 +171,32 @@ def _black(tmp_path):
     return tmp_path / "black.png"
 
 
+def _tiny_nifti(tmp_path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(8, dtype=np.float32).reshape(2, 2, 2)), str(tmp_path / "tiny.nii.gz"))
+    return tmp_path / "tiny.nii.gz"
+
+
+def _zero_voxel_nifti(tmp_path):
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 4)).astype(np.float32), None)
+    image.header.set_zooms((0.0, 0.0, 0.0))
+    image.header.set_qform(None, code=0)
+    image.header.set_sform(None, code=0)
+    nib.save(image, tmp_path / "nosize.nii")
+    return tmp_path / "nosize.nii"
+
+
+def _half_slice(tmp_path):
+    """A DICOM series whose second slice (in file order) holds half its pixel data: a valid file, a corrupt study."""
+    write_dicom_series(mni_volume(4), tmp_path / "series")
+    victim = sorted((tmp_path / "series").iterdir())[1]
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(victim)
+    return tmp_path / "series", victim
+
+
 def _fine(tmp_path):
     Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tmp_path / "fine.png")
     return tmp_path / "fine.png"
@@ -185,6 +211,10 @@ CASES = {  # name: (input maker, bundle fixture, extra args maker, expected mess
     "4D input to a 3D model": (_four_d, "bundle3d", None, "4D input with 3 volumes"),
     "wrong channel count": (_two_channels, "bundle2d", None, r"has 2 channel\(s\) but the model expects 1"),
     "all-zero image": (_black, "bundle2d", None, "the image is blank"),
+    "2x2x2 volume": (_tiny_nifti, "bundle2d", None, r"the image is 2x2x2 voxels, too small to be a study; at least 8x8"),
+    "zero voxel size": (_zero_voxel_nifti, "bundle2d", None, r"zero voxel size \(pixdim \[0\.0, 0\.0, 0\.0\]\) and no qform"),
+    "slice with half its pixel data": (_half_slice, "bundle2d", None,
+                                       r"cannot read the pixel data: it holds 11584 bytes, .* needs 23166"),
     "unwritable output folder": (_fine, "bundle2d", "out_blocked", "output folder cannot be created"),
     "mismatched checkpoint": (_fine, "bundle2d", "checkpoint_3d", "checkpoint does not match the network"),
 }
@@ -193,8 +223,9 @@ CASES = {  # name: (input maker, bundle fixture, extra args maker, expected mess
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input(case, request, tmp_path, capsys):
     make, bundle_name, extra, message = CASES[case]
-    src, bundle = make(tmp_path), request.getfixturevalue(bundle_name)
-    out, blamed = tmp_path / "out", src
+    made, bundle = make(tmp_path), request.getfixturevalue(bundle_name)
+    src, blamed = made if isinstance(made, tuple) else (made, made)  # (input, the file the error must name)
+    out = tmp_path / "out"
     args = [src, "--out", out, "--bundle", bundle]
     if extra == "out_blocked":
         (tmp_path / "blocked").write_text("")

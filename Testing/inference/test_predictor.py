@@ -47,12 +47,12 @@ def test_png_result_json_and_files(predictor2d, bundle2d, tmp_path):
     assert set(r["diagnosis"]) == {"label", "index", "probabilities"}
     assert r["diagnosis"]["index"] == ["glioma", "meningioma", "no_tumor", "pituitary"].index(r["diagnosis"]["label"])
     assert sum(r["diagnosis"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
-    assert r["segmentation"] == {"path": str(tmp_path / "out" / "scan_seg.nii.gz"), "format": "nifti",
+    assert r["segmentation"] == {"path": str(tmp_path / "out" / "scan_seg.png"), "format": "png",
                                  "segments": [{"name": "tumor", "value": 1, "voxels": int(expected.sum()), "volume_ml": None}]}
     assert r["model"] == {"name": "TinyThreshold", "version": "0.0.1",
                           "sha256": hashlib.sha256((bundle2d / "models" / "model.pt").read_bytes()).hexdigest()}
     assert r["device"] == "cpu" and set(r["timings_s"]) == {"load", "infer", "write"}
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scan_overlay.png", "scan_result.json", "scan_seg.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scan_overlay.png", "scan_result.json", "scan_seg.png"]
     assert json.loads(pred.paths["result"].read_text()) == r
     assert stages[0] == (0, "read") and stages[-1] == (100, "done") and [p for p, _ in stages] == sorted(p for p, _ in stages)
 
@@ -174,7 +174,7 @@ def test_all_zero_image(predictor2d, tmp_path):
 
 
 def test_non_finite_image(predictor2d, tmp_path):
-    arr = np.ones((6, 6, 3), np.float32)
+    arr = np.ones((8, 8, 3), np.float32)
     arr[1, 1, 1] = np.nan
     _refused(predictor2d, _save_nifti(arr, tmp_path / "nan.nii.gz"), tmp_path, r"nan\.nii\.gz: the image contains NaN")
 

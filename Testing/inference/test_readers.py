@@ -62,7 +62,7 @@ def test_nifti_real_brain_keeps_voxels_and_geometry(tmp_path):
 
 
 def test_nrrd_vector_pixels_become_channels(tmp_path):
-    arr = np.random.default_rng(0).random((3, 5, 4, 6)).astype(np.float32)  # (C, X, Y, Z)
+    arr = np.random.default_rng(0).random((3, 10, 9, 6)).astype(np.float32)  # (C, X, Y, Z)
     image = sitk.GetImageFromArray(np.ascontiguousarray(arr.T), isVector=True)  # (Z, Y, X, C)
     image.SetSpacing((0.5, 0.7, 2.0))
     sitk.WriteImage(image, str(tmp_path / "rgb.nrrd"))
@@ -72,12 +72,12 @@ def test_nrrd_vector_pixels_become_channels(tmp_path):
 
 
 def test_4d_nifti_volumes_become_channels(tmp_path):
-    arr = np.random.default_rng(1).random((2, 6, 5, 4)).astype(np.float32)  # (T, X, Y, Z)
+    arr = np.random.default_rng(1).random((2, 10, 9, 4)).astype(np.float32)  # (T, X, Y, Z)
     image = sitk.JoinSeries([sitk.GetImageFromArray(np.ascontiguousarray(a.T)) for a in arr])
     image.SetSpacing((1.0, 1.5, 3.0, 1.0))
     sitk.WriteImage(image, str(tmp_path / "mri4d.nii.gz"))
     study = read_study(tmp_path / "mri4d.nii.gz")
-    assert study.four_d and study.image.shape == (2, 6, 5, 4)
+    assert study.four_d and study.image.shape == (2, 10, 9, 4)
     np.testing.assert_allclose(study.image, arr, rtol=1e-6)
     assert study.geometry.spacing == pytest.approx((1.0, 1.5, 3.0))
 

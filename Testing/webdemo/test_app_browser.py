@@ -122,9 +122,9 @@ def test_image_upload_shows_diagnosis_overlay_and_downloads(page: Page, predicto
 
     result = json.loads(download(page, "_result.json"))
     assert result["diagnosis"] == expected.result["diagnosis"]
-    seg = tmp_path / "seg.nii.gz"
-    seg.write_bytes(download(page, "_seg.nii.gz"))
-    np.testing.assert_array_equal(np.asarray(nib.load(seg).dataobj).squeeze().T, expected.label)  # (W, H) on disk
+    seg = tmp_path / "seg.png"
+    seg.write_bytes(download(page, "_seg.png"))  # a PNG image gets a PNG mask on its own pixel grid, 0/255
+    np.testing.assert_array_equal(np.asarray(Image.open(seg)), expected.label * 255)
 
     move_slider(page, "#opacity", 0)
     np.testing.assert_array_equal(overlay_pixels(page), webdemo.render_overlay(expected.image, expected.label, 0, 0.0))

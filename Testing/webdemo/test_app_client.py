@@ -44,7 +44,8 @@ def test_run_endpoint_returns_what_the_predictor_says(client: Client, predictor:
                                   webdemo.render_overlay(expected.image, expected.label, 0, 0.4))
     assert f"area {int(expected.label.sum())} pixels" in summary
     by_name = {Path(f).name: f for f in files}
-    assert set(by_name) == {"example_pituitary_seg.nii.gz", "example_pituitary_result.json"}
+    assert set(by_name) == {"example_pituitary_seg.png", "example_pituitary_result.json"}  # a PNG mask for a PNG
+    np.testing.assert_array_equal(np.asarray(Image.open(by_name["example_pituitary_seg.png"])), expected.label * 255)
     assert json.loads(Path(by_name["example_pituitary_result.json"]).read_text())["diagnosis"] == expected.result["diagnosis"]
 
 

@@ -1,12 +1,14 @@
 """Segment and diagnose studies from the command line; also the 3D Slicer worker (``--progress``).
 
     python -m scripts.infer INPUT [INPUT ...] --out DIR [--bundle DIR] [--checkpoint FILE] [--card FILE]
-           [--format nifti|seg.nrrd|dicom-seg] [--device auto|cpu|cuda] [--series-uid UID]
+           [--format auto|png|nifti|seg.nrrd|dicom-seg] [--device auto|cpu|cuda] [--series-uid UID]
            [--axis N] [--no-overlay] [--progress]
 
-An INPUT is an image file (PNG/JPG, NIfTI, NRRD/MHA, DICOM), a DICOM series folder, or a folder
-of studies (searched for image files and DICOM folders). Per study, in ``--out``:
-``<name>_seg.nii.gz`` (``.seg.nrrd``, ``.dcm``), ``<name>_result.json``, ``<name>_overlay.png``.
+An INPUT is an image file (PNG/JPG, NIfTI, NRRD/MHA, DICOM), a DICOM series folder, a zip of a
+DICOM series, or a folder of studies (searched for image files, zips and DICOM folders). Per study,
+in ``--out``: the label map ``<name>_seg.png`` (PNG/JPG input, on the image's pixel grid: 0/255 for
+one segment, else the segment values) or ``<name>_seg.nii.gz`` (other input; ``--format`` picks
+``.seg.nrrd``, DICOM SEG ``.dcm`` or NIfTI for any input), ``<name>_result.json``, ``<name>_overlay.png``.
 With ``--progress`` stdout carries ``PROGRESS <0-100> <stage>`` lines and one
 ``RESULT <result json>`` line per study. Exit code 0 when every study succeeded, 1 otherwise; the
 last line on stderr is then ``ERROR <message>``. All work is done by
@@ -26,6 +28,7 @@ if __package__ in (None, ""):  # run as a file (python monai_bundle/scripts/infe
 
 import scripts  # noqa: E402
 from scripts.inference import SEG_SUFFIXES, BatchRunner, InputError, Outcome, Predictor  # noqa: E402
+from scripts.inference.predictor import AUTO_FORMAT  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bundle", type=Path, default=Path(scripts.bundle_root()), help="bundle root")
     ap.add_argument("--checkpoint", type=Path, help="weights (default: BUNDLE/models/model.pt)")
     ap.add_argument("--card", type=Path, help="model card (default: BUNDLE/models/model_card.json)")
-    ap.add_argument("--format", dest="seg_format", choices=sorted(SEG_SUFFIXES), default="nifti",
-                    help="segmentation file format (dicom-seg needs DICOM input)")
+    ap.add_argument("--format", dest="seg_format", choices=[AUTO_FORMAT] + sorted(SEG_SUFFIXES), default=AUTO_FORMAT,
+                    help="segmentation file format: auto = a PNG mask for PNG/JPG input, NIfTI otherwise "
+                         "(png needs PNG/JPG input, dicom-seg DICOM input)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--series-uid", help="SeriesInstanceUID to read from a DICOM folder with several series")
     ap.add_argument("--axis", type=int, choices=(0, 1, 2), help="slice axis of a 2D model on a volume")

@@ -1,7 +1,8 @@
 """Helpers of the web demo (``app.py``) that are not inference: uploads, overlays, text, examples.
 
-Everything the model sees is prepared by :class:`scripts.inference.Predictor`; this module only
-unpacks what a browser uploaded and draws what the Predictor returned. Raster images
+Everything the model sees is prepared by :class:`scripts.inference.Predictor`, which also unpacks an
+uploaded zip of a DICOM series; this module only checks an upload's type and draws what the
+Predictor returned. Raster images
 ``(C, H, W)`` are drawn as they are; a volume ``(C, X, Y, Z)`` is first put in the display
 orientation of a radiologist's viewer by :func:`display_arrays` (the prediction's
 :class:`~scripts.inference.orientation.DisplayView`, the one a 2D model sees: axial rows A->P,
@@ -12,12 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
-import tempfile
 import time
-import zipfile
-import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,9 +23,6 @@ from scripts.atomic import atomic_path
 
 #: file endings the demo accepts (a DICOM series comes as a zip of its files)
 SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".nrrd", ".dcm", ".zip")
-MAX_ZIP_BYTES = 1 << 30  # 1 GiB uncompressed: a large CT series, not a zip bomb
-MAX_ZIP_FILES = 5000
-_SKIPPED = ("__MACOSX/", ".DS_Store", "Thumbs.db")
 #: RGB per segment value 1, 2, ...: red first (the tumor), then distinct hues
 PALETTE = ((255, 48, 48), (48, 200, 255), (255, 210, 0), (80, 230, 80), (220, 80, 255))
 CONTOUR_RGB = (255, 255, 0)
@@ -43,16 +37,14 @@ def supported(name: str) -> bool:
     return name.lower().endswith(SUPPORTED_SUFFIXES)
 
 
-def unpack_upload(path: str | os.PathLike, workdir: str | os.PathLike, max_bytes: int = MAX_ZIP_BYTES,
-                  max_files: int = MAX_ZIP_FILES) -> Path:
-    """The path to hand to the Predictor for one uploaded file.
+def check_upload(path: str | os.PathLike) -> Path:
+    """The uploaded file, to hand to the Predictor as it is, after the demo's own checks.
 
-    A zip (a DICOM series) is extracted safely into ``workdir`` and the folder holding its files is
-    returned; any other supported file is returned as it is.
+    A zip of a DICOM series is unpacked by the Predictor's reader (:mod:`scripts.inference.archive`,
+    the same code and safety limits as the command line), not here.
 
     Raises:
-        UploadError: the file is missing, empty, of an unsupported type, or an unsafe / empty /
-            oversized zip (see :func:`extract_zip`).
+        UploadError: the file is missing, empty, or of a type the demo does not take.
     """
     path = Path(path)
     if not path.is_file():
@@ -62,82 +54,13 @@ def unpack_upload(path: str | os.PathLike, workdir: str | os.PathLike, max_bytes
                           "NRRD, a DICOM file or a zip of a DICOM series")
     if path.stat().st_size == 0:
         raise UploadError(f"{path.name}: the file is empty")
-    if path.name.lower().endswith(".zip"):
-        files = extract_zip(path, Path(tempfile.mkdtemp(prefix="series-", dir=workdir)), max_bytes, max_files)
-        return _common_folder(files)
     return path
 
 
-def extract_zip(zip_path: Path, dest: Path, max_bytes: int = MAX_ZIP_BYTES,
-                max_files: int = MAX_ZIP_FILES) -> list[Path]:
-    """Extract a zip's regular files into ``dest``, refusing anything unsafe before writing a byte.
-
-    Raises:
-        UploadError: not a zip; a member with an absolute path, ``..``, or a link; more than
-            ``max_files`` files or ``max_bytes`` uncompressed (checked on the headers, which
-            ``zipfile`` then enforces while reading, so a zip bomb stops at the limit); no files
-            at all; corrupt data; members that cannot be written (a file and a folder of one name).
-    """
-    name = zip_path.name
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as e:
-        raise UploadError(f"{name}: not a readable zip file ({e})") from e
-    with archive:
-        members = [m for m in archive.infolist() if not m.is_dir() and not _skipped(m.filename)]
-        for m in members:
-            _check_member(name, m)
-        if not members:
-            raise UploadError(f"{name}: the zip holds no files")
-        if len(members) > max_files:
-            raise UploadError(f"{name}: the zip holds {len(members)} files, more than the limit of {max_files}")
-        total = sum(m.file_size for m in members)
-        if total > max_bytes:
-            raise UploadError(f"{name}: the zip unpacks to {total} bytes, more than the limit of {max_bytes}")
-        out = []
-        for m in members:
-            target = dest.joinpath(*PurePosixPath(m.filename.replace("\\", "/")).parts)
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                # zipfile stops at the header's size and checks the CRC: a lying header raises here
-                with archive.open(m) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-                raise UploadError(f"{name}: corrupt zip member {m.filename!r} ({e})") from e
-            except OSError as e:
-                raise UploadError(f"{name}: cannot extract {m.filename!r} ({e.strerror})") from e
-            out.append(target)
-    return out
-
-
-def _skipped(member: str) -> bool:
-    return any(member.startswith(s) or member.endswith(s) for s in _SKIPPED)
-
-
-def _check_member(name: str, m: zipfile.ZipInfo) -> None:
-    parts = PurePosixPath(m.filename.replace("\\", "/")).parts
-    if m.filename.startswith(("/", "\\")) or (parts and ":" in parts[0]) or ".." in parts:
-        raise UploadError(f"{name}: unsafe path in zip: {m.filename!r}")
-    if stat.S_ISLNK(m.external_attr >> 16):
-        raise UploadError(f"{name}: the zip holds a symbolic link ({m.filename!r}); links are not extracted")
-
-
-def plain_error(message: str, upload: str | os.PathLike, source: str | os.PathLike | None) -> str:
-    """An error message without the server's temp folders: the user knows the file by its name.
-
-    Args:
-        upload: where the server keeps the uploaded file.
-        source: what was handed to the Predictor (the unzipped series folder for a zip), if known.
-    """
-    upload = Path(upload)
-    if source is not None and Path(source) != upload:  # an unzipped series: name the zip
-        message = message.replace(str(source), upload.name)
-    return message.replace(str(upload.parent) + os.sep, "")
-
-
-def _common_folder(files: list[Path]) -> Path:
-    common = os.path.commonpath([str(f.parent) for f in files])
-    return Path(common)
+def plain_error(message: str, upload: str | os.PathLike) -> str:
+    """An error message without the server's upload folder: the user knows the file by its name
+    (a member of an uploaded zip reads ``study.zip/series/IM1.dcm``)."""
+    return message.replace(str(Path(upload).parent) + os.sep, "")
 
 
 def display_arrays(image: np.ndarray, label: np.ndarray, view: Any = None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,9 @@
 """Many studies through one Predictor: the CLI's batch mode and the bundle's ``inference`` run.
 
-Which paths are studies (:func:`expand_inputs`): a file is one study; a folder that directly holds
-DICOM files is one study (its series chosen by :mod:`scripts.inference.dicom`'s rule); any other
-folder is searched, sub-folder by sub-folder, for image files and DICOM folders. One failing study
+Which paths are studies (:func:`expand_inputs`): a file is one study (a zip of a DICOM series too); a
+folder that directly holds DICOM files is one study (its series chosen by :mod:`scripts.inference.dicom`'s
+rule); any other folder is searched, sub-folder by sub-folder, for image files, zips and DICOM folders
+(links to folders followed, loops skipped). One failing study
 does not stop the others; each outcome records its error.
 """
 
@@ -19,10 +20,10 @@ from typing import Any
 from scripts.inference.dicom import is_dicom_file
 from scripts.inference.errors import InputError
 from scripts.inference.predictor import Predictor
-from scripts.inference.readers import DICOM_SUFFIXES, RASTER_SUFFIXES, VOLUME_SUFFIXES, study_name
+from scripts.inference.readers import DICOM_SUFFIXES, RASTER_SUFFIXES, VOLUME_SUFFIXES, ZIP_SUFFIXES, study_name
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = RASTER_SUFFIXES + VOLUME_SUFFIXES
+IMAGE_SUFFIXES = RASTER_SUFFIXES + VOLUME_SUFFIXES + ZIP_SUFFIXES
 
 
 @dataclass
@@ -61,13 +62,19 @@ def expand_inputs(paths: Iterable[str | os.PathLike | dict]) -> list[Path]:
     return studies
 
 
-def _search(folder: Path) -> list[Path]:
+def _search(folder: Path, seen: set[str] | None = None) -> list[Path]:
+    seen = {os.path.realpath(folder)} if seen is None else seen
     found: list[Path] = []
     for child in sorted(folder.iterdir()):
         if child.is_file() and child.name.lower().endswith(IMAGE_SUFFIXES):
             found.append(child)
         elif child.is_dir():
-            found.extend([child] if _holds_dicom(child) else _search(child))
+            real = os.path.realpath(child)
+            if real in seen or os.path.realpath(folder).startswith(real + os.sep):  # a link loop or a repeat
+                log.warning("skipped %s: a symbolic link to a folder above it or already searched", child)
+                continue
+            seen.add(real)
+            found.extend([child] if _holds_dicom(child) else _search(child, seen))
     return found
 
 
@@ -96,7 +103,7 @@ class BatchRunner:
     """
 
     def __init__(self, predictor: Predictor, inputs: Iterable[str | os.PathLike | dict], output_dir: str | os.PathLike,
-                 seg_format: str = "nifti", series_uid: str | None = None, axis: int | None = None,
+                 seg_format: str = "auto", series_uid: str | None = None, axis: int | None = None,
                  overlay: bool = True, strict: bool = True) -> None:
         self.predictor, self.output_dir = predictor, Path(output_dir)
         self.studies = expand_inputs(inputs)

@@ -2,8 +2,10 @@
 
 Rules (also in the CLI's help):
 
-- **Which files.** Every file under the folder (sub-folders included) that pydicom can parse;
-  other files and DICOMDIR index files are ignored. Image instances are those with pixel data.
+- **Which files.** Every file under the folder (sub-folders included, links to folders followed)
+  that pydicom can parse; other files and DICOMDIR index files are skipped and counted. Image
+  instances are those with pixel data. Symbolic links that loop (a link to a folder above it,
+  ``a -> b -> a``), lead nowhere or repeat a folder already read are skipped and counted.
 - **Several series.** ``series_uid`` picks one. Without it the series with the most image
   instances is read, localizers (ImageType ``LOCALIZER``) only when nothing else exists; ties go
   to the lower SeriesNumber, then the lower UID. The choice and the other series (UID and
@@ -15,17 +17,32 @@ Rules (also in the CLI's help):
   or time points in one series); gaps between neighbouring slices that differ from the median
   gap by more than ``max(0.01 mm, 1 %)`` (a missing slice, uneven spacing); slices of different
   size or pixel spacing. Slices are sorted along the normal, lowest first, as ITK does.
+- **Pixel data, checked per file before decoding**: an uncompressed PixelData shorter than
+  Rows x Columns x SamplesPerPixel x BitsAllocated/8 x frames, or a file that ends before its pixel
+  data does, is refused naming that slice's file (GDCM would read such a slice as zeros or garbage).
+- **Reported, not refused** (``Study.warnings``, each saying what was done): files skipped (how
+  many), links skipped, a series found in a sub-folder, a single-slice series, instance numbers
+  out of slice order (the slices are sorted by position), JPEG 2000 pixel data, and a character set
+  that is unknown or does not fit the text (pydicom then reads the text as Latin-1 or replaces
+  characters).
 """
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.charset import python_encoding
+from pydicom.dataelem import RawDataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000TransferSyntaxes
 
 from scripts.inference.errors import InputError
 from scripts.inference.readers import Geometry, Study, _first_line, sitk_to_channels_first, study_name
@@ -33,6 +50,10 @@ from scripts.inference.readers import Geometry, Study, _first_line, sitk_to_chan
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 #: relative and absolute tolerances on slice gaps and on orientation cosines
 GAP_REL_TOL, GAP_ABS_TOL_MM, ORIENT_TOL = 0.01, 0.01, 1e-4
+PIXEL_DATA_TAG = 0x7FE00010
+UNDEFINED_LENGTH = 0xFFFFFFFF  # encapsulated (compressed) pixel data: frame sizes are not known up front
+JPEG2000_SYNTAXES = frozenset(JPEG2000TransferSyntaxes)
+TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -60,14 +81,62 @@ def _is_image(ds: pydicom.Dataset) -> bool:
     return "PixelData" in ds and "Rows" in ds and "Columns" in ds
 
 
-def find_series(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
-    """Image instances under ``folder`` grouped by SeriesInstanceUID."""
+def walk_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Files under ``folder``, links to folders followed, and the symbolic links skipped.
+
+    A link is skipped when it points to a folder above it or already walked (a loop or a repeat), or
+    when it cannot be resolved (``a -> b -> a``, or a target that does not exist).
+    """
+    files: list[Path] = []
+    skipped: list[Path] = []
+    seen = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        here = os.path.realpath(dirpath)
+        keep = []
+        for name in sorted(dirnames):
+            full = os.path.join(dirpath, name)
+            target = os.path.realpath(full)
+            if os.path.islink(full) and (target in seen or here == target or here.startswith(target + os.sep)):
+                skipped.append(Path(full))
+                continue
+            seen.add(target)
+            keep.append(name)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            full = Path(dirpath, name)
+            if full.is_file():
+                files.append(full)
+            elif full.is_symlink():  # a link loop between files, or a link to nothing
+                skipped.append(full)
+    return sorted(files), skipped
+
+
+@dataclass
+class FolderScan:
+    """What a DICOM folder holds: image instances by SeriesInstanceUID, and what was skipped."""
+
+    series: dict[str, list[tuple[Path, pydicom.Dataset]]]
+    not_images: list[Path] = field(default_factory=list)  # not DICOM, DICOMDIR, or DICOM without pixel data
+    links: list[Path] = field(default_factory=list)  # symbolic links skipped (loops, dangling, repeats)
+
+
+def scan_folder(folder: Path) -> FolderScan:
+    """Read the headers of every file under ``folder`` (see the module docstring)."""
+    files, links = walk_files(folder)
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    not_images = []
+    for path in files:
         ds = _header(path)
         if ds is not None and _is_image(ds):
             series[str(ds.get("SeriesInstanceUID", "unknown"))].append((path, ds))
-    return dict(series)
+        else:
+            not_images.append(path)
+    return FolderScan(dict(series), not_images, links)
+
+
+def find_series(folder: Path) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
+    """Image instances under ``folder`` grouped by SeriesInstanceUID."""
+    return scan_folder(folder).series
 
 
 def _is_localizer(instances: list[tuple[Path, pydicom.Dataset]]) -> bool:
@@ -145,9 +214,11 @@ def read_dicom_folder(folder: Path, series_uid: str | None = None) -> Study:
     Raises:
         InputError: no image series, unknown ``series_uid``, refused geometry, unreadable pixels.
     """
-    series = find_series(folder)
-    uid, warnings = choose_series(folder, series, series_uid)
-    instances = sort_and_check(folder, series[uid])
+    scan = scan_folder(folder)
+    uid, warnings = choose_series(folder, scan.series, series_uid)
+    instances = sort_and_check(folder, scan.series[uid])
+    for path, ds in instances:
+        check_pixel_data(path, ds)
     files = [str(p) for p, _ in instances]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -160,8 +231,133 @@ def read_dicom_folder(folder: Path, series_uid: str | None = None) -> Study:
     if len(files) > 1 and (image.GetDimension() != 3 or image.GetSize()[2] != len(files)):
         raise InputError(f"{folder}: series {uid} holds multi-frame instances; give one of them as a file")
     study = Study(folder, study_name(folder), arr, Geometry.of(image), dicom=[ds for _, ds in instances])
-    study.warnings.extend(warnings)
+    study.warnings.extend(warnings + folder_warnings(folder, scan, instances) + content_warnings(instances))
     return study
+
+
+def _names(paths: list[Path], folder: Path, most: int = 3) -> str:
+    shown = [str(p.relative_to(folder)) for p in paths[:most]]
+    return ", ".join(shown) + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
+def folder_warnings(folder: Path, scan: FolderScan, instances: list[tuple[Path, pydicom.Dataset]]) -> list[str]:
+    """What a user should know about how a folder was read: skipped files and links, sub-folders,
+    a single slice, instance numbers out of slice order."""
+    out = []
+    if scan.not_images:
+        out.append(f"{folder.name}: skipped {len(scan.not_images)} file(s) that are not DICOM images "
+                   f"({_names(scan.not_images, folder)})")
+    if scan.links:
+        out.append(f"{folder.name}: skipped {len(scan.links)} symbolic link(s) that loop, lead nowhere or repeat a "
+                   f"folder already read ({_names(scan.links, folder)})")
+    subfolders = sorted({p.parent for p, _ in instances} - {folder})
+    if subfolders:
+        out.append(f"{folder.name}: the series lies in sub-folder {_names(subfolders, folder)}; it was read from there")
+    if len(instances) == 1 and int(instances[0][1].get("NumberOfFrames", 1) or 1) == 1:
+        out.append(f"{folder.name}: the series holds a single slice; it was read as a one-slice volume")
+    numbers = [ds.get("InstanceNumber") for _, ds in instances]
+    if len(numbers) > 2 and all(n not in (None, "") for n in numbers):
+        steps = np.diff([int(n) for n in numbers])
+        if not ((steps > 0).all() or (steps < 0).all()):
+            shown = ", ".join(str(int(n)) for n in numbers[:6]) + (", ..." if len(numbers) > 6 else "")
+            out.append(f"{folder.name}: the instance numbers do not follow the slice positions ({shown} from the "
+                       "lowest slice up); the slices were sorted by their position along the slice normal")
+    return out
+
+
+def content_warnings(instances: list[tuple[Path, pydicom.Dataset]]) -> list[str]:
+    """JPEG 2000 pixel data and character-set problems of a series' instances (one line each at most)."""
+    out = []
+    path, ds = instances[0]
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax in JPEG2000_SYNTAXES:
+        lossy = str(ds.get("LossyImageCompression", "")) == "01"
+        out.append(f"{path.name}: the pixel data is JPEG 2000 compressed ({syntax.name}); it was decoded"
+                   + (" (compressed lossily: fine detail may be lost)" if lossy else ""))
+    for path, ds in instances:
+        problem = charset_problem(ds)
+        if problem:
+            out.append(f"{path.name}: {problem}")
+            break
+    return out
+
+
+def charset_problem(ds: pydicom.Dataset) -> str | None:
+    """What is wrong with a header's SpecificCharacterSet for its text, and how pydicom reads it; None if fine.
+
+    Detected: a term pydicom does not know (the text is then read as Latin-1), and text bytes that
+    are not valid in the declared set (ASCII when none is declared; pydicom reads such text as
+    Latin-1, or with replacement characters for a declared multi-byte set). A wrong single-byte
+    set cannot be told from the bytes and is not reported.
+    """
+    declared = ds.get("SpecificCharacterSet")
+    values = declared if isinstance(declared, MultiValue | list | tuple) else [] if declared in (None, "") else [declared]
+    terms = [str(t).strip() for t in values]
+    unknown = [t for t in terms if t and t not in python_encoding]
+    if unknown:
+        return (f"unknown character set {', '.join(repr(t) for t in unknown)}; text attributes (patient name, "
+                "descriptions) were read as Latin-1")
+    if len(terms) > 1 or (terms and terms[0].startswith("ISO 2022")):
+        return None  # code extensions switch sets within a value: left to pydicom
+    codec = "ascii" if terms in ([], [""], ["ISO_IR 6"]) else python_encoding[terms[0]]
+    for tag in list(ds.keys()):
+        if tag.is_private:
+            continue
+        elem = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(elem, RawDataElement) or not isinstance(elem.value, bytes):
+            continue
+        vr = elem.VR
+        if vr is None and dictionary_has_tag(tag):  # implicit VR files: the dictionary's
+            vr = dictionary_VR(tag)
+        if vr not in TEXT_VRS:
+            continue
+        try:
+            elem.value.decode(codec)
+        except (UnicodeDecodeError, LookupError):
+            name = keyword_for_tag(tag) or str(tag)
+            said = f"declared character set {terms[0]!r}" if terms else "default character set (ASCII: no SpecificCharacterSet)"
+            how = "read as Latin-1" if codec == "ascii" else "read with replacement characters"
+            return f"{name} is not valid text in the {said}; text attributes were {how}"
+    return None
+
+
+def check_pixel_data(path: Path, ds: pydicom.Dataset) -> None:
+    """Refuse an instance whose uncompressed pixel data is shorter than its header says, or cut off by the file's end.
+
+    Encapsulated (compressed) pixel data is left to the decoder. The header was read with the pixel
+    data deferred, so this reads no pixels.
+
+    Raises:
+        InputError: names the file, the byte counts and the header values they come from.
+    """
+    elem = ds.get_item(PIXEL_DATA_TAG, keep_deferred=True)
+    if elem is None:
+        return
+    if isinstance(elem, RawDataElement):
+        length, tell = elem.length, elem.value_tell
+        if getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) == DeflatedExplicitVRLittleEndian:
+            tell = None  # positions in the inflated stream, not in the file
+    else:
+        length, tell = (len(elem.value) if elem.value is not None else None), None
+    if length in (None, UNDEFINED_LENGTH):
+        return
+    try:
+        from pydicom.pixels.utils import get_expected_length
+
+        expected = int(get_expected_length(ds, unit="bytes"))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return  # attributes missing: the decoder reports it
+    if length < expected:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        spp, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        raise InputError(f"{path}: cannot read the pixel data: it holds {length} bytes, but Rows x Columns x "
+                         f"SamplesPerPixel x BitsAllocated/8 x frames = {rows} x {cols} x {spp} x {bits}/8 x {frames} "
+                         f"needs {expected} (truncated or corrupt slice)")
+    size = path.stat().st_size
+    if tell is not None and tell + length > size:
+        raise InputError(f"{path}: cannot read the pixel data: the file ends {tell + length - size} bytes before its "
+                         "pixel data does (truncated file)")
 
 
 def read_dicom_file(path: Path) -> Study:
@@ -175,6 +371,7 @@ def read_dicom_file(path: Path) -> Study:
         raise InputError(f"{path}: not a readable DICOM file")
     if not _is_image(ds):
         raise InputError(f"{path}: DICOM file without image pixel data (SOP class {ds.get('SOPClassUID', '?')})")
+    check_pixel_data(path, ds)
     try:
         image = sitk.ReadImage(str(path))
         arr = sitk_to_channels_first(image)
@@ -184,4 +381,4 @@ def read_dicom_file(path: Path) -> Study:
         image = sitk.JoinSeries(image)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     return Study(path, study_name(path), arr if arr.ndim == 4 else arr[..., None], Geometry.of(image),
-                 dicom=[ds], multiframe=frames > 1)
+                 dicom=[ds], multiframe=frames > 1, warnings=content_warnings([(path, ds)]))

@@ -1,20 +1,23 @@
 """The one inference API: a study in, segmentation + diagnosis out, in the study's own geometry.
 
 ``Predictor.from_bundle(bundle_root)`` loads the model once; ``predict(path, output_dir=...)`` reads
-a PNG/JPG, NIfTI, NRRD, DICOM file or DICOM series folder (:mod:`.readers`, :mod:`.dicom`),
+a PNG/JPG, NIfTI, NRRD, DICOM file, DICOM series folder or zip of one (:mod:`.readers`, :mod:`.dicom`),
 prepares it exactly as training does (:func:`scripts.transforms.match_channels`, then
 :func:`scripts.transforms.normalize` with the model card's ``normalization`` -- the plan's choice,
 per-image percentiles for cards without one -- over the whole image/volume: a 2D model on a
 volume sees its slices normalised together, so that slices outside the anatomy stay dark instead
 of having their noise stretched to full contrast), runs the network
 (:mod:`.engine`: 2D slice-wise or 3D sliding window, the diagnosis rule, device and memory) and
-writes the label map, the result JSON and an overlay PNG atomically (:mod:`.writers`).
+writes the label map, the result JSON and an overlay PNG atomically (:mod:`.writers`). The label map
+is a PNG mask on the image's pixel grid for PNG/JPG input and NIfTI otherwise (``seg_format="auto"``),
+or the format asked for.
 
 Refused input (an :class:`InputError` naming the file, nothing written): unreadable / truncated
 files, DICOM folders without a usable series or with slices that are not one evenly spaced stack,
 a 4D file whose volumes do not match the model's channels, a channel count that cannot be
 reconciled, a blank (constant) or non-finite image, a 2D image for a 3D model, an unwritable
-output folder, DICOM SEG for non-DICOM input, a checkpoint that does not fit the network.
+output folder, DICOM SEG for non-DICOM input, a PNG mask for non-raster input, a checkpoint that does
+not fit the network; and what :func:`.readers.read_study` refuses (too small, no voxel size, an unsafe zip).
 """
 
 from __future__ import annotations
@@ -34,13 +37,16 @@ from scripts.inference import engine
 from scripts.inference.errors import InputError
 from scripts.inference.orientation import DisplayView, display_view
 from scripts.inference.readers import Study, read_study
-from scripts.inference.writers import OutputSet, check_output_dir, write_json, write_nifti, write_overlay, write_seg_nrrd
+from scripts.inference.writers import (OutputSet, check_output_dir, write_json, write_nifti, write_overlay,
+                                      write_png_mask, write_seg_nrrd)
 from scripts.inferers import MultiTaskSlidingWindowInferer
 from scripts.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card
 from scripts.transforms import check_normalization, match_channels, normalize
 
 #: output format -> suffix of the segmentation file after the study name
-SEG_SUFFIXES = {"nifti": "_seg.nii.gz", "seg.nrrd": "_seg.seg.nrrd", "dicom-seg": "_seg.dcm"}
+SEG_SUFFIXES = {"png": "_seg.png", "nifti": "_seg.nii.gz", "seg.nrrd": "_seg.seg.nrrd", "dicom-seg": "_seg.dcm"}
+#: what ``seg_format="auto"`` (the default) becomes: a PNG mask for raster input, NIfTI for the rest
+AUTO_FORMAT = "auto"
 ProgressFn = Callable[[int, str], None]
 
 
@@ -150,14 +156,15 @@ class Predictor:
             raise InputError(f"{card or root / CARD_FILE}: cannot build the network it describes: {e}") from e
         return cls(network, model_card, checkpoint or root / WEIGHTS_FILE, device=device, **kwargs)
 
-    def predict(self, path: str | os.PathLike, output_dir: str | os.PathLike | None = None, seg_format: str = "nifti",
+    def predict(self, path: str | os.PathLike, output_dir: str | os.PathLike | None = None, seg_format: str = AUTO_FORMAT,
                 series_uid: str | None = None, axis: int | None = None, overlay: bool = True,
                 progress: ProgressFn | None = None, name: str | None = None) -> Prediction:
         """Segment and diagnose one study; write its files to ``output_dir`` (None: write nothing).
 
         Args:
-            path: image file or DICOM series folder.
-            seg_format: ``"nifti" | "seg.nrrd" | "dicom-seg"`` (DICOM SEG needs DICOM input).
+            path: image file, DICOM series folder or zip of a DICOM series.
+            seg_format: ``"auto"`` (PNG for PNG/JPG input, else NIfTI) ``| "png" | "nifti" | "seg.nrrd" |
+                "dicom-seg"`` (PNG needs PNG/JPG input, DICOM SEG DICOM input).
             series_uid: series to read from a DICOM folder holding several.
             axis: slice axis (0..2) for a 2D model on a volume; default the acquisition axis.
             overlay: also write ``<name>_overlay.png``.
@@ -171,8 +178,9 @@ class Predictor:
             InputError: bad input, see the module docstring.
         """
         report = progress or (lambda percent, stage: None)
-        if seg_format not in SEG_SUFFIXES:
-            raise InputError(f"{path}: unknown segmentation format {seg_format!r}; use one of {sorted(SEG_SUFFIXES)}")
+        if seg_format != AUTO_FORMAT and seg_format not in SEG_SUFFIXES:
+            raise InputError(f"{path}: unknown segmentation format {seg_format!r}; "
+                             f"use one of {[AUTO_FORMAT] + sorted(SEG_SUFFIXES)}")
         if output_dir is not None:
             check_output_dir(output_dir)
         t0 = time.perf_counter()
@@ -181,6 +189,10 @@ class Predictor:
         if seg_format == "dicom-seg" and (study.dicom is None or study.multiframe):
             raise InputError(f"{path}: DICOM SEG output needs a DICOM series or single-frame DICOM input; "
                              "use nifti or seg.nrrd")
+        if seg_format == AUTO_FORMAT:
+            seg_format = "png" if study.raster else "nifti"
+        elif seg_format == "png" and not study.raster:
+            raise InputError(f"{path}: a PNG mask needs PNG/JPG input; use nifti, seg.nrrd or dicom-seg for volumes")
         image = self._prepare(study)
         t1 = time.perf_counter()
         report(10, "infer")
@@ -279,7 +291,9 @@ class Predictor:
         result["segmentation"]["format"] = seg_format
         with OutputSet(folder) as out:
             seg_tmp = out.temp(names["segmentation"])
-            if seg_format == "nifti":
+            if seg_format == "png":
+                write_png_mask(label, self.card["segments"], seg_tmp)
+            elif seg_format == "nifti":
                 write_nifti(label, study.geometry, study.raster, seg_tmp)
             elif seg_format == "seg.nrrd":
                 write_seg_nrrd(label, study.geometry, study.raster, self.card["segments"], seg_tmp)

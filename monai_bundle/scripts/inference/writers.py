@@ -1,4 +1,4 @@
-"""Outputs of one study, all written atomically: label map (NIfTI / .seg.nrrd), result JSON, overlay.
+"""Outputs of one study, all written atomically: label map (PNG / NIfTI / .seg.nrrd), result JSON, overlay.
 
 :class:`OutputSet` writes every file of a study under a hidden temporary name and renames them all
 only when all were written, so a failure leaves nothing behind and a reader never sees half a
@@ -101,6 +101,19 @@ def write_nifti(label: np.ndarray, geometry: Geometry, raster: bool, path: Path)
     ijk = itk_order(label, raster)
     image = sitk.GetImageFromArray(np.ascontiguousarray(ijk.T.astype(np.uint8)))  # numpy wants (k, j, i)
     sitk.WriteImage(geometry.apply(image), str(path), useCompression=True)
+    return path
+
+
+def write_png_mask(label: np.ndarray, segments: list[str], path: Path) -> Path:
+    """Write a raster study's label map ``(H, W)`` as an 8-bit grey PNG on the image's own pixel grid.
+
+    Binary models (background + one segment) write 0 / 255, as BUSI and BRISC store their masks;
+    with several segments each pixel holds its segment value ``0..S-1``.
+    """
+    if label.ndim != 2:
+        raise ValueError(f"a PNG mask needs a 2D label map, got shape {label.shape}")
+    values = label.astype(np.uint8) * (255 if len(segments) == 2 else 1)
+    Image.fromarray(values).save(path, format="PNG")  # uint8 (H, W): 8-bit grey
     return path
 
 
