@@ -184,7 +184,8 @@ class LesionAwareHead(nn.Module):
     (the strongest lesion evidence), which let the head say "no tumor" exactly when the
     segmentation finds none. Then dropout, a hidden layer and a linear layer.
 
-    ``p`` is detached: the diagnosis loss does not move the segmentation through the pooling weights.
+    ``p`` is detached, and so are the decoder maps (``MultiTaskUNet.forward``): the diagnosis loss
+    trains the encoder and this head, but never moves the segmentation.
     """
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, dropout: float, hidden: int) -> None:
@@ -290,7 +291,9 @@ class MultiTaskUNet(nn.Module):
         levels = self.decoder(features, x)
         seg = self.segmentation_head(levels[-1])
         if self.lesion_aware:
-            cls = self.classification_head([features[-1], levels[self.mid_level], levels[-1]], seg)
+            # the decoder maps are read, not trained, by the diagnosis: its loss would otherwise pull on the
+            # few full-resolution channels the segmentation head lives on (the encoder still learns from it)
+            cls = self.classification_head([features[-1], levels[self.mid_level].detach(), levels[-1].detach()], seg)
         else:
             cls = self.classification_head(features[-1])
         return {self.seg_key: seg, self.cls_key: cls, self.pred_key: seg}
