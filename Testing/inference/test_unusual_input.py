@@ -151,3 +151,12 @@ def test_symlink_loops_are_skipped(predictor2d, tmp_path):
     assert pred.label.shape == (16, 16, 5)
     line = _one(predictor2d, tmp_path / "ct", r"^ct: skipped 3 symbolic link")
     assert "loop" in line and all(name in line for name in ("up", "a", "b"))
+
+
+def test_a_folder_of_studies_with_a_link_loop_is_searched_once(predictor2d, tmp_path):
+    from scripts.inference.batch import expand_inputs
+
+    write_dicom_series(mni_volume(2), tmp_path / "studies" / "a")
+    os.symlink("..", tmp_path / "studies" / "a" / "up")
+    os.symlink(tmp_path / "studies", tmp_path / "studies" / "again")  # a link back to the folder searched
+    assert expand_inputs([tmp_path / "studies"]) == [tmp_path / "studies" / "a"]

@@ -70,7 +70,7 @@ def _search(folder: Path, seen: set[str] | None = None) -> list[Path]:
             found.append(child)
         elif child.is_dir():
             real = os.path.realpath(child)
-            if real in seen or os.path.realpath(folder).startswith(real + os.sep):  # a link loop or a repeat
+            if real in seen or Path(os.path.realpath(folder)).is_relative_to(real):  # a link loop or a repeat
                 log.warning("skipped %s: a symbolic link to a folder above it or already searched", child)
                 continue
             seen.add(real)

@@ -96,7 +96,7 @@ def walk_files(folder: Path) -> tuple[list[Path], list[Path]]:
         for name in sorted(dirnames):
             full = os.path.join(dirpath, name)
             target = os.path.realpath(full)
-            if os.path.islink(full) and (target in seen or here == target or here.startswith(target + os.sep)):
+            if os.path.islink(full) and (target in seen or Path(here).is_relative_to(target)):  # a repeat or a loop
                 skipped.append(Path(full))
                 continue
             seen.add(target)
