@@ -157,7 +157,8 @@ def test_sliding_window_3d_equals_the_threshold(net3d):
 def test_diagnosis_probabilities_by_hand():
     diag = engine.diagnosis(torch.tensor([0.0, math.log(3.0), 0.0, 0.0]), CLASSES)
     assert diag == {"label": "meningioma", "index": 1,
-                    "probabilities": {"glioma": 0.1667, "meningioma": 0.5, "no_tumor": 0.1667, "pituitary": 0.1667}}
+                    "probabilities": {"glioma": 0.1667, "meningioma": 0.5, "no_tumor": 0.1667, "pituitary": 0.1667},
+                    "calibrated": False}
 
 
 def test_consistency_warnings():

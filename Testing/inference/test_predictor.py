@@ -43,8 +43,9 @@ def test_png_result_json_and_files(predictor2d, bundle2d, tmp_path):
     np.testing.assert_array_equal(pred.label, expected)
     assert pred.image.shape == (1, 32, 32)
     r = pred.result
-    assert list(r) == ["input", "diagnosis", "segmentation", "model", "device", "timings_s", "warnings"]
-    assert set(r["diagnosis"]) == {"label", "index", "probabilities"}
+    assert list(r) == ["input", "diagnosis", "segmentation", "model", "device", "tta", "timings_s", "warnings"]
+    assert set(r["diagnosis"]) == {"label", "index", "probabilities", "calibrated"}
+    assert r["tta"] is False and r["diagnosis"]["calibrated"] is False  # the tiny card has no temperature
     assert r["diagnosis"]["index"] == ["glioma", "meningioma", "no_tumor", "pituitary"].index(r["diagnosis"]["label"])
     assert sum(r["diagnosis"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     assert r["segmentation"] == {"path": str(tmp_path / "out" / "scan_seg.png"), "format": "png",

@@ -39,7 +39,7 @@ from scripts.inference.orientation import DisplayView, display_view
 from scripts.inference.readers import Study, read_study
 from scripts.inference.writers import (OutputSet, check_output_dir, write_json, write_nifti, write_overlay,
                                       write_png_mask, write_seg_nrrd)
-from scripts.inferers import MultiTaskSlidingWindowInferer
+from scripts.inferers import FlipTTA, MultiTaskSlidingWindowInferer
 from scripts.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card
 from scripts.transforms import check_normalization, match_channels, normalize
 
@@ -115,6 +115,7 @@ class Predictor:
         inferer: sliding-window inferer of 3D models (default: windows of the card's spatial_size).
         batch_size: slices per forward pass of a 2D model.
         amp: bf16 autocast on CUDA.
+        tta: flip test-time augmentation for both heads (:class:`scripts.inferers.FlipTTA`, 2x time).
 
     Raises:
         InputError: the weights file is missing, unreadable or does not fit the network.
@@ -123,11 +124,14 @@ class Predictor:
 
     def __init__(self, network: torch.nn.Module, card: dict[str, Any], weights: str | os.PathLike | None = None,
                  device: str | torch.device = "auto", inferer: MultiTaskSlidingWindowInferer | None = None,
-                 batch_size: int = 16, amp: bool = True) -> None:
+                 batch_size: int = 16, amp: bool = True, tta: bool = False) -> None:
         self.card = card
         self.sha256 = load_weights(network, weights) if weights is not None else _state_sha256(network)
         self.device = engine.resolve_device(device)
         self.network = network.to(self.device).eval()
+        if tta:  # after loading: the wrapper's state dict has other keys
+            self.network = FlipTTA(self.network, int(card["network"]["spatial_dims"])).eval()
+        self.tta = tta
         self.spatial_dims = int(card["network"]["spatial_dims"])
         try:  # the training normalisation (cards without one: per-image percentiles)
             self.normalization = check_normalization(card.get("normalization"))
@@ -269,14 +273,14 @@ class Predictor:
             voxels = int(counts[value])
             volume = None if study.raster or label.ndim == 2 else round(voxels * study.geometry.voxel_ml, 4)
             segments.append({"name": name, "value": value, "voxels": voxels, "volume_ml": volume})
-        diag = engine.diagnosis(logits, self.card["classes"])
+        diag = engine.diagnosis(logits, self.card["classes"], self.card.get("temperature"))
         tumor = int(counts[1:].sum())
         return {
             "input": str(study.path), "diagnosis": diag,
             "segmentation": {"path": None, "format": None, "segments": segments},
             "model": {"name": self.card.get("name", "MultiTaskUNet"), "version": self.card.get("version", "0"),
                       "sha256": self.sha256},
-            "device": str(device), "timings_s": {},
+            "device": str(device), "tta": self.tta, "timings_s": {},
             "warnings": study.warnings + warnings + engine.consistency_warnings(diag, tumor, self.card.get("no_tumor_class")),
         }
 
