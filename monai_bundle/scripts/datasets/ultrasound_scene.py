@@ -77,7 +77,8 @@ def draw_breast(rng: np.random.Generator, probe: Probe) -> Breast:
     retro = gland + rng.uniform(0.5, 5.0)
     muscle = retro + rng.uniform(4.0, 11.0)
     echo = {"skin": rng.uniform(1.0, 2.0), "fat": rng.uniform(0.06, 0.18), "ligament": rng.uniform(0.8, 2.0),
-            "gland": rng.uniform(0.4, 1.0), "muscle": rng.uniform(0.1, 0.25), "fibre": rng.uniform(0.4, 0.9)}
+            "gland": rng.uniform(0.4, 1.0), "muscle": rng.uniform(0.1, 0.25), "fibre": rng.uniform(0.4, 0.9),
+            "ligament_shadow": rng.uniform(0.0, 1.2) if rng.random() < 0.6 else 0.0}  # per mm of ligament
     ribs = []
     if muscle + 4 < probe.depth and rng.random() < 0.6:
         start = rng.uniform(-probe.width / 2 - 10, -probe.width / 4)
@@ -114,7 +115,8 @@ def tissue_maps(b: Breast, r: np.ndarray, x: np.ndarray, z: np.ndarray) -> tuple
     pts = np.stack([x / b.stretch, z], -1)  # structures elongated along the skin
     lob, islands, grain = b.lobules(pts), b.islands(pts), b.grain(pts)
     fat = e["fat"] * np.exp(0.25 * grain)
-    fat = fat + (e["ligament"] - fat) * (1 - smoothstep(np.abs(lob), 0.03, 0.08))  # Cooper's ligaments
+    ligament = 1 - smoothstep(np.abs(lob), 0.03, 0.08)
+    fat = fat + (e["ligament"] - fat) * ligament  # Cooper's ligaments
     gland = e["gland"] * np.exp(0.35 * grain + 0.3 * lob)
     gland = gland + (e["fat"] - gland) * smoothstep(islands, 0.8, 1.2)  # fat islands and ducts
     k, wobble = b.fibres
@@ -128,7 +130,8 @@ def tissue_maps(b: Breast, r: np.ndarray, x: np.ndarray, z: np.ndarray) -> tuple
     echo = _blend(muscle * 0.7, echo, s, b.muscle)
     for depth in (b.retro, b.muscle):  # the fasciae: thin bright lines
         echo = echo + (e["ligament"] - echo) * (1 - smoothstep(np.abs(s - depth), 0.2, 0.5))
-    alpha = np.full(r.shape, 0.004, np.float32)
+    in_fat = smoothstep(s, b.skin, b.skin + 0.5) * (1 - smoothstep(s - b.fat - 2.5 * lob, -0.4, 0.4))
+    alpha = (0.004 + e["ligament_shadow"] * ligament * in_fat).astype(np.float32)  # ligaments cast thin shadows
     for centre, half in b.ribs:  # rib: bright curved surface, nothing behind it
         top = b.muscle + 2.0 + 2.5 * ((x - centre) / half) ** 2
         on = np.abs(x - centre) < half
