@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--device", default="auto", help="what batch size and widths are for: auto, cpu, cuda")
     plan.add_argument("--workers", type=int, default=None, help="analysis worker processes (default: up to 2)")
     plan.add_argument("--force", action="store_true", help="measure again even if plan.json is current")
+    plan.add_argument("--out", type=Path, default=None,
+                      help="the plan file to write (default: plan.json beside the datalist; training then needs "
+                           "--plan#plan_file FILE)")
     return p
 
 
@@ -139,13 +142,13 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
-        plan = load_or_create_plan(args.datalist, device=args.device, max_cases=args.max_cases, workers=args.workers,
-                                   recompute=args.force)
+        plan = load_or_create_plan(args.datalist, device=args.device, plan_file=args.out, max_cases=args.max_cases,
+                                   workers=args.workers, recompute=args.force)
     except (DatalistError, ValueError) as e:
         print(f"ERROR {e}", file=sys.stderr)
         return 1
     fp = plan["fingerprint"]
-    print(f"{args.datalist.resolve().parent / PLAN_FILE}: plan of {fp['n_analysed']} of {fp['n_training']} training "
+    print(f"{args.out or args.datalist.resolve().parent / PLAN_FILE}: plan of {fp['n_analysed']} of {fp['n_training']} training "
           f"cases (analysis {fp['seconds']:.1f} s, made {plan['created']}); {time.perf_counter() - start:.1f} s now")
     print(f"modality {fp['modality']} ({fp['modality_reason']}); median size {fp['image_size']['median']}")
     for key in ("spatial_size", "target_spacing", "orientation", "network_channels", "batch_size", "normalization",
