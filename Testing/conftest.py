@@ -24,6 +24,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow is imported by `import monai` once installed
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 ARTIFACTS = REPO / "Testing" / "artifacts"
 
