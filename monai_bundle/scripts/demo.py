@@ -50,12 +50,16 @@ def summary(eval_dir: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-epochs", type=int, default=None, help="override the training config's max_epochs")
+    parser.add_argument("--time-budget-min", type=float, default=15.0,
+                        help="training stops when these minutes are spent, or at max_epochs if sooner (0: no cap)")
     parser.add_argument("--examples", type=int, default=4, help="test images (one per diagnosis) to run through the inference CLI")
     args = parser.parse_args(argv)
     py = sys.executable
     train = [py, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json")]
     if args.max_epochs is not None:
         train += ["--max_epochs", str(args.max_epochs)]
+    if args.time_budget_min:  # a cap for slow machines: on 2 idle cores the 30 epochs take about 7 minutes
+        train += ["--time_budget_min", str(args.time_budget_min)]
     times = {"train": run(train)}
     times["evaluate"] = run([py, "-m", "monai.bundle", "run", "evaluating", "--config_file",
                              f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']"])
@@ -75,11 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     times["infer"] = run([py, "-m", "scripts.infer", *examples, "--out", str(out)], cwd=BUNDLE)
 
     numbers = summary(BUNDLE / "eval")
+    metrics = json.loads((BUNDLE / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    cal, con = metrics["cls"].get("calibration") or {}, metrics.get("consistency") or {}
     print("\n=== MultiTaskUNet demo: held-out synthetic test split ===")
     for name, value in numbers.items():
         target = TARGETS.get(name)
         mark = "" if target is None else (f"  (target >= {target}: {'met' if value >= target else 'NOT met'})")
         print(f"{name:>20}: {value:.4f}{mark}")
+    if cal.get("ece") is not None:
+        print(f"{'ECE':>20}: {cal['ece']:.4f} (network alone {cal['ece_uncalibrated']:.4f}; temperature {cal['temperature']})")
+    if con.get("rate") is not None:
+        print(f"{'heads contradict':>20}: {100 * con['rate']:.1f}% of {con['n_images']} images")
     print(f"{'time':>20}: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     print(f"{'report':>20}: {BUNDLE / 'eval' / 'report.md'}")
     print(f"{'overlays':>20}: {out}")
