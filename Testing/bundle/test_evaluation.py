@@ -127,11 +127,16 @@ def test_supervised_evaluator_key_metric_and_report(tmp_path, decollate):
                                     decollate=decollate, val_handlers=[report])
     evaluator.run()
     details = evaluator.state.metric_details["val_score"]
+    # the report adds the calibration of the diagnosis (no temperature given: ECE of the network only)
+    calibration = report.metrics[CLS].pop("calibration")
+    assert calibration["temperature"] is None and calibration["ece"] == calibration["ece_uncalibrated"]
+    assert 0.0 <= calibration["ece"] <= 1.0
     assert details == report.metrics == evaluator.state.metric_details["evaluation"]
     assert (details[SEG]["n_without_mask"], details[CLS]["n_without_class"], details[CLS]["n_samples"]) == (1, 1, 6)
     assert evaluator.state.metrics["val_score"] == details["combined_score"]
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8")) == details
-    assert "report" in report.paths and "training_curves" not in report.paths
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert written[CLS].pop("calibration") == calibration and written == details
+    assert "report" in report.paths and "reliability" in report.paths and "training_curves" not in report.paths
 
 
 def test_report_handler_reads_history_and_resets_between_runs(tmp_path):
