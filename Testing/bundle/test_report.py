@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from scripts import report as report_module
+from scripts.calibration import reliability_bins
 from scripts.metrics import MetricsAccumulator
 from scripts.report import FILES, history_series, plot_history, plot_roc, write_report
 from scripts.tasks import Task
@@ -54,10 +55,13 @@ def report_of(acc: MetricsAccumulator, out: Path, **kwargs) -> dict[str, Path]:
 def test_full_report_files_and_content(tmp_path, artifacts_dir):
     acc = evaluated()
     metrics = acc.compute()
-    paths = report_of(acc, tmp_path / "eval", history=history())
+    st = acc.state()
+    scored = st["scored"].astype(bool)
+    bins = {"network": reliability_bins(st["cls_prob"][scored], st["cls_true"][scored])}
+    paths = report_of(acc, tmp_path / "eval", history=history(), reliability=bins)
     assert set(paths) == set(FILES)
     assert json.loads(paths["metrics"].read_text(encoding="utf-8")) == json.loads(json.dumps(metrics))
-    for key in ("confusion_matrix", "roc", "training_curves", "dice_histogram"):
+    for key in ("confusion_matrix", "roc", "training_curves", "dice_histogram", "reliability"):
         image = matplotlib.image.imread(paths[key])
         assert image.ndim == 3 and min(image.shape[:2]) > 200, key
         (artifacts_dir / f"report_{paths[key].name}").write_bytes(paths[key].read_bytes())  # for a human look
