@@ -60,7 +60,7 @@ def test_requirements_from_bundle_metadata(tmp_path):
 def test_highdicom_is_never_installed_into_slicer(bundle_root):
     """Inside Slicer the worker writes NIfTI and DICOM SEG goes through Slicer's exporter; highdicom >= 0.23
     needs pydicom 3 and would replace Slicer 5.10's pydicom 2.4.4."""
-    assert "highdicom" in (bundle_root / "configs" / "metadata.json").read_text()  # the bundle's CLI does use it
+    assert "highdicom" in (bundle_root / "configs" / "metadata.json").read_text(encoding="utf-8")  # the bundle's CLI does use it
     assert "highdicom" not in bundle_requirements(bundle_root) and "highdicom" not in DEFAULT_REQUIREMENTS
     assert bundle_requirements(bundle_root)["pydicom"] == ""  # unpinned: Slicer's own pydicom satisfies it
     assert "pydicom" in PINNED_DISTRIBUTIONS  # and pip may not replace it
@@ -98,17 +98,17 @@ def test_real_bundle_requirements_cover_what_the_worker_imports(bundle_root, rep
     """
     import ast
 
-    predictor = ast.parse((bundle_root / "scripts" / "inference" / "predictor.py").read_text())
+    predictor = ast.parse((bundle_root / "scripts" / "inference" / "predictor.py").read_text(encoding="utf-8"))
     top_level = {n.module for n in predictor.body if isinstance(n, ast.ImportFrom)}
     assert "scripts.inference.dicom_seg" not in top_level  # imported lazily, only when writing DICOM SEG
-    module = (repo_root / "MultiTaskUNet" / "MultiTaskUNet.py").read_text()
+    module = (repo_root / "MultiTaskUNet" / "MultiTaskUNet.py").read_text(encoding="utf-8")
     assert "seg_format" not in module and "dicom-seg\"" not in module.split("def startJob")[1].split("def ")[0]
     reqs = {import_name(n) for n in bundle_requirements(bundle_root)}
     files = [bundle_root / "scripts" / "infer.py",
              *sorted(f for f in (bundle_root / "scripts" / "inference").glob("*.py") if f.name != "dicom_seg.py")]
     imported = set()
     for f in files:
-        for node in ast.walk(ast.parse(f.read_text())):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 imported |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -135,7 +135,7 @@ def test_min_torch_covers_what_monai_requires(bundle_root):
     import importlib.metadata
     import re
 
-    meta = json.loads((bundle_root / "configs" / "metadata.json").read_text())
+    meta = json.loads((bundle_root / "configs" / "metadata.json").read_text(encoding="utf-8"))
     if importlib.metadata.version("monai") != meta["monai_version"]:
         pytest.skip("the test environment's MONAI is not the bundle's tested version")
     [torch_req] = [r for r in importlib.metadata.requires("monai") if re.match(r"torch\b", r) and "extra" not in r]

@@ -37,25 +37,25 @@ def _strip_comments(text: str) -> str:
 
 def cmake_sets(path: Path) -> dict[str, str]:
     """``set(NAME value...)`` of a CMakeLists.txt, value unquoted (comments removed)."""
-    text = _strip_comments(path.read_text())
+    text = _strip_comments(path.read_text(encoding="utf-8"))
     return {m.group(1): m.group(2).strip().strip('"') for m in re.finditer(r"set\((\w+)\s+(.*?)\)\s*\n", text, re.S)}
 
 
 def cmake_list(path: Path, name: str, module: str = "MultiTaskUNet") -> list[str]:
-    text = _strip_comments(path.read_text())
+    text = _strip_comments(path.read_text(encoding="utf-8"))
     body = re.search(rf"set\({name}\s+(.*?)\)", text, re.S).group(1)
     return [item.replace("${MODULE_NAME}", module) for item in body.split()]
 
 
 def test_top_level_cmake_metadata():
-    text = (REPO / "CMakeLists.txt").read_text()
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"^project\(MultiTaskUNet\)", text, re.M)  # extension name = project name
     assert re.search(r"^add_subdirectory\(MultiTaskUNet\)", text, re.M)
     sets = cmake_sets(REPO / "CMakeLists.txt")
     for field in EXTENSION_FIELDS:
         assert sets.get(f"EXTENSION_{field}"), f"EXTENSION_{field} missing or empty"
     assert sets["EXTENSION_DEPENDS"] == "PyTorch" and sets["EXTENSION_CATEGORY"] == "Segmentation"
-    assert (REPO / "LICENSE").is_file() and "Apache License" in (REPO / "LICENSE").read_text()
+    assert (REPO / "LICENSE").is_file() and "Apache License" in (REPO / "LICENSE").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("field", ["EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"])
@@ -68,7 +68,7 @@ def test_image_urls_are_raw_files_of_this_repository(field):
 
 def test_module_cmake_lists_every_file_and_only_existing_ones():
     cmake = MODULE / "CMakeLists.txt"
-    assert re.search(r"slicerMacroBuildScriptedModule\(", cmake.read_text())
+    assert re.search(r"slicerMacroBuildScriptedModule\(", cmake.read_text(encoding="utf-8"))
     scripts = cmake_list(cmake, "MODULE_PYTHON_SCRIPTS")
     resources = cmake_list(cmake, "MODULE_PYTHON_RESOURCES")
     for f in scripts + resources:
@@ -76,7 +76,7 @@ def test_module_cmake_lists_every_file_and_only_existing_ones():
     on_disk = {p.relative_to(MODULE).as_posix() for d in ("MultiTaskUNetLib", "MultiTaskUNetMRML") for p in (MODULE / d).glob("*.py")}
     assert on_disk | {"MultiTaskUNet.py"} == set(scripts), "MODULE_PYTHON_SCRIPTS and the module's .py files differ"
     assert {"Resources/Icons/MultiTaskUNet.png", "Resources/UI/MultiTaskUNet.ui"} <= set(resources)
-    tests = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    tests = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
     for script in re.findall(r"slicer_add_python_unittest\(SCRIPT (\S+)\)", tests):
         assert (MODULE / "Testing" / "Python" / script).is_file()
 
@@ -87,7 +87,7 @@ def test_extension_configures_against_a_stub_slicer(tmp_path):
     done = subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={STUB}", "-DBUILD_TESTING=ON"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    cache = (build / "CMakeCache.txt").read_text()
+    cache = (build / "CMakeCache.txt").read_text(encoding="utf-8")
     assert "STUB_MODULE_NAME:INTERNAL=MultiTaskUNet" in cache
     assert "MultiTaskUNet.py;" in cache and "MultiTaskUNetReviewExportTest.py" in cache  # both ctests registered
     staged = build / "lib" / "Slicer-5.10" / "qt-scripted-modules" / "monai_bundle"
@@ -102,7 +102,7 @@ def test_extension_configures_against_a_stub_slicer(tmp_path):
 
 def test_no_weights_are_ever_shipped():
     """The extension factory has no trained model: the package must not pretend to ship one."""
-    text = _strip_comments((REPO / "CMakeLists.txt").read_text())
+    text = _strip_comments((REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
     assert "models/" not in text and "model.pt" not in text
 
 
@@ -112,7 +112,7 @@ def _ui_names() -> set[str]:
 
 
 def test_every_widget_the_code_uses_is_in_the_ui():
-    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "MultiTaskUNet.py").read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "MultiTaskUNet.py").read_text(encoding="utf-8")))
     assert used, "the widget uses no .ui widgets?"
     missing = used - _ui_names()
     assert not missing, f"widgets used by MultiTaskUNet.py but not in the .ui: {sorted(missing)}"
@@ -151,7 +151,7 @@ def _repo_of(url: str) -> str:
 
 
 def test_catalog_entry():
-    entry = json.loads((REPO / "Resources" / "MultiTaskUNet.json").read_text())
+    entry = json.loads((REPO / "Resources" / "MultiTaskUNet.json").read_text(encoding="utf-8"))
     jsonschema.validate(entry, CATALOG_SCHEMA)
     assert b"\r" not in (REPO / "Resources" / "MultiTaskUNet.json").read_bytes()  # ExtensionsIndex: LF only
     sets = cmake_sets(REPO / "CMakeLists.txt")
@@ -165,26 +165,26 @@ def test_names_follow_the_extensions_index_rules():
     """As Slicer/ExtensionsIndex scripts/check_description_files.py checks them: the repository name starts
     with "Slicer" (check_git_repository_name), the extension name (project, .json file) does not
     (check_extension_name) and equals the project name (check_cmakelists_content)."""
-    entry = json.loads((REPO / "Resources" / "MultiTaskUNet.json").read_text())
+    entry = json.loads((REPO / "Resources" / "MultiTaskUNet.json").read_text(encoding="utf-8"))
     repo_name = entry["scm_url"].rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     assert any(repo_name.startswith(p) for p in ("Slicer", "Slicer-", "Slicer_", "SlicerExtension-", "SlicerExtension_"))
-    project = re.search(r"project\s*\(\s*([^\s)]+)", (REPO / "CMakeLists.txt").read_text()).group(1)
+    project = re.search(r"project\s*\(\s*([^\s)]+)", (REPO / "CMakeLists.txt").read_text(encoding="utf-8")).group(1)
     assert project == "MultiTaskUNet" == (REPO / "Resources" / "MultiTaskUNet.json").stem
     assert not project.lower().startswith("slicer")
-    cmake = (REPO / "CMakeLists.txt").read_text()  # the index's own patterns find both image settings
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")  # the index's own patterns find both image settings
     assert re.findall(r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"[ ]*\)', cmake, re.I | re.M)
     assert re.findall(r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)', cmake, re.I | re.M)
 
 
 def test_docs_point_at_the_same_repository():
     for doc in (REPO / "README.md", MODULE / "docs" / "slicer.md"):
-        found = set(re.findall(r"github\.com/([\w.-]+/[\w-]+)", doc.read_text()))
+        found = set(re.findall(r"github\.com/([\w.-]+/[\w-]+)", doc.read_text(encoding="utf-8")))
         assert found <= {REPOSITORY}, (doc.name, found)
 
 
 def _imports(path: Path) -> set[str]:
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -218,18 +218,18 @@ def _module_level_calls(tree: ast.Module) -> list[str]:
 
 
 def test_module_installs_nothing_at_import():
-    tree = ast.parse((MODULE / "MultiTaskUNet.py").read_text())
+    tree = ast.parse((MODULE / "MultiTaskUNet.py").read_text(encoding="utf-8"))
     top_imports = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names} | \
         {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
     assert not top_imports & {"torch", "monai", "PyTorchUtils", "scripts"}
     calls = _module_level_calls(tree)
     assert not [c for c in calls if re.search(r"pip_install|installTorch|ensureDependencies", c)], calls
-    source = (MODULE / "MultiTaskUNet.py").read_text()
+    source = (MODULE / "MultiTaskUNet.py").read_text(encoding="utf-8")
     assert "slicer.util.pip_install" in source and "installTorch" in source  # ... but it does install on first use
 
 
 def test_module_structure():
-    tree = ast.parse((MODULE / "MultiTaskUNet.py").read_text())
+    tree = ast.parse((MODULE / "MultiTaskUNet.py").read_text(encoding="utf-8"))
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     bases = {name: {ast.unparse(b) for b in c.bases} for name, c in classes.items()}
     assert bases["MultiTaskUNet"] == {"ScriptedLoadableModule"}
@@ -240,7 +240,7 @@ def test_module_structure():
     assert ast.get_docstring(process)
     test = next(f for f in classes["MultiTaskUNetTest"].body if isinstance(f, ast.FunctionDef) and f.name == "runTest")
     assert test.body
-    extra = ast.parse((MODULE / "Testing" / "Python" / "MultiTaskUNetReviewExportTest.py").read_text())
+    extra = ast.parse((MODULE / "Testing" / "Python" / "MultiTaskUNetReviewExportTest.py").read_text(encoding="utf-8"))
     assert any(isinstance(n, ast.ClassDef) and "ScriptedLoadableModuleTest" in {ast.unparse(b) for b in n.bases}
                for n in extra.body)
 
@@ -248,7 +248,7 @@ def test_module_structure():
 @pytest.mark.parametrize("path", sorted(p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*.py")))
 def test_python_39_syntax_and_lazy_annotations(path):
     """Slicer 5.8 ships Python 3.9: no newer syntax; annotations stay strings (``X | None`` is 3.10+ at runtime)."""
-    source = (MODULE / path).read_text()
+    source = (MODULE / path).read_text(encoding="utf-8")
     tree = ast.parse(source, feature_version=(3, 9))
     annotated = any(isinstance(n, (ast.AnnAssign, ast.arg)) and getattr(n, "annotation", None) is not None
                     for n in ast.walk(tree)) or any(isinstance(n, ast.FunctionDef) and n.returns for n in ast.walk(tree))
@@ -279,7 +279,7 @@ def test_input_selector_lists_scalar_volumes_but_not_labelmaps():
 
 
 def _module_tree():
-    return ast.parse((MODULE / "MultiTaskUNet.py").read_text())
+    return ast.parse((MODULE / "MultiTaskUNet.py").read_text(encoding="utf-8"))
 
 
 def _method(tree, cls: str, name: str) -> ast.FunctionDef:
@@ -294,7 +294,7 @@ def _calls(node) -> list[str]:
 def test_terminology_goes_through_the_portable_tag():
     """``vtkSegment.SetTerminology``/``GetTerminology`` exist from Slicer 5.10 only; the module uses the tag."""
     for path in MODULE.rglob("*.py"):
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         assert not re.search(r"\.(Set|Get)Terminology\(", text), path
 
 
@@ -340,7 +340,7 @@ def test_self_test_never_installs_packages():
     assert not re.search(r"ensureDependencies|pip_install|installTorch|_install\(", calls), calls
     inference = ast.unparse(_method(tree, "MultiTaskUNetTest", "test_segment_classify_review_export"))
     assert inference.index("missingDependencies") < inference.index("Skipped the inference test") < inference.index("process(")
-    assert "slicer.util.pip_install" not in (MODULE / "Testing" / "Python" / "MultiTaskUNetReviewExportTest.py").read_text()
+    assert "slicer.util.pip_install" not in (MODULE / "Testing" / "Python" / "MultiTaskUNetReviewExportTest.py").read_text(encoding="utf-8")
 
 
 def test_module_load_checks_the_slicer_version():
@@ -366,7 +366,7 @@ def test_only_verified_slicer_util_functions_are_used():
     used = set()
     for path in [MODULE / "MultiTaskUNet.py", *sorted((MODULE / "MultiTaskUNetMRML").glob("*.py")),
                  *sorted((MODULE / "Testing" / "Python").glob("*.py"))]:
-        used |= set(re.findall(r"slicer\.util\.(\w+)", path.read_text()))
-        used |= {a.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)
+        used |= set(re.findall(r"slicer\.util\.(\w+)", path.read_text(encoding="utf-8")))
+        used |= {a.name for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(n, ast.ImportFrom)
                  and n.module == "slicer.util" for a in n.names}
     assert used <= VERIFIED_SLICER_UTIL, used - VERIFIED_SLICER_UTIL
