@@ -12,8 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from scripts.canonical import ORIENTATION
 from scripts.networks import MultiTaskUNet
 from scripts.plan import card_plan
+from scripts.tasks import tumor_free_class
 from scripts.transforms import check_normalization
 
 CARD_FILE = "models/model_card.json"
@@ -71,8 +73,15 @@ def build_network(card: dict[str, Any]) -> MultiTaskUNet:
 
 def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: list[str], classes: list[str],
               spatial_size: list[int], name: str = "MultiTaskUNet", version: str = "0.1.0",
-              plan: dict[str, Any] | None = None, normalization: str | dict[str, Any] | None = None) -> dict[str, Any]:
+              plan: dict[str, Any] | None = None, normalization: str | dict[str, Any] | None = None,
+              target_spacing: list[float] | None = None, orientation: str | None = None,
+              crop_foreground: bool = False) -> dict[str, Any]:
     """Assemble a card from the training configuration.
+
+    A 3D model trained on canonical grids (``target_spacing`` mm along the axes of ``orientation``,
+    volumes cropped to their foreground when ``crop_foreground``, see ``scripts.canonical``) records
+    those three settings, and the Predictor brings every study onto the same grid. Without a
+    ``target_spacing`` none of them is written (2D; 3D models of the stored grid).
 
     ``plan`` (``scripts.plan``) is kept under ``"plan"`` (without MONAI's raw summaries);
     ``normalization`` -- the one training used, by default the plan's -- under ``"normalization"``,
@@ -80,7 +89,8 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
     per-image percentile scaling, as training did then. The tumor-free class is found by name, else
     it is the plan's (the class whose masks are empty).
     """
-    no_tumor = next((c for c in classes if c.lower().replace("-", "_").replace(" ", "_") in ("no_tumor", "normal", "no_tumour")), None)
+    free = tumor_free_class(classes)
+    no_tumor = None if free is None else classes[free]
     if no_tumor is None and plan is not None and plan.get("no_tumor_class") in classes:
         no_tumor = plan["no_tumor_class"]
     if normalization is None and plan is not None:
@@ -96,6 +106,9 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
         "no_tumor_class": no_tumor,
         "normalization": check_normalization(normalization),
     }
+    if target_spacing is not None:
+        card.update(target_spacing=[float(s) for s in target_spacing], orientation=orientation or ORIENTATION,
+                    crop_foreground=bool(crop_foreground))
     if plan is not None:
         card["plan"] = card_plan(plan)
     return card

@@ -11,20 +11,25 @@ float32 ``(C, *spatial)``, ``label`` uint8 ``(1, *spatial)``, ``class`` int64 (`
 ``has_seg`` / ``has_cls`` float32 0/1, plus ``image_source`` / ``label_source`` (file names, for
 error messages). The deterministic part comes first (load, channels first, partial labels, channel
 count, mask values, intensity normalisation, 2D resize, types), so ``CacheDataset`` caches it; the
-random part (3D patch crop and the augmentations of the BUSI project) comes last. Neither needs
-metadata: both run under ``monai.data.set_track_meta(False)``.
+random part (3D patch crop and the augmentations of the BUSI project) comes last. Both run under
+``monai.data.set_track_meta(False)``: a 3D chain with a target spacing loads each volume's affine
+with it (``image_only=False``), resamples onto the canonical grid (:mod:`scripts.canonical`) and
+drops the metadata again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import PILReader
+from monai.data import MetaTensor, PILReader
 from monai.transforms import (
     Compose,
     EnsureTyped,
@@ -43,8 +48,10 @@ from monai.transforms import (
     Resized,
     SpatialPadd,
 )
+from monai.transforms.traits import RandomizableTrait
 from monai.utils import convert_to_dst_type
 
+from scripts.canonical import ORIENTATION, Grid, canonical_grid, check_target_spacing, foreground_box, orientation_matrix, resample
 from scripts.tasks import MISSING_CLASS, Keys
 
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
@@ -353,29 +360,120 @@ class Normalized(MapTransform):
         return d
 
 
-def load_transforms() -> list:
+#: sample key holding the foreground box ``(start, end)`` of the stored volume between :class:`ForegroundBoxd`
+#: and :class:`CanonicalGridd`
+FOREGROUND_BOX = "foreground_box"
+#: bump when the deterministic 3D chain changes: the persistent cache (:func:`preprocess_cache_dir`) is then rebuilt
+PREPROCESS_VERSION = 1
+
+
+class ForegroundBoxd(MapTransform):
+    """Note the foreground box of the stored (not yet normalised) image under :data:`FOREGROUND_BOX`.
+
+    :func:`scripts.canonical.foreground_box`: voxels above 5 % of each channel's 0.5..99.5 percentile
+    range plus a margin -- the same box the Predictor computes on the study it reads. The crop
+    itself happens in :class:`CanonicalGridd`, after the intensities were normalised over the whole
+    volume, as the Predictor normalises them.
+    """
+
+    def __init__(self, key: str = IMAGE) -> None:
+        super().__init__(key)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        d[FOREGROUND_BOX] = foreground_box(d[self.keys[0]])
+        return d
+
+
+class CanonicalGridd(MapTransform):
+    """Crop to the foreground box (when noted) and resample onto the canonical grid (when a spacing is given).
+
+    The grid is :func:`scripts.canonical.canonical_grid` of the (cropped) stored grid: axes in
+    ``orientation``, voxels of ``target_spacing`` mm. The image is interpolated linearly, the label by
+    nearest neighbour, both from the image's affine (``image_meta_dict``, as ``LoadImaged(image_only=False)``
+    leaves it; the label file must share the image's grid, as the datalist check demands of its size).
+    The meta dictionaries are dropped afterwards: the result is the usual metadata-free sample.
+
+    Raises:
+        ValueError: no ``image_meta_dict`` with an affine (load with ``image_only=False``); a mask whose
+            affine differs from its image's (names both files); a bad spacing or orientation.
+    """
+
+    def __init__(self, target_spacing: Sequence[float] | None, orientation: str = ORIENTATION,
+                 keys: KeysCollection = (IMAGE, LABEL)) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.target_spacing = None if target_spacing is None else check_target_spacing(target_spacing)
+        orientation_matrix(orientation)  # checks the codes
+        self.orientation = orientation
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        meta = d.pop(f"{IMAGE}_meta_dict", None)
+        label_meta = d.pop(f"{LABEL}_meta_dict", None)
+        box = d.pop(FOREGROUND_BOX, None)
+        stored = tuple(d[IMAGE].shape[1:])
+        for key in self.key_iterator(d):  # plain tensors: a MetaTensor's affine would be stale from here on
+            d[key] = d[key].as_tensor() if isinstance(d[key], MetaTensor) else torch.as_tensor(d[key])
+            if box is not None:
+                d[key] = d[key][(slice(None), *(slice(a, b) for a, b in zip(*box)))]
+        if self.target_spacing is None:
+            return d
+        if meta is None or "affine" not in meta:
+            raise ValueError(f"{d.get(IMAGE_SOURCE, IMAGE)}: no affine to resample with; load with image_only=False")
+        affine = np.asarray(meta["affine"], dtype=float)
+        if label_meta is not None and "affine" in label_meta and \
+                not np.allclose(np.asarray(label_meta["affine"], dtype=float), affine, rtol=1e-5, atol=1e-3):
+            raise ValueError(f"{d.get(LABEL_SOURCE, LABEL)}: the mask lies on another grid than its image "
+                             f"{d.get(IMAGE_SOURCE, IMAGE)} (different affine: orientation, spacing or origin)")
+        start = [0, 0, 0] if box is None else list(box[0])
+        src = Grid(stored, affine).shifted(start, d[IMAGE].shape[1:])
+        dst = canonical_grid(src.affine, src.shape, self.target_spacing, self.orientation)
+        for key in self.key_iterator(d):
+            d[key] = resample(d[key], src.affine, dst, "linear" if key == IMAGE else "nearest")
+        return d
+
+
+def load_transforms(image_only: bool = True) -> list:
     """Load ``image`` (one file, or a list stacked as channels in list order) and ``label`` if present.
 
     Raster files (PNG/JPG/BMP) are read rows first, ``(C, H, W)``, by ``PILReader(reverse_indexing=False)``;
     other formats fall back to MONAI's readers (NIfTI, NRRD, DICOM: ``(C, X, Y, Z)`` in file index order).
+    ``image_only=False`` also keeps ``<key>_meta_dict`` (with the RAS ``affine``) for :class:`CanonicalGridd`.
     """
     raster = PILReader(reverse_indexing=False)  # tried first; MONAI's other readers take what it cannot read
     return [RememberSourced((IMAGE, LABEL)),
-            LoadImaged((IMAGE, LABEL), reader=raster, ensure_channel_first=True, image_only=True,
+            LoadImaged((IMAGE, LABEL), reader=raster, ensure_channel_first=True, image_only=image_only,
                        allow_missing_keys=True)]
 
 
 def deterministic_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels: int,
-                             num_segments: int, normalization: str | Mapping[str, Any] | None = None) -> list:
+                             num_segments: int, normalization: str | Mapping[str, Any] | None = None,
+                             target_spacing: Sequence[float] | None = None, orientation: str = ORIENTATION,
+                             crop_foreground: bool = False) -> list:
     """The cacheable part shared by training and validation (see the module docstring for the order).
 
     ``normalization`` is a :func:`normalize` spec (the plan's; default per-image percentiles).
+
+    3D only: ``crop_foreground`` crops each volume to its foreground box and ``target_spacing`` (mm
+    per axis of ``orientation``) resamples it onto its canonical grid (:mod:`scripts.canonical`),
+    exactly as the Predictor does for a card with these settings. ``target_spacing=None`` keeps the
+    stored grid (file index order), as 3D models trained before canonical grids existed saw it.
 
     Raises:
         ValueError: ``spatial_dims`` not 2/3, ``spatial_size`` of another length or not positive,
             ``in_channels < 1`` or ``num_segments < 2``; a bad ``normalization``.
     """
     _check_args(spatial_dims, spatial_size, in_channels, num_segments)
+    if spatial_dims == 3 and (target_spacing is not None or crop_foreground):
+        return load_transforms(image_only=False) + [
+            PartialLabelsd(),
+            *([ForegroundBoxd()] if crop_foreground else []),
+            MatchChannelsd(in_channels),
+            MapMaskValuesd(num_segments),
+            Normalized(normalization),
+            CanonicalGridd(target_spacing, orientation),
+            EnsureTyped((IMAGE, LABEL), dtype=(torch.float32, torch.uint8)),
+        ]
     chain = load_transforms() + [
         PartialLabelsd(),
         MatchChannelsd(in_channels),
@@ -450,7 +548,8 @@ def augmentations(spatial_dims: int, spatial_size: Sequence[int], p_flip: float 
 def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels: int, num_segments: int,
                      augment: bool = True, crop_pos: float = 2.0, crop_neg: float = 1.0,
                      normalization: str | Mapping[str, Any] | None = None, augment_strength: str = "medium",
-                     **augment_kwargs: float) -> Compose:
+                     target_spacing: Sequence[float] | None = None, orientation: str = ORIENTATION,
+                     crop_foreground: bool = False, **augment_kwargs: float) -> Compose:
     """The training chain: deterministic part, then (3D) a patch crop, then augmentations.
 
     3D volumes are padded to ``spatial_size`` and one patch of that size is cropped, centred on the
@@ -458,7 +557,8 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
     ``strong``, :data:`AUGMENT_STRENGTHS`) sets the knobs of :func:`augmentations`; ``augment_kwargs``
     override single ones (probability knobs ``p_flip``, ``p_rot90``, ``p_affine``, ``p_elastic``,
     ``p_intensity``, ``p_gamma``, ``p_noise``, and ``rotate_deg``, ``scale``, ``shift``, ``noise_std``).
-    ``normalization``: see :func:`deterministic_transforms`.
+    ``normalization``, and in 3D ``target_spacing``, ``orientation``, ``crop_foreground``: see
+    :func:`deterministic_transforms`.
 
     Returns:
         ``Compose`` producing ``image`` float32 ``(C, *spatial_size)``, ``label`` uint8 ``(1, *spatial_size)``,
@@ -470,7 +570,8 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
     """
     if augment_strength not in AUGMENT_STRENGTHS:
         raise ValueError(f"augment_strength must be one of {list(AUGMENT_STRENGTHS)}, got {augment_strength!r}")
-    chain = deterministic_transforms(spatial_dims, spatial_size, in_channels, num_segments, normalization)
+    chain = deterministic_transforms(spatial_dims, spatial_size, in_channels, num_segments, normalization,
+                                     target_spacing, orientation, crop_foreground)
     if spatial_dims == 3:
         if crop_pos < 0 or crop_neg < 0 or crop_pos + crop_neg == 0:
             raise ValueError(f"crop_pos and crop_neg must be >= 0 and not both 0, got {crop_pos}, {crop_neg}")
@@ -484,13 +585,68 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
 
 
 def val_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels: int, num_segments: int,
-                   normalization: str | Mapping[str, Any] | None = None) -> Compose:
-    """The validation / test chain: the deterministic part only (3D: the whole volume, for sliding windows).
+                   normalization: str | Mapping[str, Any] | None = None, target_spacing: Sequence[float] | None = None,
+                   orientation: str = ORIENTATION, crop_foreground: bool = False) -> Compose:
+    """The validation / test chain: the deterministic part only (3D: the whole volume, for sliding windows;
+    cropped to its foreground and on its canonical grid when so configured).
 
     Raises:
         ValueError: as :func:`deterministic_transforms`.
     """
-    return Compose(deterministic_transforms(spatial_dims, spatial_size, in_channels, num_segments, normalization))
+    return Compose(deterministic_transforms(spatial_dims, spatial_size, in_channels, num_segments, normalization,
+                                            target_spacing, orientation, crop_foreground))
+
+
+def preprocess_cache_dir(root: str | os.PathLike, transform: Compose) -> str:
+    """The folder under ``root`` for volumes pre-processed by ``transform`` (a ``PersistentDataset``'s ``cache_dir``).
+
+    Its name is a digest of the deterministic transforms up to the first random one (what the
+    dataset caches): their classes and settings (channels, segments, normalisation, target spacing,
+    orientation, foreground crop, ...) and :data:`PREPROCESS_VERSION`. Volumes prepared with other
+    settings (another plan, another spacing) are never read; files are keyed within it by
+    :func:`sample_hash`. Old folders are not removed: delete ``root`` to reclaim the space.
+    """
+    def plain(value: Any) -> Any:
+        if isinstance(value, (bool, int, float, str, type(None))):
+            return value
+        if isinstance(value, (torch.dtype, np.dtype, type)):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            items = [plain(v) for v in value]
+            return None if any(v is _SKIP for v in items) else items
+        if isinstance(value, Mapping):
+            items = {str(k): plain(v) for k, v in value.items()}
+            return {k: v for k, v in items.items() if v is not _SKIP}
+        return _SKIP
+
+    steps = []
+    for t in transform.transforms:
+        if isinstance(t, RandomizableTrait):
+            break
+        settings = {k: plain(v) for k, v in sorted(vars(t).items())}
+        steps.append([f"{type(t).__module__}.{type(t).__qualname__}", {k: v for k, v in settings.items() if v is not _SKIP}])
+    digest = hashlib.sha256(json.dumps([PREPROCESS_VERSION, steps], sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(os.fspath(root), f"preprocessed-{digest}")
+
+
+_SKIP = object()  # a setting that does not go into the cache digest (objects: readers, adjusters)
+
+
+def sample_hash(item: Mapping[str, Any]) -> bytes:
+    """Cache key of a datalist entry: its content plus size and modification time of each file it names.
+
+    A file replaced under the same name gets a new key, so the cache never serves an outdated volume.
+    """
+    def stat(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [stat(v) for v in value]
+        if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
+            st = os.stat(value)
+            return [os.fspath(value), st.st_size, st.st_mtime_ns]
+        return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
+
+    content = {str(k): stat(v) for k, v in sorted(item.items(), key=lambda kv: str(kv[0]))}
+    return hashlib.md5(json.dumps(content, sort_keys=True).encode(), usedforsecurity=False).hexdigest().encode()
 
 
 def _check_args(spatial_dims: int, spatial_size: Sequence[int], in_channels: int, num_segments: int) -> None:

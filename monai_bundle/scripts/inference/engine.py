@@ -11,7 +11,11 @@ Rules (the Predictor's docstring points here):
   volume's own voxels by the exact inverse (permute/flip only, no resampling).
 - **3D model.** :class:`scripts.inferers.MultiTaskSlidingWindowInferer` (windows of the card's
   ``spatial_size``, Gaussian blending) stitches the segmentation on the CPU while windows run
-  batched on the device, so device memory is bounded by one window batch.
+  batched on the device, so device memory is bounded by one window batch. A model whose card
+  records a ``target_spacing`` (:func:`segment_canonical`) sees the study as training saw its
+  volumes: cropped to the foreground box and resampled onto the canonical grid (orientation, voxel
+  size: :mod:`scripts.canonical`); the logits come back onto the study's own voxels by resampling
+  and are arg-maxed there. Cards without one (older models) see the volume in file index order.
 - **Diagnosis.** One rule for slices and windows, the one validation uses:
   :func:`scripts.inferers.aggregate_class_logits` -- class logits averaged with weight
   ``1 + predicted tumor voxels`` of the slice/window. Slices that show tumor dominate; with no
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from scripts.canonical import Grid, canonical_grid, label_on_grid, resample
 from scripts.inference.orientation import DisplayView
 from scripts.inferers import MultiTaskSlidingWindowInferer, aggregate_class_logits, label_map
 from scripts.tasks import Task
@@ -185,6 +190,35 @@ def segment_volume(network: torch.nn.Module, image: np.ndarray, inferer: MultiTa
     with torch.inference_mode():
         out = inferer(torch.from_numpy(image)[None], runner)  # {"seg": (1, S, X, Y, Z) on CPU, "cls": (1, K)}
         label = label_map(out[Task.SEG])[0].numpy()
+    return label, out[Task.CLS][0]
+
+
+def segment_canonical(network: torch.nn.Module, image: np.ndarray, affine: np.ndarray,
+                      box: tuple[Sequence[int], Sequence[int]] | None, target_spacing: Sequence[float], orientation: str,
+                      inferer: MultiTaskSlidingWindowInferer, device: torch.device, amp: bool = True,
+                      progress: Progress | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """Run a 3D model on the canonical grid of a study and map its segmentation back onto the study.
+
+    Args:
+        image: ``(C, X, Y, Z)`` normalised float32 on the study's grid.
+        affine: the study's RAS affine (:func:`scripts.canonical.affine_from_itk`).
+        box: ``(start, end)`` foreground box (:func:`scripts.canonical.foreground_box`), or None for the whole volume.
+        target_spacing, orientation: the model card's (what training resampled to).
+
+    Returns:
+        label ``(X, Y, Z)`` uint8 on the study's voxels (background outside the box) and study class logits ``(K,)``.
+    """
+    study = Grid(tuple(image.shape[1:]), np.asarray(affine, float))
+    start, end = box if box is not None else ([0] * 3, list(study.shape))
+    region = study.shifted(start, [e - s for s, e in zip(start, end)])
+    crop = image[(slice(None), *(slice(s, e) for s, e in zip(start, end)))]
+    grid = canonical_grid(region.affine, region.shape, target_spacing, orientation)
+    x = resample(crop, region.affine, grid, "linear")
+    runner = _WindowRunner(network, device, amp, count_windows(grid.shape, inferer.roi_size, inferer.overlap), progress)
+    with torch.inference_mode():
+        out = inferer(x[None], runner)  # {"seg": (1, S, *grid.shape) on CPU, "cls": (1, K)}
+        del x
+        label = label_on_grid(out[Task.SEG][0], grid, study)
     return label, out[Task.CLS][0]
 
 

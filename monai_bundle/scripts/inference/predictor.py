@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scripts.canonical import affine_from_itk, card_settings, foreground_box
 from scripts.inference import engine
 from scripts.inference.errors import InputError
 from scripts.inference.orientation import DisplayView, display_view
@@ -137,6 +138,10 @@ class Predictor:
             self.normalization = check_normalization(card.get("normalization"))
         except ValueError as e:
             raise InputError(f"model card: {e}") from e
+        try:  # 3D: the canonical grid training resampled to (cards without one: the stored grid)
+            self.grid_settings = card_settings(card)
+        except ValueError as e:
+            raise InputError(f"model card: {e}") from e
         self.inferer = inferer or MultiTaskSlidingWindowInferer(card["spatial_size"], sw_batch_size=4, overlap=0.25)
         self.batch_size, self.amp = batch_size, amp
 
@@ -235,7 +240,9 @@ class Predictor:
 
         A 2D model sees a volume's slices in display orientation (:mod:`.orientation`); a 2D
         non-raster grid (a 2D NIfTI/NRRD) is a one-slice volume ``(C, X, Y, 1)`` for this. A 3D model
-        sees the volume in file index order, as training gave it; the view is still returned for display.
+        sees the volume as training gave it: cropped to its foreground and resampled onto the canonical
+        grid of its card (:func:`.engine.segment_canonical`), or -- cards without a target spacing --
+        in file index order; the view is still returned for display.
         """
         def on_progress(fraction: float) -> None:
             report(10 + int(78 * fraction), "infer")
@@ -249,8 +256,17 @@ class Predictor:
             except ValueError as e:
                 raise InputError(f"{study.path}: {e}") from e
 
+        grid = self.grid_settings
+        if grid is not None:
+            geometry = study.geometry
+            affine = affine_from_itk(geometry.spacing, geometry.origin, geometry.direction)
+            box = foreground_box(study.image) if grid["crop_foreground"] else None
+
         def run(device: torch.device):
             self.network.to(device)
+            if self.spatial_dims == 3 and grid is not None:
+                return engine.segment_canonical(self.network, image, affine, box, grid["target_spacing"],
+                                                grid["orientation"], self.inferer, device, self.amp, on_progress)
             if self.spatial_dims == 3:
                 return engine.segment_volume(self.network, image, self.inferer, device, self.amp, on_progress)
             size = self.card["spatial_size"]
