@@ -81,3 +81,33 @@ def test_metrics_report_the_contradiction_rate() -> None:
                np.array([1, 1]), np.array([1, 1]))
     con = acc.compute()["consistency"]
     assert con["rate"] == pytest.approx(0.5) and con["tumor_free_with_lesion"] == 1
+
+
+def test_lesion_guidance_pools_with_the_true_mask_in_training_only() -> None:
+    from scripts.training import prepare_batch, prepare_guided_batch
+
+    torch.manual_seed(0)
+    net = MultiTaskUNet(spatial_dims=2, in_channels=1, num_classes=3, channels=(4, 8, 16), cls_pooling="lesion",
+                        dropout=0.0).eval()
+    x = torch.randn(2, 1, 32, 32)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, 0, 4:12, 20:28] = 1.0  # sample 0 has a lesion; sample 1 is tumor-free
+    with torch.no_grad():
+        plain, guided = net(x)["cls"], net(x, lesion=mask)["cls"]
+        assert not torch.allclose(guided[0], plain[0])  # the mask steers the lesion pooling
+        torch.testing.assert_close(guided[1], plain[1])  # an empty mask leaves the predicted lesion alone
+        torch.testing.assert_close(torch.jit.script(net)(x, lesion=mask)["cls"], guided)
+        glob = MultiTaskUNet(spatial_dims=2, in_channels=1, num_classes=3, channels=(4, 8, 16), dropout=0.0).eval()
+        torch.testing.assert_close(glob(x, lesion=mask)["cls"], glob(x)["cls"])  # the global head ignores it
+
+    label = torch.zeros(3, 1, 8, 8, dtype=torch.long)
+    label[0, 0, 2:4, 2:4] = 1
+    label[2, 0, 5:7, 5:7] = 2  # a second segment is lesion too; sample 2 carries no usable mask
+    batch = {"image": torch.randn(3, 1, 8, 8), "label": label, "class": torch.tensor([0, 1, 2]),
+             "has_seg": torch.tensor([1.0, 1.0, 0.0]), "has_cls": torch.ones(3)}
+    image, targets, args, kwargs = prepare_guided_batch(batch, "cpu")
+    ref_image, ref_targets = prepare_batch(batch, "cpu")
+    torch.testing.assert_close(image, ref_image)
+    assert args == () and sorted(kwargs) == ["lesion"] and kwargs["lesion"].shape == (3, 1, 8, 8)
+    assert kwargs["lesion"][0].sum() == 4 and kwargs["lesion"][1].sum() == 0 and kwargs["lesion"][2].sum() == 0
+    assert all(torch.equal(targets[k], ref_targets[k]) for k in ref_targets)

@@ -130,8 +130,10 @@ def test_pinned_seg_class_weights() -> None:
     p = 1 / (1 + math.exp(-2))
     ce = (LN2, math.log(1 + math.exp(-2)))  # per pixel, target background / tumor
     dice = (1 - 2 * 0.5 / (0.5 + (1 - p) + 1), 1 - 2 * p / (0.5 + p + 1))  # per class, softmax over the batch
-    plain = MultiTaskLoss(2, 4)(preds, targets).item()
-    weighted = MultiTaskLoss(2, 4, seg_class_weights=[1.0, 4.0])(preds, targets).item()
+    plain = MultiTaskLoss(2, 4, dice_include_background=True)(preds, targets).item()
+    weighted = MultiTaskLoss(2, 4, seg_class_weights=[1.0, 4.0], dice_include_background=True)(preds, targets).item()
+    # the default Dice term scores the lesion only (nnU-Net); the CE still covers both classes
+    assert MultiTaskLoss(2, 4)(preds, targets).item() == pytest.approx((ce[0] + ce[1]) / 2 + dice[1], abs=1e-4)
     assert plain == pytest.approx((ce[0] + ce[1]) / 2 + (dice[0] + dice[1]) / 2, abs=1e-4)
     # MONAI's DiceCELoss weights both terms: the CE is the pixel mean weighted by the target class, and
     # each class's Dice loss is multiplied by its weight before the mean over classes (not renormalised)

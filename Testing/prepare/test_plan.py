@@ -33,6 +33,10 @@ def test_input_size_keeps_the_small_lesions_wide_enough():
     assert P.decide_input_size_2d([512, 512], 4.0) == [P.MAX_INPUT_SIZE] * 2
     # large lesions: the minimum size
     assert P.decide_input_size_2d([512, 512], 200.0) == [P.MIN_INPUT_SIZE] * 2
+    # the device's ceiling: 128 on CPU (both sides), the full 256 on a GPU
+    assert P.decide_input_size_2d([512, 512], 18.0, P.MAX_INPUT_SIZE_DEVICE["cpu"]) == [128, 128]
+    assert P.decide_input_size_2d([400, 600], 20.0, 128) == [128, 128]  # the long side is capped too
+    assert P.decide_input_size_2d([512, 512], 18.0, P.MAX_INPUT_SIZE_DEVICE["cuda"]) == [240, 240]
 
 
 def test_input_size_never_upsamples_beyond_the_data_but_keeps_the_minimum():
@@ -160,7 +164,11 @@ def test_decide_reproduces_the_demo_settings_from_the_synthetic_fingerprint():
     assert d["batch_size"] == d["val_batch_size"] == 16
     assert d["normalization"] == {"mode": "percentile"} and d["augmentation"] == "medium"
     assert d["no_tumor_class"] == "no_tumor" and d["target_spacing"] is None and d["orientation"] is None
-    assert set(d["why"]) >= {"spatial_size", "network_channels", "batch_size", "normalization", "augmentation"}
+    assert set(d["why"]) >= {"spatial_size", "network_channels", "batch_size", "normalization", "augmentation",
+                             "time_budget_min"}
+    # a wall-clock ceiling on CPU only; a GPU plan trains its epochs
+    assert d["time_budget_min"] == P.TIME_BUDGET_MIN["cpu"] > 0
+    assert P.decide(_fingerprint_2d(), "cuda", memory_gb=80.0)["time_budget_min"] is None
 
 
 def test_decide_3d_gives_spacing_orientation_and_patch():

@@ -73,6 +73,9 @@ class MultiTaskLoss(nn.Module):
         cls_class_weights: K weights of the diagnosis CE (class imbalance).
         label_smoothing: of the diagnosis CE, in [0, 1).
         lambda_dice, lambda_ce: mix of the segmentation Dice and CE terms.
+        dice_include_background: whether the Dice term also scores the background (default False, as
+            nnU-Net: with lesions of 1 % of the image the background's near-perfect Dice halves the
+            lesions' share of the gradient; the CE term always covers every class).
 
     ``forward(preds, targets)``: ``preds = {"seg": (B, S, *spatial) logits, "cls": (B, K) logits}``;
     ``targets = {"seg": (B, 1, *spatial) int, "cls": (B,) int, "has_seg": (B,), "has_cls": (B,)}``.
@@ -94,6 +97,7 @@ class MultiTaskLoss(nn.Module):
         label_smoothing: float = 0.0,
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
+        dice_include_background: bool = False,
     ) -> None:
         super().__init__()
         if weighting not in WEIGHTINGS:
@@ -110,6 +114,7 @@ class MultiTaskLoss(nn.Module):
         self.task_weights = {Task(k): float(v) for k, v in weights.items()}
         self.seg_loss = DiceCELoss(
             to_onehot_y=True, softmax=True, batch=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
+            include_background=dice_include_background,
             weight=_class_weights("seg_class_weights", seg_class_weights, seg_classes),
         )
         self.cls_loss = nn.CrossEntropyLoss(

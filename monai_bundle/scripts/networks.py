@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from typing import Optional
+
 import torch
 from monai.networks.layers.factories import Conv, Norm, Pool
 from monai.networks.nets.resnet import ResNet, get_inplanes
@@ -186,6 +188,13 @@ class LesionAwareHead(nn.Module):
 
     ``p`` is detached, and so are the decoder maps (``MultiTaskUNet.forward``): the diagnosis loss
     trains the encoder and this head, but never moves the segmentation.
+
+    Lesion guidance (training only): given the ground-truth lesion mask ``lesion`` ``(B, 1, *sp)``
+    (0 where a sample has no mask), the head pools with ``max(p, lesion)``. Early in training the
+    segmentation finds nothing yet, so without guidance the head would learn to read the whole image
+    and ignore the lesion pooling; with it, the head learns what a lesion's features say about its
+    class from the first step, while the segmentation's own false positives (tumor-free images keep
+    ``p``) still teach it what a spurious lesion looks like. Inference never passes a mask.
     """
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, dropout: float, hidden: int) -> None:
@@ -195,8 +204,10 @@ class LesionAwareHead(nn.Module):
         self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True),
                                  nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
-    def forward(self, maps: list[torch.Tensor], seg: torch.Tensor) -> torch.Tensor:
+    def forward(self, maps: list[torch.Tensor], seg: torch.Tensor, lesion: Optional[torch.Tensor] = None) -> torch.Tensor:
         p = (1.0 - torch.softmax(seg.detach().float(), dim=1)[:, :1]).to(maps[0].dtype)  # (B, 1, *sp)
+        if lesion is not None:
+            p = torch.maximum(p, lesion.detach().to(p.dtype))
         pooled: list[torch.Tensor] = []
         for f in maps:
             w = F.adaptive_avg_pool2d(p, f.shape[2:]) if f.dim() == 4 else F.adaptive_avg_pool3d(p, f.shape[2:])
@@ -286,14 +297,16 @@ class MultiTaskUNet(nn.Module):
             self.mid_level = 0
             self.classification_head = ClassificationHead(enc_channels[-1], num_classes, dropout, cls_hidden)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, lesion: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """``lesion``: optional ``(B, 1, *spatial)`` ground-truth lesion mask that guides the lesion-aware
+        head's pooling during training (:class:`LesionAwareHead`); ignored by the global head."""
         features = self.encoder(x)
         levels = self.decoder(features, x)
         seg = self.segmentation_head(levels[-1])
         if self.lesion_aware:
             # the decoder maps are read, not trained, by the diagnosis: its loss would otherwise pull on the
             # few full-resolution channels the segmentation head lives on (the encoder still learns from it)
-            cls = self.classification_head([features[-1], levels[self.mid_level].detach(), levels[-1].detach()], seg)
+            cls = self.classification_head([features[-1], levels[self.mid_level].detach(), levels[-1].detach()], seg, lesion)
         else:
             cls = self.classification_head(features[-1])
         return {self.seg_key: seg, self.cls_key: cls, self.pred_key: seg}

@@ -9,7 +9,8 @@ split (:func:`scripts.fingerprint.fingerprint`, MONAI's Auto3DSeg analyzers) and
   in ``orientation`` ``"RAS"``;
 * ``normalization`` (:func:`decide_normalization`), ``network_channels``
   (:func:`decide_network_channels`), ``batch_size`` / ``val_batch_size`` (:func:`decide_batch_size`),
-  ``augmentation`` (:func:`decide_augmentation`), ``no_tumor_class`` (:func:`decide_no_tumor_class`).
+  ``augmentation`` (:func:`decide_augmentation`), ``no_tumor_class`` (:func:`decide_no_tumor_class`),
+  ``time_budget_min`` (:data:`TIME_BUDGET_MIN`: a wall-clock ceiling on CPU, none on a GPU).
 
 Each decision is a small pure function of fingerprint numbers, with its constants at module level.
 Device-dependent decisions (widths, batch size, 3D patch budget) take the device type; a plan made
@@ -39,7 +40,7 @@ from scripts.atomic import write_json_atomic
 logger = logging.getLogger(__name__)
 
 #: bump when a decision rule or the fingerprint changes: older plans are recomputed
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 PLAN_FILE = "plan.json"
 
 # --- 2D input size -------------------------------------------------------------------------------
@@ -49,6 +50,9 @@ MIN_LESION_PX = 8
 SIZE_MULTIPLE = 16
 #: 2D input sizes stay within this range (never above the images' own size unless below the minimum)
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 96, 256
+#: the largest 2D input side per device type: on CPU a 2D epoch costs about the input's pixels, and at
+#: 128^2 thirty epochs over ~1000 images still fit ~15 minutes on 2 cores (224^2 would take ~45)
+MAX_INPUT_SIZE_DEVICE = {"cpu": 128, "cuda": MAX_INPUT_SIZE}
 #: the input keeps the images' aspect ratio only when the median long / short side exceeds this
 ASPECT_TOLERANCE = 1.25
 
@@ -79,6 +83,11 @@ MIN_BATCH = {2: 4, 3: 2}
 MAX_BATCH = {(2, "cpu"): 32, (2, "cuda"): 64, (3, "cpu"): 8, (3, "cuda"): 8}
 #: one batch holds at most this share of the training cases (nnU-Net's 5 %), but at least MIN_BATCH[dims]
 MAX_BATCH_SHARE = 0.05
+
+# --- time budget ------------------------------------------------------------------------------------
+#: the default training time budget (wall minutes) per device type: a ceiling so that a CPU run with the
+#: defaults ends in predictable time (the epochs bind first on a machine that is fast enough); None: epochs only
+TIME_BUDGET_MIN = {"cpu": 20.0, "cuda": None}
 
 # --- augmentation, tumor-free class ------------------------------------------------------------------
 #: training-set sizes below which augmentation is "strong", then "medium"; "light" above
@@ -130,7 +139,8 @@ def round_up(value: float, multiple: int) -> int:
     return max(multiple, int(math.ceil(value / multiple - 1e-9)) * multiple)
 
 
-def decide_input_size_2d(image_size: Sequence[float], lesion_width_p05: float | None) -> list[int]:
+def decide_input_size_2d(image_size: Sequence[float], lesion_width_p05: float | None,
+                         max_size: int = MAX_INPUT_SIZE) -> list[int]:
     """The 2D input size ``[H, W]`` from the median image size and the 5th-percentile lesion width.
 
     The short side is the smallest multiple of :data:`SIZE_MULTIPLE` at which a lesion of width
@@ -139,7 +149,8 @@ def decide_input_size_2d(image_size: Sequence[float], lesion_width_p05: float | 
     up-sampling beyond the data, but never below the minimum); no lesion measured: the images' own
     short side, clamped the same way. The input is square unless the median long / short side
     exceeds :data:`ASPECT_TOLERANCE`; then the long side keeps the ratio (a multiple of 16, at most
-    ``MAX_INPUT_SIZE``).
+    ``MAX_INPUT_SIZE``). ``max_size`` lowers the ceiling of both sides (the device's
+    :data:`MAX_INPUT_SIZE_DEVICE`).
 
     Raises:
         ValueError: ``image_size`` is not two positive numbers.
@@ -148,11 +159,12 @@ def decide_input_size_2d(image_size: Sequence[float], lesion_width_p05: float | 
         raise ValueError(f"image_size must be two positive sizes (H, W), got {list(image_size)}")
     h, w = (float(s) for s in image_size)
     short, long_ = min(h, w), max(h, w)
-    ceiling = max(MIN_INPUT_SIZE, min(MAX_INPUT_SIZE, round_up(short, SIZE_MULTIPLE)))
+    top = max(MIN_INPUT_SIZE, min(MAX_INPUT_SIZE, int(max_size)))
+    ceiling = max(MIN_INPUT_SIZE, min(top, round_up(short, SIZE_MULTIPLE)))
     need = short if not lesion_width_p05 or lesion_width_p05 <= 0 else MIN_LESION_PX * short / float(lesion_width_p05)
     side = min(ceiling, max(MIN_INPUT_SIZE, round_up(need, SIZE_MULTIPLE)))
     ratio = long_ / short
-    other = side if ratio <= ASPECT_TOLERANCE else min(MAX_INPUT_SIZE, max(side, round(side * ratio / SIZE_MULTIPLE) * SIZE_MULTIPLE))
+    other = side if ratio <= ASPECT_TOLERANCE else min(top, max(side, round(side * ratio / SIZE_MULTIPLE) * SIZE_MULTIPLE))
     return [side, other] if h <= w else [other, side]
 
 
@@ -316,10 +328,13 @@ def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | N
     out: dict[str, Any] = {"orientation": None, "target_spacing": None}
     if dims == 2:
         size = fp["image_size"]["median"]
-        out["spatial_size"] = decide_input_size_2d(size, width.get("p05"))
+        top = MAX_INPUT_SIZE_DEVICE[device_type]
+        out["spatial_size"] = decide_input_size_2d(size, width.get("p05"), top)
+        wanted = decide_input_size_2d(size, width.get("p05"))
         why["spatial_size"] = (f"median image {size}, 5th-percentile lesion {width.get('p05')} px wide: smallest "
                                f"multiple of {SIZE_MULTIPLE} keeping it >= {MIN_LESION_PX} px, within "
-                               f"[{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}]")
+                               f"[{MIN_INPUT_SIZE}, {top}] on {device_type}"
+                               + (f" (the lesions alone would ask for {wanted}; a GPU plan gets it)" if wanted != out["spatial_size"] else ""))
     else:
         target = decide_target_spacing(fp["spacing"]["median"], fp["spacing"]["p10"])
         shape = _median_resampled_shape(fp, target)
@@ -343,6 +358,10 @@ def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | N
     fg = (fp.get("intensity") or {}).get("foreground")
     out["normalization"] = decide_normalization(fp["modality"], fg, (fp.get("intensity") or {}).get("global"))
     why["normalization"] = f"modality {fp['modality']} ({fp['modality_reason']})"
+    out["time_budget_min"] = TIME_BUDGET_MIN[device_type]
+    why["time_budget_min"] = (f"a ceiling of {TIME_BUDGET_MIN[device_type]:g} min on {device_type}: the schedule fits "
+                              "whichever of budget and max_epochs ends first" if TIME_BUDGET_MIN[device_type]
+                              else f"no time ceiling on {device_type}: max_epochs decides")
     out["augmentation"] = decide_augmentation(n)
     why["augmentation"] = f"{n} training cases"
     out["no_tumor_class"] = decide_no_tumor_class(fp.get("empty_mask") or {}, fp["classes"])

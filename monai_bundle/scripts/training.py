@@ -51,6 +51,20 @@ def prepare_batch(batchdata: dict[str, Any], device: str | torch.device | None =
     return image, targets
 
 
+def prepare_guided_batch(batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+                         **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple, dict[str, torch.Tensor]]:
+    """:func:`prepare_batch` for training with lesion guidance: also hands the network the ground-truth
+    lesion mask ``(B, 1, *spatial)`` float (any non-background segment; all zero for a sample without a
+    mask) as ``network(image, lesion=mask)`` -- MONAI's ``SupervisedTrainer`` passes a 4-tuple's
+    ``kwargs`` through its inferer to the network. The lesion-aware head pools with it
+    (:class:`scripts.networks.LesionAwareHead`); validation and inference use :func:`prepare_batch`.
+    """
+    image, targets = prepare_batch(batchdata, device, non_blocking, **kwargs)
+    seg, has_seg = targets[Task.SEG.value], targets[Keys.HAS_SEG.value]
+    lesion = (seg > 0).to(image.dtype) * has_seg.reshape(-1, *([1] * (seg.dim() - 1))).to(image.dtype)
+    return image, targets, (), {"lesion": lesion}
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through :func:`scripts.atomic.atomic_path` (no half-written checkpoint)."""
     with atomic_path(path) as tmp:
