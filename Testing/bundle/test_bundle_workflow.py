@@ -168,6 +168,26 @@ def test_evaluate_writes_metrics_and_report(trained: dict) -> None:
     assert (out / "report.md").is_file() and list(out.glob("*.png"))
 
 
+def test_evaluate_scores_the_trained_weights(trained: dict, tmp_path: Path) -> None:
+    """Evaluating the validation split with model.pt reproduces the validation of the epoch that saved it.
+
+    (model.pt holds the weight average that validation used; the evaluator once ran a fresh average of
+    the freshly built network instead, so it scored random weights: another seed makes those differ from
+    the one-epoch run's, whose first steps hardly move the weights.)
+    """
+    configs = trained["bundle"] / "configs"
+    files = f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']"
+    out = tmp_path / "eval_val"
+    datalist = trained["bundle"] / "data" / "synthetic" / "datalist.json"  # named: another seed must not regenerate it
+    _run(_bundle_cmd("run", "evaluating", "--config_file", files, *TINY, "--output_dir", str(out), "--seed", "7",
+                     "--datalist_file", str(datalist),
+                     "--validate#dataset#data", "$@datalist.split('validation')"), cwd=trained["work"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    best = max(_history(trained["bundle"] / "models"), key=lambda r: r["val_score"])["val_details"]["val_score"]
+    assert metrics["seg"]["lesion"]["dice"] == pytest.approx(best["seg"]["lesion"]["dice"], abs=1e-4)
+    assert metrics["cls"]["confusion_matrix"] == best["cls"]["confusion_matrix"]
+
+
 def test_inference_cli_writes_segmentation_and_probabilities(trained: dict) -> None:
     bundle = trained["bundle"]
     datalist = json.loads((bundle / "data" / "synthetic" / "datalist.json").read_text())
