@@ -179,22 +179,26 @@ class LesionAwareHead(nn.Module):
     """Diagnosis from the whole image and from the lesion the segmentation head found.
 
     Reads three feature maps -- the deepest encoder level, the middle decoder level and the
-    full-resolution decoder output -- and the lesion probability ``p = 1 - softmax(seg)[background]``
-    ``(B, 1, *sp)``. Each map is pooled twice: globally, and weighted by ``p`` brought to its size
-    (so the diagnosis reads the lesion and its surroundings, not the whole head). Two lesion
-    statistics are added: the mean of ``p`` (expected lesion share of the image) and its maximum
-    (the strongest lesion evidence), which let the head say "no tumor" exactly when the
-    segmentation finds none. Then dropout, a hidden layer and a linear layer.
+    full-resolution decoder output -- and the segmentation's lesion probability
+    ``p = 1 - softmax(seg)[background]`` ``(B, 1, *sp)``. The pooling weight is the *confident* lesion
+    ``w = clamp(2 p - 1, 0, 1)``: 0 wherever the segmentation leans to background, 1 where it is sure
+    of a lesion. (Weighting by ``p`` itself lets the diffuse low probabilities of the background --
+    0.2 over a whole image early in training -- outweigh a lesion of 1 % of the image.) Each map is
+    pooled twice: globally, and weighted by ``w`` brought to its size (so the diagnosis reads the
+    lesion and its surroundings, not the whole head; no lesion: zeros). Two lesion statistics, the
+    mean of ``w`` (the lesion's share of the image) and its maximum (the strongest lesion evidence),
+    feed both the MLP and a linear path straight to the logits that no dropout or ReLU can switch
+    off: they let the head say "no tumor" exactly when the segmentation finds none.
 
     ``p`` is detached, and so are the decoder maps (``MultiTaskUNet.forward``): the diagnosis loss
     trains the encoder and this head, but never moves the segmentation.
 
     Lesion guidance (training only): given the ground-truth lesion mask ``lesion`` ``(B, 1, *sp)``
-    (0 where a sample has no mask), the head pools with ``max(p, lesion)``. Early in training the
+    (0 where a sample has no mask), the head pools with ``max(w, lesion)``. Early in training the
     segmentation finds nothing yet, so without guidance the head would learn to read the whole image
     and ignore the lesion pooling; with it, the head learns what a lesion's features say about its
     class from the first step, while the segmentation's own false positives (tumor-free images keep
-    ``p``) still teach it what a spurious lesion looks like. Inference never passes a mask.
+    ``w``) still teach it what a spurious lesion looks like. Inference never passes a mask.
     """
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, dropout: float, hidden: int) -> None:
@@ -203,20 +207,22 @@ class LesionAwareHead(nn.Module):
         hidden = hidden if hidden > 0 else 64
         self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True),
                                  nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        self.evidence = nn.Linear(2, num_classes)
 
     def forward(self, maps: list[torch.Tensor], seg: torch.Tensor, lesion: Optional[torch.Tensor] = None) -> torch.Tensor:
-        p = (1.0 - torch.softmax(seg.detach().float(), dim=1)[:, :1]).to(maps[0].dtype)  # (B, 1, *sp)
+        p = 1.0 - torch.softmax(seg.detach().float(), dim=1)[:, :1]  # (B, 1, *sp)
+        w = (2.0 * p - 1.0).clamp(0.0, 1.0).to(maps[0].dtype)
         if lesion is not None:
-            p = torch.maximum(p, lesion.detach().to(p.dtype))
+            w = torch.maximum(w, lesion.detach().to(w.dtype))
         pooled: list[torch.Tensor] = []
         for f in maps:
-            w = F.adaptive_avg_pool2d(p, f.shape[2:]) if f.dim() == 4 else F.adaptive_avg_pool3d(p, f.shape[2:])
+            wf = F.adaptive_avg_pool2d(w, f.shape[2:]) if f.dim() == 4 else F.adaptive_avg_pool3d(w, f.shape[2:])
             pooled.append(f.flatten(2).mean(2))  # (B, C)
-            pooled.append(_masked_mean(f, w))  # (B, C)
-        flat = p.flatten(1)  # (B, N)
-        pooled.append(flat.mean(1, keepdim=True))
-        pooled.append(flat.amax(1, keepdim=True))
-        return self.mlp(torch.cat(pooled, dim=1))
+            pooled.append(_masked_mean(f, wf))  # (B, C)
+        flat = w.flatten(1)  # (B, N)
+        stats = torch.cat([flat.mean(1, keepdim=True), flat.amax(1, keepdim=True)], dim=1)  # (B, 2)
+        pooled.append(stats)
+        return self.mlp(torch.cat(pooled, dim=1)) + self.evidence(stats)
 
 
 class MultiTaskUNet(nn.Module):
