@@ -37,6 +37,7 @@ def test_the_3d_config_trains_the_lesion_aware_head_on_cached_canonical_volumes(
     assert card["target_spacing"] == parser.get_parsed_content("target_spacing") and card["crop_foreground"] is True
     inferer = parser.get_parsed_content("validate#inferer")
     assert isinstance(inferer, MultiTaskSlidingWindowInferer) and inferer.sw_batch_size == 2  # CPU
+    assert inferer.overlap == 0.0  # validation tiles the volume (the Predictor overlaps its windows by 0.25)
     for split in ("train", "validate"):
         dataset = parser.get_parsed_content(f"{split}#dataset")
         assert isinstance(dataset, PersistentDataset)
