@@ -1,11 +1,15 @@
 """Inference benchmark: the Predictor end to end vs a plain MONAI sliding-window call, side by side.
 
     .venv/bin/python Testing/benchmarks/bench_inference.py [--device cpu|cuda] [--shape 256 256 160]
-                                                           [--roi3d 64] [--repeats 1]
+                                                           [--roi3d 64] [--repeats 1] [--paths 2d 3d ...]
 
-One synthetic head volume (default 256 x 256 x 160, 1 x 1 x 2 mm) is written as NIfTI. For each
-path -- a 2D model slice-wise and a 3D model by sliding window -- two measurements run, each in
-its own fresh process (so peak memory is its own):
+One synthetic head volume (default 256 x 256 x 160, 1 x 1 x 2 mm, stored with ITK's identity
+direction, i.e. LPS) is written as NIfTI. For each path -- a 2D model slice-wise, a 3D model by
+sliding window on the stored grid (a card without ``target_spacing``), and a 3D model on the
+canonical grid (``scripts.canonical``: foreground crop, RAS, target spacing) either at the stored
+spacing (``3d-reindex``: flips only, nothing interpolated) or at 1.2 x 1.2 x 1.6 mm
+(``3d-resample``: interpolated there and back) -- two measurements run, each in its own fresh
+process (so peak memory is its own):
 
 * ``predictor``: ``Predictor.predict(nifti, output_dir=...)``: read, normalise, network, resize
   back, arg-max, write label map + result JSON + overlay. The network's own forward time is
@@ -13,7 +17,10 @@ its own fresh process (so peak memory is its own):
 * ``plain``: one ``monai.inferers.sliding_window_inference`` call of the same network on the
   already-loaded, normalised tensor (segmentation logits only; no I/O, no post-processing). For
   the 2D model its input is the stack of slices resized to the model size, so both do the same
-  network work (one forward per slice).
+  network work (one forward per slice); for the canonical paths it is the cropped, resampled
+  volume the model sees, prepared before the clock starts -- so the Predictor's share outside the
+  network includes the foreground box, the resampling onto the canonical grid and the resampling
+  of the logits back onto the study, arg-max and writing.
 
 Prints seconds, share outside the network, peak RSS (and CUDA peak), and predictor/plain ratios.
 Random weights: speed does not depend on what the model learned. Widths are printed.
@@ -39,6 +46,8 @@ sys.path.insert(0, str(BUNDLE))
 WIDTHS = {2: [16, 32, 64, 128, 256], 3: [4, 8, 16, 32]}  # 2D: the default card's widths; 3D: small for CPU
 SPATIAL_2D = [128, 128]  # the default card's 2D input size
 SW_BATCH, OVERLAP = 4, 0.25
+#: path -> target spacing of a canonical 3D card (None: the stored grid)
+PATHS = {"2d": None, "3d": None, "3d-reindex": [1.0, 1.0, 2.0], "3d-resample": [1.2, 1.2, 1.6]}
 
 
 def make_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -51,12 +60,15 @@ def make_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     return head + blob + rng.normal(0, 20, shape).astype(np.float32)
 
 
-def card_for(dims: int, roi3d: int) -> dict:
+def card_for(path: str, roi3d: int) -> dict:
     from scripts.model_card import DEFAULT_CARD
 
+    dims = 2 if path == "2d" else 3
     card = json.loads(json.dumps(DEFAULT_CARD))
     card["network"].update(spatial_dims=dims, channels=WIDTHS[dims])
     card["spatial_size"] = SPATIAL_2D if dims == 2 else [roi3d] * 3
+    if PATHS[path] is not None:
+        card.update(target_spacing=PATHS[path], orientation="RAS", crop_foreground=True)
     return card
 
 
@@ -80,16 +92,31 @@ class TimedNetwork(torch.nn.Module):
         return out
 
 
-def plain_call(timed: TimedNetwork, nifti: Path, card: dict, device: torch.device) -> tuple[float, int]:
-    """Seconds of one bare ``sliding_window_inference`` call on the loaded, normalised study; RSS before it."""
+def network_input(predictor, nifti: Path) -> torch.Tensor:
+    """The study as the model sees it: normalised, and for canonical cards cropped and resampled (untimed)."""
+    from scripts.canonical import affine_from_itk, canonical_grid, foreground_box, resample
+    from scripts.inference import read_study
+
+    study = read_study(nifti)
+    image = predictor._prepare(study)  # the Predictor's own normalisation
+    grid = predictor.grid_settings
+    if grid is None:
+        return torch.from_numpy(image)
+    g = study.geometry
+    affine = affine_from_itk(g.spacing, g.origin, g.direction)
+    start, end = foreground_box(study.image)
+    crop = image[(slice(None), *(slice(a, b) for a, b in zip(start, end)))]
+    affine[:3, 3] = affine[:3, :3] @ np.asarray(start, float) + affine[:3, 3]
+    target = canonical_grid(affine, crop.shape[1:], grid["target_spacing"], grid["orientation"])
+    return resample(crop, affine, target)
+
+
+def plain_call(timed: TimedNetwork, image: torch.Tensor, card: dict, device: torch.device) -> tuple[float, float, int]:
+    """Wall and CPU seconds of one bare ``sliding_window_inference`` call on the study as the model sees it; RSS before it."""
     import psutil
     from monai.inferers import sliding_window_inference
     from torch.nn import functional as F
 
-    from scripts.inference import read_study
-    from scripts.transforms import normalize_intensity
-
-    image = torch.from_numpy(normalize_intensity(read_study(nifti).image))  # (1, X, Y, Z)
     if len(card["spatial_size"]) == 2:  # the slices as the 2D model sees them: (Z, 1, 128, 128)
         x = F.interpolate(image.permute(3, 0, 1, 2), size=card["spatial_size"], mode="bilinear", align_corners=False)
         batch = 16
@@ -97,14 +124,14 @@ def plain_call(timed: TimedNetwork, nifti: Path, card: dict, device: torch.devic
         x, batch = image[None], SW_BATCH
     base_rss = psutil.Process().memory_info().rss
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         sliding_window_inference(x, card["spatial_size"], batch, lambda w: timed(w.to(device))["seg"], OVERLAP, "gaussian")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start, base_rss
+        return time.perf_counter() - start, time.process_time() - cpu, base_rss
 
 
-def run_worker(mode: str, dims: int, nifti: Path, out_dir: Path, device_name: str, roi3d: int) -> dict:
+def run_worker(mode: str, path: str, nifti: Path, out_dir: Path, device_name: str, roi3d: int) -> dict:
     """One measurement in this process; returns its figures."""
     import psutil
 
@@ -113,7 +140,7 @@ def run_worker(mode: str, dims: int, nifti: Path, out_dir: Path, device_name: st
     from scripts.model_card import build_network
 
     torch.manual_seed(0)
-    card = card_for(dims, roi3d)
+    card = card_for(path, roi3d)
     device = torch.device(device_name)
     network = build_network(card).to(device).eval()
     timed = TimedNetwork(network, device)
@@ -127,28 +154,29 @@ def run_worker(mode: str, dims: int, nifti: Path, out_dir: Path, device_name: st
     base_rss = psutil.Process().memory_info().rss
     timed.seconds = 0.0
     if mode == "predictor":
-        start = time.perf_counter()
-        pred = predictor.predict(nifti, output_dir=out_dir, name=f"bench{dims}d")
-        total = time.perf_counter() - start
+        start, cpu = time.perf_counter(), time.process_time()
+        pred = predictor.predict(nifti, output_dir=out_dir, name=f"bench{path}")
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
         extra = {"timings_s": pred.result["timings_s"], "device": pred.result["device"]}
     else:
-        total, base_rss = plain_call(timed, nifti, card, device)
-        extra = {}
+        image = network_input(predictor, nifti)
+        total, cpu, base_rss = plain_call(timed, image, card, device)
+        extra = {"network_input": list(image.shape[1:])}
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     cuda_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"mode": mode, "dims": dims, "seconds": total, "network_s": timed.seconds,
+    return {"mode": mode, "path": path, "seconds": total, "cpu_s": cpu, "network_s": timed.seconds,
             "outside_share": max(0.0, 1 - timed.seconds / total), "peak_rss_mb": peak_rss / 2 ** 20,
             "rss_over_start_mb": (peak_rss - base_rss) / 2 ** 20,
             "cuda_peak_mb": None if cuda_peak is None else cuda_peak / 2 ** 20, **extra}
 
 
-def spawn(mode: str, dims: int, nifti: Path, out_dir: Path, device: str, roi3d: int) -> dict:
+def spawn(mode: str, path: str, nifti: Path, out_dir: Path, device: str, roi3d: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(BUNDLE))
-    cmd = [sys.executable, __file__, "--worker", mode, "--dims", str(dims), "--nifti", str(nifti), "--out", str(out_dir),
+    cmd = [sys.executable, __file__, "--worker", mode, "--path", path, "--nifti", str(nifti), "--out", str(out_dir),
            "--device", device, "--roi3d", str(roi3d)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"worker {mode} {dims}D failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"worker {mode} {path} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -158,44 +186,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", type=int, nargs=3, default=[256, 256, 160])
     ap.add_argument("--roi3d", type=int, default=64, help="3D window edge (the 3D card's spatial_size)")
     ap.add_argument("--repeats", type=int, default=1, help="alternating predictor/plain rounds; the best of each is kept")
+    ap.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS), help="which paths to measure")
     ap.add_argument("--worker", choices=["predictor", "plain"], help=argparse.SUPPRESS)
-    ap.add_argument("--dims", type=int, default=2, help=argparse.SUPPRESS)
+    ap.add_argument("--path", choices=list(PATHS), default="2d", help=argparse.SUPPRESS)
     ap.add_argument("--nifti", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(run_worker(args.worker, args.dims, args.nifti, args.out, args.device, args.roi3d)))
+        print(json.dumps(run_worker(args.worker, args.path, args.nifti, args.out, args.device, args.roi3d)))
         return 0
     import SimpleITK as sitk
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, device {args.device}")
     print(f"volume {tuple(args.shape)}; 2D widths {WIDTHS[2]} at {SPATIAL_2D}; 3D widths {WIDTHS[3]}, "
-          f"windows {args.roi3d}^3, overlap {OVERLAP}, sw batch {SW_BATCH}")
+          f"windows {args.roi3d}^3, overlap {OVERLAP}, sw batch {SW_BATCH}; canonical target spacings "
+          f"{ {k: v for k, v in PATHS.items() if v} }; load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         nifti = Path(tmp) / "head.nii.gz"
         image = sitk.GetImageFromArray(np.ascontiguousarray(make_volume(tuple(args.shape)).T))
         image.SetSpacing((1.0, 1.0, 2.0))
         sitk.WriteImage(image, str(nifti))
         rows = []
-        for dims in (2, 3):
+        for path in args.paths:
             best: dict[str, dict] = {}
             for _ in range(args.repeats):
                 for mode in ("predictor", "plain"):
-                    r = spawn(mode, dims, nifti, Path(tmp) / "out", args.device, args.roi3d)
+                    r = spawn(mode, path, nifti, Path(tmp) / "out", args.device, args.roi3d)
                     if mode not in best or r["seconds"] < best[mode]["seconds"]:
                         best[mode] = r
             rows.append(best)
-    print(f"\n{'path':<26}{'seconds':>9}{'network s':>11}{'outside':>9}{'peak RSS MB':>13}{'RSS +MB':>9}{'CUDA MB':>9}")
+    print(f"\n{'path':<30}{'seconds':>9}{'CPU s':>8}{'network s':>11}{'outside':>9}{'peak RSS MB':>13}{'RSS +MB':>9}"
+          f"{'CUDA MB':>9}")
     for best in rows:
         for mode in ("predictor", "plain"):
             r = best[mode]
-            name = f"{r['dims']}D {'slice-wise' if r['dims'] == 2 else 'sliding window'} {mode}"
+            name = f"{r['path']} {'slice-wise' if r['path'] == '2d' else 'sliding window'} {mode}"
             cuda = "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.0f}"
-            print(f"{name:<26}{r['seconds']:>9.2f}{r['network_s']:>11.2f}{r['outside_share']:>9.0%}"
+            print(f"{name:<30}{r['seconds']:>9.2f}{r['cpu_s']:>8.1f}{r['network_s']:>11.2f}{r['outside_share']:>9.0%}"
                   f"{r['peak_rss_mb']:>13.0f}{r['rss_over_start_mb']:>9.0f}{cuda:>9}")
         p, q = best["predictor"], best["plain"]
-        print(f"  {p['dims']}D end-to-end / plain sliding_window_inference: {p['seconds'] / q['seconds']:.2f}x "
-              f"(predictor timings {p['timings_s']})")
+        seen = f", network input {q['network_input']}" if PATHS[p["path"]] is not None else ""
+        print(f"  {p['path']} end-to-end / plain sliding_window_inference: {p['seconds'] / q['seconds']:.2f}x "
+              f"(CPU time {p['cpu_s'] / q['cpu_s']:.2f}x; predictor timings {p['timings_s']}{seen})")
     return 0
 
 
