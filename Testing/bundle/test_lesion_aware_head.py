@@ -105,9 +105,23 @@ def test_lesion_guidance_pools_with_the_true_mask_in_training_only() -> None:
     label[2, 0, 5:7, 5:7] = 2  # a second segment is lesion too; sample 2 carries no usable mask
     batch = {"image": torch.randn(3, 1, 8, 8), "label": label, "class": torch.tensor([0, 1, 2]),
              "has_seg": torch.tensor([1.0, 1.0, 0.0]), "has_cls": torch.ones(3)}
-    image, targets, args, kwargs = prepare_guided_batch(batch, "cpu")
+    image, targets, args, kwargs = prepare_guided_batch(batch, "cpu", rate=1.0)
     ref_image, ref_targets = prepare_batch(batch, "cpu")
     torch.testing.assert_close(image, ref_image)
     assert args == () and sorted(kwargs) == ["lesion"] and kwargs["lesion"].shape == (3, 1, 8, 8)
     assert kwargs["lesion"][0].sum() == 4 and kwargs["lesion"][1].sum() == 0 and kwargs["lesion"][2].sum() == 0
     assert all(torch.equal(targets[k], ref_targets[k]) for k in ref_targets)
+
+
+def test_lesion_guidance_rate_guides_that_share_of_the_samples() -> None:
+    from scripts.training import prepare_guided_batch
+
+    label = torch.ones(400, 1, 2, 2, dtype=torch.long)
+    batch = {"image": torch.zeros(400, 1, 2, 2), "label": label, "class": torch.zeros(400, dtype=torch.long),
+             "has_seg": torch.ones(400), "has_cls": torch.ones(400)}
+    torch.manual_seed(0)
+    guided = prepare_guided_batch(batch, "cpu", rate=0.5)[3]["lesion"].flatten(1).amax(1)
+    assert set(guided.tolist()) == {0.0, 1.0} and 0.4 < guided.mean().item() < 0.6
+    assert prepare_guided_batch(batch, "cpu", rate=0.0)[3]["lesion"].sum() == 0
+    with pytest.raises(ValueError, match="guidance rate"):
+        prepare_guided_batch(batch, "cpu", rate=1.5)

@@ -52,16 +52,24 @@ def prepare_batch(batchdata: dict[str, Any], device: str | torch.device | None =
 
 
 def prepare_guided_batch(batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
-                         **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple, dict[str, torch.Tensor]]:
+                         rate: float = 0.5, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple, dict[str, torch.Tensor]]:
     """:func:`prepare_batch` for training with lesion guidance: also hands the network the ground-truth
-    lesion mask ``(B, 1, *spatial)`` float (any non-background segment; all zero for a sample without a
-    mask) as ``network(image, lesion=mask)`` -- MONAI's ``SupervisedTrainer`` passes a 4-tuple's
-    ``kwargs`` through its inferer to the network. The lesion-aware head pools with it
-    (:class:`scripts.networks.LesionAwareHead`); validation and inference use :func:`prepare_batch`.
+    lesion mask ``(B, 1, *spatial)`` float (any non-background segment) as ``network(image, lesion=mask)``
+    -- MONAI's ``SupervisedTrainer`` passes a 4-tuple's ``kwargs`` through its inferer to the network.
+    The lesion-aware head pools with it (:class:`scripts.networks.LesionAwareHead`); validation and
+    inference use :func:`prepare_batch`.
+
+    Only a random share ``rate`` of the samples is guided (scheduled sampling); the others -- and every
+    sample without a mask -- get an all-zero mask, so the head also learns to diagnose from the
+    segmentation's own lesion, as at inference. (Guiding every sample made the head rely on the true
+    mask: while the segmentation still found nothing, validation got one class for every image.)
     """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"the lesion guidance rate must be in [0, 1], got {rate}")
     image, targets = prepare_batch(batchdata, device, non_blocking, **kwargs)
     seg, has_seg = targets[Task.SEG.value], targets[Keys.HAS_SEG.value]
-    lesion = (seg > 0).to(image.dtype) * has_seg.reshape(-1, *([1] * (seg.dim() - 1))).to(image.dtype)
+    guided = has_seg * (torch.rand(has_seg.shape, device=has_seg.device) < rate).to(has_seg.dtype)
+    lesion = (seg > 0).to(image.dtype) * guided.reshape(-1, *([1] * (seg.dim() - 1))).to(image.dtype)
     return image, targets, (), {"lesion": lesion}
 
 
