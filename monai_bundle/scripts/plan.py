@@ -40,7 +40,7 @@ from scripts.atomic import write_json_atomic
 logger = logging.getLogger(__name__)
 
 #: bump when a decision rule or the fingerprint changes: older plans are recomputed
-PLAN_VERSION = 2
+PLAN_VERSION = 3
 PLAN_FILE = "plan.json"
 
 # --- 2D input size -------------------------------------------------------------------------------
@@ -70,7 +70,7 @@ PATCH_VOXELS = {"cpu": 64 * 64 * 32, "cuda": 128 * 128 * 128}
 MIN_BOTTLENECK = 4
 MIN_LEVELS, MAX_LEVELS = 2, 7
 #: width of the first level per (spatial_dims, device type); doubled per level up to MAX_WIDTH
-BASE_WIDTH = {(2, "cpu"): 8, (2, "cuda"): 32, (3, "cpu"): 16, (3, "cuda"): 32}
+BASE_WIDTH = {(2, "cpu"): 8, (2, "cuda"): 32, (3, "cpu"): 8, (3, "cuda"): 32}
 MAX_WIDTH = {2: 512, 3: 320}
 
 # --- batch size ------------------------------------------------------------------------------------
