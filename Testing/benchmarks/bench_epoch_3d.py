@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "monai_bundle"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_worker import run_json_worker  # noqa: E402
 CONFIGS = [str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "train_3d.json")]
 DATA_VERSION = 1
 CLASSES = ["HGG", "LGG"]
@@ -258,10 +259,7 @@ def spawn(variant: str, datalist: Path, work: Path, epochs: int, threads: int = 
     cmd = [sys.executable, __file__, "--worker", variant, "--datalist", str(datalist), "--work", str(work),
            "--epochs", str(epochs), "--threads", str(threads),
            *([] if val_overlap is None else ["--val-overlap", str(val_overlap)])]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{variant} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json_worker(cmd, env, variant)
 
 
 def main(argv: list[str] | None = None) -> int:

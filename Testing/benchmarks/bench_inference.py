@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,8 @@ import torch
 
 BUNDLE = Path(__file__).resolve().parents[2] / "monai_bundle"
 sys.path.insert(0, str(BUNDLE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_worker import run_json_worker  # noqa: E402
 WIDTHS = {2: [16, 32, 64, 128, 256], 3: [4, 8, 16, 32]}  # 2D: the default card's widths; 3D: small for CPU
 SPATIAL_2D = [128, 128]  # the default card's 2D input size
 SW_BATCH, OVERLAP = 4, 0.25
@@ -174,10 +175,7 @@ def spawn(mode: str, path: str, nifti: Path, out_dir: Path, device: str, roi3d: 
     env = dict(os.environ, PYTHONPATH=str(BUNDLE))
     cmd = [sys.executable, __file__, "--worker", mode, "--path", path, "--nifti", str(nifti), "--out", str(out_dir),
            "--device", device, "--roi3d", str(roi3d)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker {mode} {path} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json_worker(cmd, env, f"worker {mode} {path}", tail=3000)
 
 
 def main(argv: list[str] | None = None) -> int:
