@@ -28,6 +28,16 @@ from scripts.datasets.common import NoiseField, PlaneWaves, log_uniform, smooths
 
 GLIOMA, MENINGIOMA, NO_TUMOR, PITUITARY = range(4)  # the BRISC class order
 
+#: radius ranges (mm, log-uniform). Tumours in labelled clinical sets are the ones large enough to
+#: be imaged and outlined: gliomas mostly 2-7 cm across, meningiomas 1.5-6 cm, macroadenomas 1.4-4 cm
+#: (version 1 drew 6-32 / 6-30 / 6-20 mm: a median tumour 0.4-0.9 % of the image, smaller than
+#: BRISC's, so a set too hard to steer a recipe by)
+GLIOMA_RADIUS_MM = (10.0, 35.0)
+MENINGIOMA_RADIUS_MM = (8.0, 30.0)
+MACROADENOMA_RADIUS_MM = (7.0, 20.0)
+#: share of pituitary adenomas that are microadenomas (2.5-5 mm, inside the gland)
+MICROADENOMA_SHARE = 0.15
+
 
 @dataclass
 class Lesion:
@@ -87,7 +97,7 @@ def _base(rng: np.random.Generator, kind: int, centre: np.ndarray, radius: float
 
 
 def _glioma(rng: np.random.Generator, atlas: Atlas, c: Contrast) -> Lesion:
-    radius = log_uniform(rng, 6.0, 32.0)
+    radius = log_uniform(rng, *GLIOMA_RADIUS_MM)
     deep = atlas.wm_depth >= min(0.75 * radius, 32.0)
     sites = atlas.wm_sites[deep] if deep.any() else atlas.wm_sites[[int(np.argmax(atlas.wm_depth))]]
     centre = sites[rng.integers(len(sites))] + rng.uniform(-1, 1, 3)
@@ -129,7 +139,7 @@ def _meningioma_site(rng: np.random.Generator, atlas: Atlas, radius: float) -> t
 
 
 def _meningioma(rng: np.random.Generator, atlas: Atlas, c: Contrast) -> Lesion:
-    radius = log_uniform(rng, 6.0, 30.0)
+    radius = log_uniform(rng, *MENINGIOMA_RADIUS_MM)
     centre, normal, falx = _meningioma_site(rng, atlas, radius)
     base = _base(rng, MENINGIOMA, centre, radius, rng.uniform(0.02, 0.14), rng.uniform(0.85, 1.15, 3))
     level = rng.uniform(0.68, 1.0) if c.t1c else c.gm * rng.uniform(0.85, 1.08)
@@ -144,14 +154,14 @@ def _meningioma(rng: np.random.Generator, atlas: Atlas, c: Contrast) -> Lesion:
 
 
 def _pituitary(rng: np.random.Generator, c: Contrast) -> Lesion:
-    if rng.random() < 0.3:  # microadenoma inside the gland, less enhancing than the gland around it
+    if rng.random() < MICROADENOMA_SHARE:  # microadenoma inside the gland, less enhancing than the gland around it
         radius = rng.uniform(2.5, 5.0)
         side = rng.choice([-1, 1])
         centre = SELLA + np.float32([side * rng.uniform(0.5, 3.0), rng.uniform(-1, 1), rng.uniform(-1, 1)])
         base = _base(rng, PITUITARY, centre, radius, rng.uniform(0.02, 0.08), rng.uniform(0.85, 1.15, 3))
         return Lesion(**base, level=c.gland * rng.uniform(0.45, 0.8), heterogeneity=rng.uniform(0.02, 0.1),
                       push=radius * 0.3)
-    radius = log_uniform(rng, 6.0, 20.0)
+    radius = log_uniform(rng, *MACROADENOMA_RADIUS_MM)
     centre = SELLA + np.float32([rng.uniform(-2, 2), rng.uniform(-2, 2), 0.45 * radius])  # up out of the sella
     axes = [rng.uniform(0.8, 1.1), rng.uniform(0.8, 1.1), rng.uniform(1.0, 1.5)]
     base = _base(rng, PITUITARY, centre, radius, rng.uniform(0.03, 0.12), axes)

@@ -39,7 +39,7 @@ PROPORTIONS = {"train": {"glioma": 1147, "meningioma": 1329, "no_tumor": 1067, "
                "test": {"glioma": 254, "meningioma": 306, "no_tumor": 140, "pituitary": 300}}
 PLANE_SHARES = {"ax": 0.4, "co": 0.3, "sa": 0.3}
 SLICES_PER_PATIENT = (2, 6)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: larger tumours, slices nearer their centre
 DEFAULTS = {"n_train": 1200, "n_test": 300, "size": 512}
 
 

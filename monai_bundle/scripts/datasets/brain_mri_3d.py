@@ -39,7 +39,7 @@ OBLIQUE_DEG = (14.0, -9.0, 6.0)  # rotations about x, y, z of the oblique storin
 SPACINGS = {"iso": (1.0, 1.0, 1.0), "thick": (0.9, 0.9, 3.0)}  # times the base spacing
 #: the physical box (mm, patient x, y, z) a volume covers, centred on the head
 EXTENT_MM = (180.0, 226.0, 196.0)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: larger tumours
 DEFAULTS = {"n": 24, "base_mm": 2.0}
 
 

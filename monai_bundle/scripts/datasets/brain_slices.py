@@ -23,6 +23,9 @@ from scripts.datasets.common import to_uint8
 NO_TUMOR_SELLA_SHARE = 0.25
 #: template-space range of random slice positions of no-tumour patients, per plane (along its normal)
 _RANDOM_RANGE = {"ax": (2, -45.0, 72.0), "co": (1, -95.0, 55.0), "sa": (0, -62.0, 62.0)}
+#: how far a tumour slice may sit from the tumour's centre, in half-widths: readers and annotators
+#: pick the slices that show the tumour best (version 1: 0.55, many slices grazed the tumour's edge)
+SLICE_SHIFT = 0.35
 _MIN_MASK_PIXELS = 12  # a tumour slice shows at least this much tumour at the acquisition matrix
 
 
@@ -61,7 +64,7 @@ def render_slice(rng: np.random.Generator, p: BrainPatient, atlas: Atlas, plane:
     n = int(rng.integers(112, 161)) * 2
     fov = float(rng.uniform(200.0, 250.0))
     frame = to_patient(p, HEAD_CENTRE) + rng.uniform(-12, 12, 3).astype(np.float32)
-    shift = float(rng.uniform(-0.55, 0.55)) * half
+    shift = float(rng.uniform(-SLICE_SHIFT, SLICE_SHIFT)) * half
     for attempt in range(4):
         offset = float(np.dot(target - frame, normal)) + shift * (0.5 ** attempt if attempt < 3 else 0.0)
         points = plane_points(frame + normal * offset, plane, fov, n, tilt)
