@@ -22,10 +22,11 @@ $(STAMP): requirements.txt
 setup: $(STAMP)
 
 # Debian packages the tests need: chromium drives the web demo's browser test (playwright never
-# downloads a browser), cmake + a compiler configure the Slicer extension's CMake files
-SYSTEM_PACKAGES := chromium cmake g++
+# downloads a browser), cmake + a compiler configure the Slicer extension's CMake files, dicom3tools'
+# dciodvfy validates the DICOM SEG and SR the inference writes
+SYSTEM_PACKAGES := chromium cmake g++ dicom3tools
 system-deps:
-	@missing=""; for c in chromium cmake g++; do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	@missing=""; for c in chromium cmake g++ dciodvfy; do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); fi
 
 train: setup
