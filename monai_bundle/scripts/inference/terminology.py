@@ -1,12 +1,19 @@
-"""DICOM / SNOMED CT terminology and display colours of the segments a model card names.
+"""DICOM / SNOMED CT terminology: display colours and codes of the segments, codes of the classes.
 
 DICOM SEG needs a segmented property category and type for each segment; 3D Slicer reads the same
 codes from a ``.seg.nrrd`` ``TerminologyEntry`` tag. A segment name is matched by keyword; one we
 do not know is written as the generic "Tissue" so that the export still succeeds.
+
+The DICOM SR (:mod:`scripts.inference.dicom_sr`) codes the diagnosis with :func:`class_code`: a
+class name is matched by keyword to a SNOMED CT concept; one we do not know gets a code of the
+project's own scheme :data:`LOCAL_SCHEME` (value and meaning = the class name), which the SR
+declares, rather than a wrong SNOMED code.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 
 
@@ -38,6 +45,45 @@ _TERMS: tuple[tuple[tuple[str, ...], SegmentTerm], ...] = (
      SegmentTerm(MORPH_ALTERED, Code("108369006", "SCT", "Neoplasm"), (230, 40, 40))),
 )
 _FALLBACK_COLORS = ((60, 120, 255), (0, 200, 120), (200, 0, 200), (255, 140, 0))
+
+
+# Diagnosis classes: a word of the class name starting with a keyword -> SNOMED CT concept ("abnormal"
+# is not "normal"); first match wins, so "no tumor" is tested before any tumour word. Where each code
+# was checked: DICOM CIDs 222 and 6063 (17621005, 30807003, 21594007), the SNOMED CT International
+# release notes (302820008 Intracranial meningioma), the HPO / Mondo cross-references (254956000),
+# public SNOMED mappings of brain MRI findings (393564001 Glioma). 393563007 is Glioblastoma
+# multiforme, not glioma.
+NORMAL = Code("17621005", "SCT", "Normal")
+_CLASS_CODES: tuple[tuple[tuple[str, ...], Code], ...] = (
+    (("no_tumor", "no_tumour", "notumor", "normal", "healthy"), NORMAL),
+    (("glioma",), Code("393564001", "SCT", "Glioma")),
+    (("mening",), Code("302820008", "SCT", "Intracranial meningioma")),
+    (("pituitar",), Code("254956000", "SCT", "Pituitary adenoma")),
+    (("malignan",), Code("21594007", "SCT", "Malignant")),
+    (("benign",), Code("30807003", "SCT", "Benign")),
+)
+#: coding scheme of the classes without a SNOMED CT concept (a private DICOM scheme: "99" prefix)
+LOCAL_SCHEME = "99MTUNET"
+_CODE_VALUE_MAX = 16  # DICOM Code Value is SH: 16 characters at most
+
+
+def class_code(name: str) -> Code:
+    """SNOMED CT concept of diagnosis class ``name``; a :data:`LOCAL_SCHEME` code if none fits.
+
+    Raises:
+        ValueError: ``name`` is empty.
+    """
+    if not name.strip():
+        raise ValueError("class name must not be empty")
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    joined = "_".join(words)  # "No Tumor" -> "no_tumor"
+    for keywords, code in _CLASS_CODES:
+        if any(("_" in k and k in joined) or any(w.startswith(k) for w in words) for k in keywords):
+            return code
+    value = "".join(c if c.isascii() and c.isalnum() else "_" for c in name.strip())
+    if len(value) > _CODE_VALUE_MAX:  # a digest keeps two long names that share a start apart
+        value = value[:_CODE_VALUE_MAX - 5] + "_" + hashlib.sha256(name.strip().encode()).hexdigest()[:4]
+    return Code(value, LOCAL_SCHEME, name.strip())
 
 
 def segment_term(name: str, value: int) -> SegmentTerm:
