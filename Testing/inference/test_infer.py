@@ -89,6 +89,13 @@ def test_dicom_seg_reread_with_highdicom_and_pydicom_matches_the_label(brain_ser
         rebuilt[uids.index(source_uid)] |= frame.astype(label.dtype)
     np.testing.assert_array_equal(rebuilt, label)
     assert raw.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"
+    # --format dicom-seg writes the diagnosis as a DICOM SR beside the SEG; the result JSON lists it
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == [
+        "brain_overlay.png", "brain_result.json", "brain_seg.dcm", "brain_sr.dcm"]
+    result = json.loads((tmp_path / "seg" / "brain_result.json").read_text())
+    assert result["outputs"]["sr"] == str(tmp_path / "seg" / "brain_sr.dcm")
+    sr = hd.sr.srread(tmp_path / "seg" / "brain_sr.dcm")
+    assert sr.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == raw.StudyInstanceUID
 
 
 def test_real_ct_series_and_png(bundle2d, tmp_path, capsys):

@@ -88,6 +88,7 @@ def test_dicom_seg_output_of_a_real_ct(predictor2d, tmp_path):
     pred = predictor2d.predict(CT_SERIES, output_dir=tmp_path / "out", seg_format="dicom-seg")
     assert pred.paths["segmentation"].name == "CT5N_seg.dcm" and pred.label.shape == (16, 16, 5)
     assert pred.result["segmentation"]["format"] == "dicom-seg"
+    assert pred.paths["sr"].name == "CT5N_sr.dcm" and pred.result["outputs"]["sr"] == str(pred.paths["sr"])
 
 
 def test_3d_model_sliding_window_equals_the_threshold(predictor3d, tmp_path):

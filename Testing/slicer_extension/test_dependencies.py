@@ -93,19 +93,20 @@ def test_worker_error_advice_only_for_environment_problems():
 def test_real_bundle_requirements_cover_what_the_worker_imports(bundle_root, repo_root):
     """Every third-party module the inference code imports is either planned for pip or torch.
 
-    ``dicom_seg.py`` (highdicom) is left out: it is imported only for ``--format dicom-seg``, which the
-    Slicer module never asks for (it runs the worker with the default NIfTI output).
+    ``dicom_seg.py`` and ``dicom_sr.py`` (highdicom) are left out: they are imported only for ``--format
+    dicom-seg``, which the Slicer module never asks for (it runs the worker with the default NIfTI output).
     """
     import ast
 
     predictor = ast.parse((bundle_root / "scripts" / "inference" / "predictor.py").read_text(encoding="utf-8"))
     top_level = {n.module for n in predictor.body if isinstance(n, ast.ImportFrom)}
-    assert "scripts.inference.dicom_seg" not in top_level  # imported lazily, only when writing DICOM SEG
+    assert not top_level & {"scripts.inference.dicom_seg", "scripts.inference.dicom_sr"}  # lazily, for DICOM SEG
     module = (repo_root / "MultiTaskUNet" / "MultiTaskUNet.py").read_text(encoding="utf-8")
     assert "seg_format" not in module and "dicom-seg\"" not in module.split("def startJob")[1].split("def ")[0]
     reqs = {import_name(n) for n in bundle_requirements(bundle_root)}
+    dicom_out = ("dicom_seg.py", "dicom_sr.py")
     files = [bundle_root / "scripts" / "infer.py",
-             *sorted(f for f in (bundle_root / "scripts" / "inference").glob("*.py") if f.name != "dicom_seg.py")]
+             *sorted(f for f in (bundle_root / "scripts" / "inference").glob("*.py") if f.name not in dicom_out)]
     imported = set()
     for f in files:
         for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):

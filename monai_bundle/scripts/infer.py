@@ -8,7 +8,8 @@ An INPUT is an image file (PNG/JPG, NIfTI, NRRD/MHA, DICOM), a DICOM series fold
 DICOM series, or a folder of studies (searched for image files, zips and DICOM folders). Per study,
 in ``--out``: the label map ``<name>_seg.png`` (PNG/JPG input, on the image's pixel grid: 0/255 for
 one segment, else the segment values) or ``<name>_seg.nii.gz`` (other input; ``--format`` picks
-``.seg.nrrd``, DICOM SEG ``.dcm`` or NIfTI for any input), ``<name>_result.json``, ``<name>_overlay.png``.
+``.seg.nrrd``, DICOM SEG ``.dcm`` or NIfTI for any input), ``<name>_result.json``, ``<name>_overlay.png``;
+with DICOM SEG also ``<name>_sr.dcm``, the diagnosis and tumour volume as a DICOM SR (TID 1500).
 With ``--progress`` stdout carries ``PROGRESS <0-100> <stage>`` lines and one
 ``RESULT <result json>`` line per study. Exit code 0 when every study succeeded, 1 otherwise; the
 last line on stderr is then ``ERROR <message>``. All work is done by
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--card", type=Path, help="model card (default: BUNDLE/models/model_card.json)")
     ap.add_argument("--format", dest="seg_format", choices=[AUTO_FORMAT] + sorted(SEG_SUFFIXES), default=AUTO_FORMAT,
                     help="segmentation file format: auto = a PNG mask for PNG/JPG input, NIfTI otherwise "
-                         "(png needs PNG/JPG input, dicom-seg DICOM input)")
+                         "(png needs PNG/JPG input, dicom-seg DICOM input; dicom-seg also writes the diagnosis "
+                         "as a DICOM SR)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--series-uid", help="SeriesInstanceUID to read from a DICOM folder with several series")
     ap.add_argument("--axis", type=int, choices=(0, 1, 2), help="slice axis of a 2D model on a volume")

@@ -307,6 +307,9 @@ class Predictor:
         names = {"segmentation": stem + SEG_SUFFIXES[seg_format], "result": f"{stem}_result.json"}
         if overlay:
             names["overlay"] = f"{stem}_overlay.png"
+        if seg_format == "dicom-seg":  # the diagnosis as a DICOM SR (TID 1500) beside the SEG
+            names["sr"] = f"{stem}_sr.dcm"
+        result["outputs"] = {key: str(folder / names[key]) for key in ("sr", "overlay") if key in names}
         result["segmentation"]["path"] = str(folder / names["segmentation"])
         result["segmentation"]["format"] = seg_format
         with OutputSet(folder) as out:
@@ -319,9 +322,11 @@ class Predictor:
                 write_seg_nrrd(label, study.geometry, study.raster, self.card["segments"], seg_tmp)
             else:
                 from scripts.inference.dicom_seg import write_dicom_seg
+                from scripts.inference.dicom_sr import write_dicom_sr
 
                 write_dicom_seg(label, study.dicom, self.card["segments"], result["model"]["name"],
                                 result["model"]["version"], seg_tmp, study.path)
+                write_dicom_sr(result, seg_tmp, study.dicom, out.temp(names["sr"]))
             if overlay:
                 shown, shown_label, shown_axis = _overlay_input(study.image, label, view)
                 write_overlay(shown, shown_label, study.raster, shown_axis, self.card["segments"],
