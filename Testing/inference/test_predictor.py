@@ -43,7 +43,9 @@ def test_png_result_json_and_files(predictor2d, bundle2d, tmp_path):
     np.testing.assert_array_equal(pred.label, expected)
     assert pred.image.shape == (1, 32, 32)
     r = pred.result
-    assert list(r) == ["input", "diagnosis", "segmentation", "model", "device", "tta", "timings_s", "warnings"]
+    assert list(r) == ["input", "diagnosis", "segmentation", "model", "device", "tta", "timings_s", "warnings",
+                       "outputs"]
+    assert r["outputs"] == {"overlay": str(tmp_path / "out" / "scan_overlay.png")}  # no SR: not DICOM SEG
     assert set(r["diagnosis"]) == {"label", "index", "probabilities", "calibrated"}
     assert r["tta"] is False and r["diagnosis"]["calibrated"] is False  # the tiny card has no temperature
     assert r["diagnosis"]["index"] == ["glioma", "meningioma", "no_tumor", "pituitary"].index(r["diagnosis"]["label"])
