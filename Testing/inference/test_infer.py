@@ -105,10 +105,12 @@ def test_real_ct_series_and_png(bundle2d, tmp_path, capsys):
                           "--format", "seg.nrrd", "--no-overlay")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "CT5N_result.json", "CT5N_seg.seg.nrrd", "us_result.json", "us_seg.seg.nrrd"]
+        "CT5N_result.json", "CT5N_seg.seg.nrrd", "us_result.json", "us_seg.seg.nrrd", "worklist.csv"]
     table = out.strip().splitlines()
-    assert table[0].split() == ["study", "status", "diagnosis", "p", "tumor", "seconds"]
+    assert table[0].split() == ["study", "status", "diagnosis", "p", "tumor", "priority", "seconds"]
     assert table[1].startswith("CT5N") and " mL " in table[1] and table[2].startswith("us.png") and " px " in table[2]
+    worklist = tmp_path / "out" / "worklist.csv"
+    assert table[-2].startswith("review first: ") and table[-2].endswith(f"; all ranked in {worklist}")
     assert table[-1] == "2 of 2 studies done"
     ct = sitk.ReadImage(str(tmp_path / "out" / "CT5N_seg.seg.nrrd"))
     assert ct.GetSize() == (16, 16, 5) and ct.GetOrigin() == pytest.approx((-72.199997, -143.0, -1.2375), abs=1e-4)

@@ -92,7 +92,7 @@ def test_cli_default_is_png_for_images_and_nifti_for_volumes(bundle2d, tmp_path,
     sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(mni_volume(3).T)), str(vol))
     assert main([str(src), str(vol), "--out", str(tmp_path / "out"), "--bundle", str(bundle2d), "--no-overlay"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "brain_result.json", "brain_seg.nii.gz", "lesion_result.json", "lesion_seg.png"]
+        "brain_result.json", "brain_seg.nii.gz", "lesion_result.json", "lesion_seg.png", "worklist.csv"]
     stored = np.asarray(Image.open(tmp_path / "out" / "lesion_seg.png"))
     assert stored.shape == img.shape and dice(stored > 0, _expected(img)) > 0.9
     assert main([str(src), "--out", str(tmp_path / "nii"), "--bundle", str(bundle2d), "--format", "nifti"]) == 0

@@ -44,9 +44,10 @@ def test_png_result_json_and_files(predictor2d, bundle2d, tmp_path):
     assert pred.image.shape == (1, 32, 32)
     r = pred.result
     assert list(r) == ["input", "diagnosis", "segmentation", "model", "device", "tta", "timings_s", "warnings",
-                       "outputs"]
+                       "review_priority", "outputs"]
     assert r["outputs"] == {"overlay": str(tmp_path / "out" / "scan_overlay.png")}  # no SR: not DICOM SEG
-    assert set(r["diagnosis"]) == {"label", "index", "probabilities", "calibrated"}
+    assert set(r["diagnosis"]) == {"label", "index", "probabilities", "calibrated", "uncertainty"}
+    assert 0 <= r["diagnosis"]["uncertainty"] <= r["review_priority"] <= 1
     assert r["tta"] is False and r["diagnosis"]["calibrated"] is False  # the tiny card has no temperature
     assert r["diagnosis"]["index"] == ["glioma", "meningioma", "no_tumor", "pituitary"].index(r["diagnosis"]["label"])
     assert sum(r["diagnosis"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)

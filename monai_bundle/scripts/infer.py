@@ -9,7 +9,9 @@ DICOM series, or a folder of studies (searched for image files, zips and DICOM f
 in ``--out``: the label map ``<name>_seg.png`` (PNG/JPG input, on the image's pixel grid: 0/255 for
 one segment, else the segment values) or ``<name>_seg.nii.gz`` (other input; ``--format`` picks
 ``.seg.nrrd``, DICOM SEG ``.dcm`` or NIfTI for any input), ``<name>_result.json``, ``<name>_overlay.png``;
-with DICOM SEG also ``<name>_sr.dcm``, the diagnosis and tumour volume as a DICOM SR (TID 1500).
+with DICOM SEG also ``<name>_sr.dcm``, the diagnosis and tumour volume as a DICOM SR (TID 1500). With
+several studies, ``worklist.csv`` ranks them by review priority (:mod:`scripts.inference.worklist`)
+and the summary table names the ones to review first.
 With ``--progress`` stdout carries ``PROGRESS <0-100> <stage>`` lines and one
 ``RESULT <result json>`` line per study. Exit code 0 when every study succeeded, 1 otherwise; the
 last line on stderr is then ``ERROR <message>``. All work is done by
@@ -30,6 +32,9 @@ if __package__ in (None, ""):  # run as a file (python monai_bundle/scripts/infe
 import scripts  # noqa: E402
 from scripts.inference import SEG_SUFFIXES, BatchRunner, InputError, Outcome, Predictor  # noqa: E402
 from scripts.inference.predictor import AUTO_FORMAT  # noqa: E402
+from scripts.inference.worklist import write_worklist  # noqa: E402
+
+REVIEW_FIRST = 3  # studies the summary names to review first
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,20 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def summary_table(outcomes: list[Outcome]) -> str:
-    """One line per study: name, status, diagnosis (probability), tumor volume, seconds."""
-    rows = [("study", "status", "diagnosis", "p", "tumor", "seconds")]
+def summary_table(outcomes: list[Outcome], worklist: Path | None = None) -> str:
+    """One line per study: name, status, diagnosis (probability), tumor volume, review priority, seconds;
+    then the studies to review first (the top of ``worklist``)."""
+    rows = [("study", "status", "diagnosis", "p", "tumor", "priority", "seconds")]
     for o in outcomes:
         if o.ok:
             diag, segs = o.result["diagnosis"], o.result["segmentation"]["segments"]
             ml = [s["volume_ml"] for s in segs if s["volume_ml"] is not None]
             tumor = f"{sum(ml):.2f} mL" if ml else f"{sum(s['voxels'] for s in segs)} px"
             rows.append((o.input.name, "ok", diag["label"], f"{diag['probabilities'][diag['label']]:.2f}", tumor,
-                         f"{o.seconds:.1f}"))
+                         f"{o.result['review_priority']:.2f}", f"{o.seconds:.1f}"))
         else:
-            rows.append((o.input.name, "FAILED", "-", "-", "-", f"{o.seconds:.1f}"))
+            rows.append((o.input.name, "FAILED", "-", "-", "-", "-", f"{o.seconds:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    ranked = sorted((o for o in outcomes if o.ok),  # the worklist's order
+                    key=lambda o: (-o.result["review_priority"], -o.result["diagnosis"]["uncertainty"]))[:REVIEW_FIRST]
+    if ranked:
+        first = ", ".join(f"{o.input.name} ({o.result['review_priority']:.2f})" for o in ranked)
+        lines.append(f"review first: {first}" + (f"; all ranked in {worklist}" if worklist else ""))
     done = sum(o.ok for o in outcomes)
     return "\n".join(lines + [f"{done} of {len(outcomes)} studies done"])
 
@@ -101,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
 
     outcomes = runner.run(progress, on_outcome)
     bar.close()
+    worklist = write_worklist(outcomes, args.out, predictor.card.get("no_tumor_class")) if n > 1 else None
     if n > 1 and not args.progress:
-        print(summary_table(outcomes))
+        print(summary_table(outcomes, worklist))
     errors = [o.error for o in outcomes if not o.ok]
     for error in errors:
         print(f"ERROR {error}", file=sys.stderr)

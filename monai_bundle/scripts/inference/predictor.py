@@ -38,6 +38,7 @@ from scripts.inference import engine
 from scripts.inference.errors import InputError
 from scripts.inference.orientation import DisplayView, display_view
 from scripts.inference.readers import Study, read_study
+from scripts.inference.worklist import annotate
 from scripts.inference.writers import (OutputSet, check_output_dir, write_json, write_nifti, write_overlay,
                                       write_png_mask, write_seg_nrrd)
 from scripts.inferers import FlipTTA, MultiTaskSlidingWindowInferer
@@ -207,7 +208,7 @@ class Predictor:
         report(10, "infer")
         label, logits, view, device, warnings = self._infer(study, image, axis, report)
         t2 = time.perf_counter()
-        result = self._result(study, label, logits, device, warnings)
+        result = annotate(self._result(study, label, logits, device, warnings), self.card.get("no_tumor_class"))
         result["timings_s"] = {"load": round(t1 - t0, 3), "infer": round(t2 - t1, 3), "write": 0.0}
         paths: dict[str, Path] = {}
         if output_dir is not None:
