@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 
@@ -199,3 +200,52 @@ def test_unknown_class_gets_a_declared_local_code(ct_seg):
 @pytest.mark.parametrize("text, name", [("Jane Doe", "Jane Doe^"), ("Doe^Jane", "Doe^Jane"), ("  rad  ", "rad^")])
 def test_person_name(text, name):
     assert person_name(text) == name
+
+
+def _request(ct_seg, tmp_path, **changes) -> dict:
+    _, seg_path = ct_seg
+    request = {"result": _ct_result(), "seg": str(seg_path), "sources": [],
+               "out": str(tmp_path / "out" / "ct_sr.dcm"),
+               "review": {"decision": "rejected", "reviewer": "Dr B", "original_diagnosis": "glioma",
+                          "final_diagnosis": "pituitary"}}
+    request.update(changes)
+    return request
+
+
+def _source_files(ct_seg) -> list[str]:
+    """The CT series' files in the order of the study's instances."""
+    by_uid = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: str(p) for p in CT_SERIES.iterdir()}
+    return [by_uid[ds.SOPInstanceUID] for ds in ct_seg[0]]
+
+
+def test_main_writes_the_sr_a_request_describes(ct_seg, tmp_path, capsys):
+    """How the Slicer module writes the SR: a request file, the bundle's entry run out of process."""
+    from scripts.inference.dicom_sr import main
+
+    request = _request(ct_seg, tmp_path, sources=_source_files(ct_seg))
+    (tmp_path / "request.json").write_text(json.dumps(request), encoding="utf-8")
+    assert main([str(tmp_path / "request.json")]) == 0
+    assert capsys.readouterr().out.strip() == f"RESULT {request['out']}"
+    _, report = _report(request["out"])
+    evaluations = _evaluations(report.get_image_measurement_groups()[0])
+    assert evaluations[REVIEW_DECISION.meaning].value == "rejected"
+    assert evaluations[REVIEWER_DIAGNOSIS.meaning].value == class_code("pituitary").value
+    assert errors(dciodvfy(request["out"])) == []
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"sources": ["/nonexistent/1.dcm"]}, r"/nonexistent/1.dcm: not a readable DICOM source instance"),
+    ({"seg": None}, r"DICOM SR request lacks \['seg'\]"),
+    ({"review": {"decision": "maybe", "reviewer": "Dr B"}}, "review decision must be one of"),
+])
+def test_main_reports_a_bad_request_on_one_error_line(ct_seg, tmp_path, capsys, change, match):
+    from scripts.inference.dicom_sr import main
+
+    request = _request(ct_seg, tmp_path, sources=_source_files(ct_seg))
+    request.update(change)
+    request = {k: v for k, v in request.items() if v is not None}
+    (tmp_path / "request.json").write_text(json.dumps(request), encoding="utf-8")
+    assert main([str(tmp_path / "request.json")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("ERROR ") and re.search(match, line), line
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

@@ -20,11 +20,17 @@ One Comprehensive 3D SR per study, in the source study, holding:
 
 An unreviewed report is PRELIMINARY (a model's answer); a reviewed one FINAL. Both are left
 UNVERIFIED: verification is a legal attestation a site does in its own reporting system.
+
+Run as ``python -m scripts.inference.dicom_sr REQUEST.json`` it writes one report from a request
+(:func:`main`): how the 3D Slicer module writes the SR of a reviewed study out of process, with the
+bundle's code, beside the DICOM SEG that Slicer exported.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +40,7 @@ import highdicom as hd
 import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code as PydicomCode
 from pydicom.uid import generate_uid
@@ -228,3 +235,57 @@ def write_dicom_sr(result: Mapping[str, Any], seg_path: str | os.PathLike, sourc
     with atomic_path(path, suffix=".dcm") as tmp:
         report.save_as(tmp)
     return Path(path)
+
+
+#: keys of a request to :func:`main`
+REQUEST_KEYS = ("result", "seg", "sources", "out")
+
+
+def write_from_request(request: Mapping[str, Any]) -> Path:
+    """Write the report a request describes (see :func:`main`).
+
+    Raises:
+        ValueError: a key is missing, a source is not a DICOM file, or :func:`build_report` refuses.
+    """
+    missing = [k for k in REQUEST_KEYS if k not in request]
+    if missing:
+        raise ValueError(f"DICOM SR request lacks {missing}")
+    sources = []
+    for name in request["sources"]:
+        try:
+            sources.append(pydicom.dcmread(name, stop_before_pixels=True))
+        except (OSError, InvalidDicomError) as e:
+            raise ValueError(f"{name}: not a readable DICOM source instance ({e})") from e
+    record = request.get("review")
+    review = Review.from_record(record) if record else None
+    return write_dicom_sr(request["result"], request["seg"], sources, request["out"], review)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m scripts.inference.dicom_sr REQUEST.json``: write one SR.
+
+    The request is a JSON object: ``result`` (the study's result JSON, its segments numbered as in
+    the SEG), ``seg`` (the DICOM SEG file), ``sources`` (the source instances' files), ``out`` (the
+    SR file to write) and optionally ``review`` (the Slicer module's review record, as
+    :meth:`Review.from_record` reads it). Prints ``RESULT <path>``; on failure exits 1 with one
+    line ``ERROR <message>`` on stderr (the worker's progress protocol).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m scripts.inference.dicom_sr REQUEST.json", file=sys.stderr)
+        return 2
+    try:
+        with open(args[0], encoding="utf-8") as f:
+            request = json.load(f)
+        if not isinstance(request, dict):
+            raise ValueError(f"{args[0]}: a DICOM SR request must be a JSON object")
+        path = write_from_request(request)
+    except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        print(f"ERROR {e}", file=sys.stderr)
+        return 1
+    print(f"RESULT {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
