@@ -249,3 +249,21 @@ def test_main_reports_a_bad_request_on_one_error_line(ct_seg, tmp_path, capsys, 
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("ERROR ") and re.search(match, line), line
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def _rows(template) -> list[str]:
+    return [item.ConceptNameCodeSequence[0].CodeMeaning for item in template]
+
+
+def test_algorithm_identification_with_the_family_where_highdicom_has_it(monkeypatch):
+    """highdicom 0.28 writes TID 4019's family row; 3D Slicer 5.12 ships 0.27, whose template lacks it."""
+    from scripts.inference.dicom_sr import algorithm_identification
+
+    assert "Algorithm Family" in _rows(algorithm_identification("Tiny", "0.0.1"))
+
+    class WithoutFamily(hd.sr.AlgorithmIdentification):  # highdicom 0.27's signature
+        def __init__(self, name, version, parameters=None):
+            super().__init__(name, version, parameters)
+
+    monkeypatch.setattr(hd.sr, "AlgorithmIdentification", WithoutFamily)
+    assert _rows(algorithm_identification("Tiny", "0.0.1")) == ["Algorithm Name", "Algorithm Version"]

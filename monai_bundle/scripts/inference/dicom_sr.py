@@ -28,6 +28,7 @@ bundle's code, beside the DICOM SEG that Slicer exported.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -83,6 +84,15 @@ class Review:
         overridden = record.get("final_diagnosis") != record.get("original_diagnosis")
         return cls(str(record.get("decision", "pending")), str(record.get("reviewer", "")),
                    record.get("final_diagnosis") if overridden else None)
+
+
+def algorithm_identification(name: str, version: str) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 for the model: its name, version and, where highdicom has the row (0.28 and later),
+    the family "Artificial Intelligence". 3D Slicer 5.12 ships highdicom 0.27, whose template has no
+    family; the row is optional, so the module's SR there carries name and version only."""
+    if "family" in inspect.signature(hd.sr.AlgorithmIdentification).parameters:
+        return hd.sr.AlgorithmIdentification(name=name, version=version, family=codes.DCM.ArtificialIntelligence)
+    return hd.sr.AlgorithmIdentification(name=name, version=version)
 
 
 def _code(code: Code) -> PydicomCode:
@@ -203,8 +213,7 @@ def build_report(result: Mapping[str, Any], seg: Dataset, sources: Sequence[Data
     if review is not None:
         _check_review(review, classes)
     model = result["model"]
-    algorithm = hd.sr.AlgorithmIdentification(name=model["name"], version=model["version"],
-                                              family=codes.DCM.ArtificialIntelligence)
+    algorithm = algorithm_identification(model["name"], model["version"])
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(result, review), procedure_reported=codes.SCT.ImagingProcedure,
         imaging_measurements=[_diagnosis_group(result, sources, algorithm, review),
