@@ -20,6 +20,7 @@ from scripts.transforms import (
     PercentileNormalized,
     augmentations,
     map_mask_values,
+    normalize_intensity,
     train_transforms,
     val_transforms,
 )
@@ -225,6 +226,26 @@ def test_percentile_normalisation_dict_wrapper():
     assert out.dtype == torch.float32 and out.shape == image.shape
     for c in range(2):
         assert float(out[c].min()) == 0.0 and float(out[c].max()) == 1.0
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "flipped", "tensor"])
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float64])
+def test_percentile_normalisation_is_the_one_line_formula_in_any_memory_order(layout, dtype):
+    """Slab-wise float64 work gives the bits of ``clip((x - p0.5) / (p99.5 - p0.5), 0, 1)`` as NumPy
+    computes it for float32 x and float64 percentiles, whatever the layout; a constant channel is 0."""
+    rng = np.random.default_rng(7)
+    base = (rng.normal(100, 40, (3, 61, 47, 23)) * (1 if dtype != np.int16 else 10)).astype(dtype)
+    base[2] = 5  # constant
+    image = {"C": base, "F": np.moveaxis(np.asfortranarray(np.moveaxis(base, 0, -1)), -1, 0),
+             "flipped": np.ascontiguousarray(base[:, :, ::-1])[:, :, ::-1], "tensor": torch.from_numpy(base)}[layout]
+    out = normalize_intensity(image)
+    assert isinstance(out, torch.Tensor) == (layout == "tensor")
+    out = np.asarray(out)
+    for c in range(2):
+        x = base[c].astype(np.float32)
+        lo, hi = np.percentile(x, [0.5, 99.5])
+        np.testing.assert_array_equal(out[c], np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32))
+    assert out.dtype == np.float32 and not out[2].any()
 
 
 # ------------------------------------------------------------------ augmentation alignment

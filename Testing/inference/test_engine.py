@@ -115,6 +115,37 @@ def test_slices_resized_back_to_each_slice(net2d):
         assert dice(label[..., k], disc) > 0.95
 
 
+class _RecordingNetwork(torch.nn.Module):
+    """The network, remembering the strides of every batch it was given."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network, self.strides = network, []
+
+    def forward(self, x: torch.Tensor):
+        self.strides.append((x.stride(), torch.empty(x.shape).stride()))
+        return self.network(x)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "flipped"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_slices_do_not_depend_on_the_memory_order(layout, channels):
+    """A volume read in file order (Fortran-ordered, see readers) or through a flipped view gives the
+    label and logits of a C-ordered copy, a label in the input's own memory order, and batches in
+    PyTorch's default strides (a C = 1 slice view would otherwise reach the network as channels-last)."""
+    network = _RecordingNetwork(wire_threshold(build_network(tiny_card(2, in_channels=channels))).eval())
+    base = np.random.default_rng(3).random((channels, 32, 32, 7)).astype(np.float32)  # (C, X, Y, Z), C order
+    image = {"C": base, "F": np.moveaxis(np.asfortranarray(np.moveaxis(base, 0, -1)), -1, 0),  # as a NIfTI is read
+             "flipped": np.ascontiguousarray(base[:, ::-1])[:, ::-1]}[layout]  # negative strides along X
+    expected, expected_logits = engine.segment_slices(network, base, AXIAL, (32, 32), torch.device("cpu"), batch_size=3)
+    network.strides.clear()
+    label, logits = engine.segment_slices(network, image, AXIAL, (32, 32), torch.device("cpu"), batch_size=3)
+    np.testing.assert_array_equal(label, expected)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
+    assert label.flags.f_contiguous == (layout == "F") and all(s >= 0 for s in label.strides)
+    assert all(got == default for got, default in network.strides)
+
+
 def test_single_raster_image(net2d):
     image = np.zeros((1, 20, 30), np.float32)
     image[0, 5:12, 3:20] = 1.0

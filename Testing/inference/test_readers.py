@@ -55,6 +55,7 @@ def test_nifti_real_brain_keeps_voxels_and_geometry(tmp_path):
     study = read_study(tmp_path / "brain.nii.gz")
     assert study.name == "brain" and not study.raster and not study.four_d
     np.testing.assert_array_equal(study.image[0], vol)  # (X, Y, Z) = file index order
+    assert study.image[0].flags.f_contiguous  # and the file's memory order: nothing transposed on reading
     np.testing.assert_allclose(study.geometry.spacing, (2.0, 2.0, 2.5), atol=1e-5)
     np.testing.assert_allclose(study.geometry.origin, (-90.0, -126.0, -72.0), atol=1e-4)
     np.testing.assert_allclose(np.reshape(study.geometry.direction, (3, 3)), direction, atol=1e-5)

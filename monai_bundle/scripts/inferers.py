@@ -49,10 +49,12 @@ def label_map(logits: torch.Tensor) -> torch.Tensor:
     """
     best = logits[:, 0]
     label = torch.zeros(best.shape, dtype=torch.uint8, device=logits.device)
-    for s in range(1, logits.shape[1]):
+    last = logits.shape[1] - 1
+    for s in range(1, last + 1):
         better = logits[:, s] > best
         label.masked_fill_(better, s)
-        best = torch.where(better, logits[:, s], best)
+        if s < last:  # the running maximum is not needed after the last channel
+            best = torch.where(better, logits[:, s], best)
     return label
 
 

@@ -73,15 +73,36 @@ def normalize_intensity(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.
     Returns:
         float32 array/tensor of the same shape and type family.
     """
-    is_tensor = isinstance(image, torch.Tensor)
-    arr = image.detach().cpu().numpy() if is_tensor else np.asarray(image)
-    arr = arr.astype(np.float32, copy=False)
-    out = np.empty_like(arr, dtype=np.float32)
+    is_tensor, arr = _as_float_array(image)
+    out = np.empty_like(arr, dtype=np.float32)  # keeps the input's memory order
     for c in range(arr.shape[0]):
-        lo, hi = np.percentile(arr[c], [LOW_PERCENTILE, HIGH_PERCENTILE])
+        # order "K": a view of a Fortran-ordered volume; the percentiles do not depend on the order
+        lo, hi = np.percentile(arr[c].ravel(order="K"), [LOW_PERCENTILE, HIGH_PERCENTILE])
         scale = hi - lo
-        out[c] = 0.0 if scale <= 0 else np.clip((arr[c] - lo) / scale, 0.0, 1.0)
+        if scale <= 0:
+            out[c] = 0.0
+        else:
+            _scale_clip(arr[c], lo, scale, out[c])
     return torch.from_numpy(out) if is_tensor else out
+
+
+def _scale_clip(src: np.ndarray, lo: np.float64, scale: np.float64, out: np.ndarray, chunk: int = 1 << 18) -> None:
+    """``out[...] = clip((src - lo) / scale, 0, 1)`` with the float64 arithmetic NumPy gives a float32
+    array and float64 percentiles (so the values are the same bits as the one-line form), slab by
+    slab along the axis of largest stride: the float64 temporaries stay ``chunk`` values instead of
+    two copies of a whole volume at twice its size.
+    """
+    if src.ndim == 0 or src.size == 0:
+        out[...] = np.clip((src - lo) / scale, 0.0, 1.0)
+        return
+    axis = int(np.argmax(np.abs(src.strides)))
+    step = max(1, chunk * src.shape[axis] // src.size)
+    for start in range(0, src.shape[axis], step):
+        part = (slice(None),) * axis + (slice(start, start + step),)
+        buf = np.subtract(src[part], lo, dtype=np.float64)
+        buf /= scale
+        np.clip(buf, 0.0, 1.0, out=buf)
+        out[part] = buf
 
 
 #: intensity normalisations (:func:`normalize`): per-image percentiles, CT (dataset statistics), z-score

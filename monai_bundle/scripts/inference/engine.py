@@ -103,6 +103,17 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
+def _nchw(batch: np.ndarray) -> torch.Tensor:
+    """``(b, C, h, w)`` as a tensor with PyTorch's default strides, copied only when not contiguous.
+
+    A C = 1 slice view is contiguous for NumPy whatever its channel stride; PyTorch would read a
+    channel stride of 1 as channels-last and run the network in that layout (other kernels, other
+    last bits). Flattening a contiguous array is a view, and viewing it back sets the default strides.
+    """
+    flat = np.ascontiguousarray(batch).reshape(-1)  # (b * C * h * w,)
+    return torch.from_numpy(flat).view(batch.shape)
+
+
 def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayView | None, spatial_size: Sequence[int],
                    device: torch.device, batch_size: int = 16, amp: bool = True,
                    progress: Progress | None = None) -> tuple[np.ndarray, torch.Tensor]:
@@ -116,17 +127,20 @@ def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayVie
         spatial_size: the model's 2D input size.
 
     Returns:
-        label ``(h, w)`` or ``(X, Y, Z)`` uint8 (on the input's voxels), and study class logits ``(K,)`` (aggregated).
+        label ``(h, w)`` or ``(X, Y, Z)`` uint8 (on the input's voxels, in the input's memory order),
+        and study class logits ``(K,)`` (aggregated).
     """
     stack = image[:, None] if view is None else view.to_slices(image)  # (C, N, h, w), a view
     n, (h, w) = stack.shape[1], stack.shape[2:]
-    label = np.empty((n, h, w), np.uint8)
+    # the label map is written through the same view, so it needs no transpose back; for a volume
+    # stored slice after slice (a NIfTI's axial slices) both views are contiguous and nothing is copied
+    label = np.empty_like(image[0], dtype=np.uint8)  # (h, w) or (X, Y, Z), the input's memory order
+    label_slices = label[None] if view is None else view.to_slices(label[None])[0]  # (N, h, w), a view
     logits, tumor = [], []
     size = tuple(int(s) for s in spatial_size)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(stack[:, start:start + batch_size].swapaxes(0, 1)))  # (b, C, h, w)
-            x = x.to(device)
+            x = _nchw(stack[:, start:start + batch_size].swapaxes(0, 1)).to(device)  # (b, C, h, w)
             if (h, w) != size:
                 x = F.interpolate(x, size=size, mode=RESIZE_MODE, align_corners=False)
             with _autocast(device, amp):
@@ -135,15 +149,13 @@ def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayVie
             if (h, w) != size:
                 seg = F.interpolate(seg, size=(h, w), mode="bilinear", align_corners=False)
             lab = label_map(seg)  # (b, h, w) uint8
-            label[start:start + lab.shape[0]] = lab.cpu().numpy()
+            label_slices[start:start + lab.shape[0]] = lab.cpu().numpy()
             logits.append(out[Task.CLS].float().cpu())
-            tumor.append((lab > 0).flatten(1).sum(1).cpu())
+            tumor.append(torch.count_nonzero(lab, dim=(1, 2)).cpu())  # (b,) tumor pixels
             del x, out, seg, lab
             if progress is not None:
                 progress(min(start + batch_size, n) / n)
-    study_logits = aggregate_class_logits(torch.cat(logits), torch.cat(tumor))
-    label = label[0] if view is None else view.from_slices(label)  # (N, rows, cols) -> (X, Y, Z)
-    return label, study_logits
+    return label, aggregate_class_logits(torch.cat(logits), torch.cat(tumor))
 
 
 class _WindowRunner:

@@ -225,9 +225,9 @@ class Predictor:
         if study.four_d and image.shape[0] != c_model:
             raise InputError(f"{source}: 4D input with {image.shape[0]} volumes, but the model takes {c_model} "
                              "channel(s); give one 3D volume (or a 4D file with one volume per channel)")
-        if not np.isfinite(image).all():
+        low, high = float(image.min()), float(image.max())  # a NaN anywhere makes both NaN
+        if not (np.isfinite(low) and np.isfinite(high)):
             raise InputError(f"{source}: the image contains NaN or infinite values")
-        low, high = float(image.min()), float(image.max())
         if low == high:
             raise InputError(f"{source}: the image is blank (every voxel is {low:g}); nothing to segment")
         try:
@@ -285,13 +285,14 @@ class Predictor:
                 warnings: list[str]) -> dict[str, Any]:
         """The study's result JSON, ``<stem>_result.json`` (paths and timings filled in later)."""
         segments = []
-        counts = np.bincount(label.ravel(), minlength=len(self.card["segments"]))
+        counts = {}
         for value, name in enumerate(self.card["segments"][1:], start=1):
-            voxels = int(counts[value])
+            # one comparison per segment: np.bincount would first widen the uint8 volume to int64
+            voxels = counts[value] = int(np.count_nonzero(label == value))
             volume = None if study.raster or label.ndim == 2 else round(voxels * study.geometry.voxel_ml, 4)
             segments.append({"name": name, "value": value, "voxels": voxels, "volume_ml": volume})
         diag = engine.diagnosis(logits, self.card["classes"], self.card.get("temperature"))
-        tumor = int(counts[1:].sum())
+        tumor = sum(counts.values())
         return {
             "input": str(study.path), "diagnosis": diag,
             "segmentation": {"path": None, "format": None, "segments": segments},

@@ -6,7 +6,9 @@ Axis conventions (``docs/contracts.md``):
   are read by their content, whatever their suffix says; palette, CMYK and 1-bit images become RGB
   or grey, an alpha channel is dropped, 16-bit grey keeps its full range (each is reported).
 - Volumes (NIfTI, NRRD, MHA, DICOM) are ``(C, X, Y[, Z])``: voxel index order i, j, k of the file,
-  i.e. SimpleITK's array reversed. Spacing, origin and direction are kept in ITK's LPS
+  i.e. SimpleITK's array reversed. Each channel keeps the file's memory order (i fastest, a
+  Fortran-ordered array), so a 2D model's axial slices ``(k, j, i)`` are contiguous and no volume
+  is transposed twice; code that needs C order makes its own copy. Spacing, origin and direction are kept in ITK's LPS
   convention exactly as SimpleITK reports them, so a label map written back with them lies on the
   input's grid. A 4D file (X, Y, Z, T) becomes ``(T, X, Y, Z)``: its 4th axis is read as channels
   (MSD multi-sequence MRI); whether that count fits the model is checked by the Predictor.
@@ -266,9 +268,10 @@ def sitk_to_channels_first(image: sitk.Image) -> np.ndarray:
     if image.GetNumberOfComponentsPerPixel() > 1:
         return np.ascontiguousarray(arr.T, dtype=np.float32)  # (k, j, i, comp) -> (comp, i, j, k)
     if image.GetDimension() == 4:
-        arr = np.transpose(arr, (0, 3, 2, 1))  # (T, k, j, i) -> (T, i, j, k)
-        return np.ascontiguousarray(arr, dtype=np.float32)
-    return np.ascontiguousarray(arr.T, dtype=np.float32)[None]  # (k, j, i) -> (1, i, j, k)
+        arr = np.transpose(arr, (0, 3, 2, 1))  # (T, k, j, i) -> (T, i, j, k), each volume in file order
+    else:
+        arr = arr.T[None]  # (k, j, i) -> (1, i, j, k), in file order
+    return arr.astype(np.float32, copy=False)
 
 
 def read_volume(path: Path) -> Study:
@@ -310,7 +313,7 @@ def _read_nifti(path: Path) -> Study:
         raise InputError(f"{path}: {data.ndim}D images are not supported (2D, 3D or 4D channels-last only)")
     data = data.reshape(size, order="F")  # ITK may drop or keep trailing 1-sized axes; match its grid
     arr = np.moveaxis(data, -1, 0) if dim == 4 else data[None]  # -> (C, X, Y[, Z])
-    return Study(path, study_name(path), np.ascontiguousarray(arr), Geometry.of(reader, min(dim, 3)), four_d=dim == 4)
+    return Study(path, study_name(path), arr, Geometry.of(reader, min(dim, 3)), four_d=dim == 4)
 
 
 def _check_nifti_voxel_size(path: Path) -> None:

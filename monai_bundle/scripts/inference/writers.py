@@ -99,7 +99,7 @@ def itk_order(label: np.ndarray, raster: bool) -> np.ndarray:
 def write_nifti(label: np.ndarray, geometry: Geometry, raster: bool, path: Path) -> Path:
     """Write a uint8 label map with the study's geometry (any SimpleITK format by ``path``'s suffix)."""
     ijk = itk_order(label, raster)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(ijk.T.astype(np.uint8)))  # numpy wants (k, j, i)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(ijk.T, dtype=np.uint8))  # numpy wants (k, j, i)
     sitk.WriteImage(geometry.apply(image), str(path), useCompression=True)
     return path
 
@@ -207,8 +207,9 @@ def write_overlay(image: np.ndarray, label: np.ndarray, raster: bool, axis: int 
     else:
         panels = []
         for index in key_slices(label, axis):
-            img2 = np.take(image, index, axis=axis + 1)  # (C, a, b), the two other axes in order
-            lab2 = np.take(label, index, axis=axis)
+            # indexing, not np.take: take copies a non-contiguous array whole before picking a slice
+            img2 = image[(slice(None),) * (axis + 1) + (index,)]  # (C, a, b), the two other axes in order
+            lab2 = label[(slice(None),) * axis + (index,)]
             panels.append((img2.transpose(0, 2, 1), lab2.T))  # rows = the later axis
     tiles = [_paint(_display(img), lab, segments) for img, lab in panels]
     height = max(t.shape[0] for t in tiles)
