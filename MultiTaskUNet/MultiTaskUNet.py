@@ -28,6 +28,7 @@ from slicer.util import VTKObservationMixin
 
 import MultiTaskUNetMRML as mrml
 from MultiTaskUNetLib import models as modelstore
+from MultiTaskUNetLib import structured_report
 from MultiTaskUNetLib.bundles import default_bundle_dir
 from MultiTaskUNetLib.dependencies import (MIN_TORCH, bundle_requirements, environment_problem, install_failure_advice,
                                            installed_versions, pip_arguments, pip_constraints, plan_installation)
@@ -312,6 +313,8 @@ class MultiTaskUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             paths = self.logic.exportResult(self.currentSeg, self.ui.exportDirectoryButton.directory, formats,
                                             self.ui.reviewerLineEdit.text)
             self.log("Exported: " + ", ".join(str(p) for p in paths.values()))
+            if "dicom-seg" in paths and self.logic.exportNote:
+                self.log(self.logic.exportNote)
             self.showReviewStatus(mrml.get_review(self.currentSeg))
 
 
@@ -328,6 +331,7 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.moduleDir = os.path.dirname(__file__)
         self.dependenciesChecked = False
+        self.exportNote = None  # why the last export wrote no DICOM SR (see exportResult)
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -536,9 +540,35 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
         editor.setSegmentationNode(seg)
         editor.setSourceVolumeNode(self.referenceVolume(seg))
 
+    def reportWriter(self, reference):
+        """``(writer, None)`` for the DICOM SR of ``reference``'s study, or ``(None, reason)`` where this Slicer
+        cannot write one (5.10: no highdicom) or the volume is not from DICOM (the SEG export refuses it then).
+
+        The source instances' files come from Slicer's DICOM database through the volume's
+        ``DICOM.instanceUIDs`` attribute, as Slicer's DICOM SEG exporter finds them.
+        """
+        uids = reference.GetAttribute(mrml.DICOM_INSTANCE_UIDS_ATTRIBUTE) if reference is not None else None
+        if not uids:
+            return None, "DICOM SR not written: the input volume was not loaded from DICOM"
+        reason = structured_report.unavailable_reason(self.codeBundleDir())
+        if reason:
+            return None, reason
+        sources = structured_report.source_files(uids, slicer.dicomDatabase.fileForInstance)
+        return structured_report.ReportWriter(self.pythonExecutable(), str(self.codeBundleDir()), sources,
+                                              slicer.util.startupEnvironment()), None
+
     def exportResult(self, seg, outDir, formats=None, reviewer=""):
-        """Write the chosen formats and ``<name>_review.json`` into ``outDir``; returns ``{format: path}``."""
-        return mrml.export_study(slicer.mrmlScene, seg, self.referenceVolume(seg), outDir, formats, reviewer)
+        """Write the chosen formats and ``<name>_review.json`` into ``outDir``; with DICOM SEG also the DICOM SR
+        (``<name>_sr.dcm``: diagnosis, tumour volume and the review decision). Returns ``{format: path}``;
+        ``self.exportNote`` says why an SR was not written (None when it was or was not asked for)."""
+        reference = self.referenceVolume(seg)
+        writer, self.exportNote = None, None
+        if formats is None or "dicom-seg" in formats:
+            writer, self.exportNote = self.reportWriter(reference)
+        paths = mrml.export_study(slicer.mrmlScene, seg, reference, outDir, formats, reviewer, report_writer=writer)
+        if self.exportNote:
+            logging.warning(self.exportNote)
+        return paths
 
 
 def _workerStyleResult(volume, outDir):

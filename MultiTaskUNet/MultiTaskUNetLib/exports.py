@@ -9,8 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-#: export format -> file suffix; the DICOM SEG file is written by Slicer's DICOM SEG exporter
-SUFFIXES = {"seg.nrrd": ".seg.nrrd", "nifti": "_label.nii.gz", "dicom-seg": "_seg.dcm", "review": "_review.json"}
+#: export format -> file suffix; the DICOM SEG file is written by Slicer's DICOM SEG exporter, the DICOM SR
+#: beside it by the bundle (:mod:`MultiTaskUNetLib.structured_report`); names as the batch CLI's
+SUFFIXES = {"seg.nrrd": ".seg.nrrd", "nifti": "_label.nii.gz", "dicom-seg": "_seg.dcm", "dicom-sr": "_sr.dcm",
+            "review": "_review.json"}
 
 #: DICOM Segment Algorithm Type (C.8.20.2) of the model's segments: untouched, or edited by the reviewer
 AUTOMATIC, SEMIAUTOMATIC, MANUAL = "AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"

@@ -72,14 +72,21 @@ def build_worker_command(python: str | os.PathLike, input_path: str | os.PathLik
             "--device", device, "--format", seg_format, "--progress"]
     if checkpoint is not None:
         argv += ["--checkpoint", str(checkpoint)]
+    env = bundle_environment(bundle, base_env)
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run (or CPU retry) never touches a broken or full GPU
+    return WorkerCommand(argv=argv, env=env, cwd=str(bundle))
+
+
+def bundle_environment(bundle: Path, base_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment of a child running the bundle's code: the bundle root first on ``PYTHONPATH``,
+    unbuffered UTF-8 output whatever the platform (``os.environ`` if ``base_env`` is None)."""
     env = dict(os.environ if base_env is None else base_env)
     env["PYTHONPATH"] = os.pathsep.join([str(bundle)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONUNBUFFERED"] = "1"  # progress lines must arrive while the worker runs, not at exit
     env["PYTHONIOENCODING"] = "utf-8"  # what the reader threads decode, on every platform
     env["PYTHONUTF8"] = "1"  # and file names / arguments in UTF-8 mode (Windows: not the ANSI code page)
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run (or CPU retry) never touches a broken or full GPU
-    return WorkerCommand(argv=argv, env=env, cwd=str(bundle))
+    return env
 
 
 class WorkerProcess:

@@ -10,11 +10,13 @@ factory scans the top-level ``.py`` files of that folder for modules.
 from MultiTaskUNetMRML.segmentation import (  # noqa: F401  (the package's public names)
     ALGORITHM_NAME_TAG,
     ALGORITHM_TYPE_TAG,
+    DICOM_INSTANCE_UIDS_ATTRIBUTE,
     DICOM_SEG_UNAVAILABLE,
     LABEL_VALUE_TAG,
     dicom_seg_available,
     export_dicom_seg,
     export_label_map,
+    exported_segments,
     get_attributes,
     import_label_map,
     label_map_array,

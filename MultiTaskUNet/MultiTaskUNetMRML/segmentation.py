@@ -20,6 +20,7 @@ import numpy as np
 import slicer
 import vtk
 
+from MultiTaskUNetLib.structured_report import ExportedSegment
 from MultiTaskUNetLib.terminology import SegmentTerminology
 
 #: segment tag holding the label value the model gave the segment
@@ -242,6 +243,20 @@ def label_map_array(scene, segmentation_node, reference) -> np.ndarray:
     for i, (_, segment, mask) in enumerate(_segment_masks(scene, segmentation_node, reference)):
         if mask is not None:
             out[mask] = int(segment_tag(segment, LABEL_VALUE_TAG) or segment.GetLabelValue() or i + 1)
+    return out
+
+
+def exported_segments(scene, segmentation_node, reference) -> list[ExportedSegment]:
+    """The segments a DICOM SEG export writes (those with voxels, in segment order: the exporter numbers
+    them 1..n in this order), with the model's label value (None for a segment the reviewer added),
+    voxel count and volume in mL on ``reference``'s grid."""
+    voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
+    out = []
+    for _, segment, mask in _segment_masks(scene, segmentation_node, reference):
+        if mask is not None:
+            value = segment_tag(segment, LABEL_VALUE_TAG)
+            voxels = int(np.count_nonzero(mask))
+            out.append(ExportedSegment(segment.GetName(), int(value) if value else None, voxels, voxels * voxel_ml))
     return out
 
 

@@ -13,9 +13,11 @@ from typing import Iterable, Optional
 from MultiTaskUNetLib.exports import export_paths, segment_algorithm, write_review_report
 from MultiTaskUNetLib.results import ATTRIBUTE_PREFIX, StudyResult, result_attributes, result_from_attributes
 from MultiTaskUNetLib.review import ReviewError, ReviewRecord, label_digest
+from MultiTaskUNetLib.structured_report import ReportWriter
 from MultiTaskUNetLib.terminology import Code, terminologies
-from MultiTaskUNetMRML.segmentation import (export_dicom_seg, export_label_map, get_attributes, import_label_map,
-                                            label_map_array, set_attributes, set_segment_algorithm, write_segmentation)
+from MultiTaskUNetMRML.segmentation import (export_dicom_seg, export_label_map, exported_segments, get_attributes,
+                                            import_label_map, label_map_array, set_attributes, set_segment_algorithm,
+                                            write_segmentation)
 
 REVIEW_ATTRIBUTE = ATTRIBUTE_PREFIX + "Review"
 #: formats :func:`export_study` writes; ``dicom-seg`` works inside 3D Slicer only
@@ -91,24 +93,31 @@ def _default_formats(formats: Optional[Iterable[str]]) -> list[str]:
 
 
 def export_study(scene, segmentation_node, reference, out_dir: str | os.PathLike,
-                 formats: Optional[Iterable[str]] = None, reviewer: str = "") -> dict[str, Path]:
-    """Write the segmentation (``.seg.nrrd``, NIfTI label map, DICOM SEG) and ``<name>_review.json``.
+                 formats: Optional[Iterable[str]] = None, reviewer: str = "",
+                 report_writer: Optional[ReportWriter] = None) -> dict[str, Path]:
+    """Write the segmentation (``.seg.nrrd``, NIfTI label map, DICOM SEG), the DICOM SR beside the
+    SEG, and ``<name>_review.json``.
 
-    The review record is brought up to date (was the segment edited?) before it is written.
+    The review record is brought up to date (was the segment edited?) before anything is written, so
+    the SR carries the decision as it stands (:mod:`MultiTaskUNetLib.structured_report`). The SR is
+    written with the DICOM SEG when a ``report_writer`` is given (the module gives one where Slicer
+    has highdicom).
 
     Returns:
-        ``{format: path}`` of everything written, including ``"review"``.
+        ``{format: path}`` of everything written, including ``"review"`` (and ``"dicom-sr"``).
 
     Raises:
         ValueError: unknown format, or a file could not be written (names it).
         RuntimeError: DICOM SEG requested without a DICOM SEG exporter (outside Slicer, or Slicer 5.10
-            without QuantitativeReporting), for a non-DICOM input, or for empty segments only.
+            without QuantitativeReporting), for a non-DICOM input, or for empty segments only;
+            ``ReportError`` (a RuntimeError) when the SR could not be written.
         ResultError, ReviewError: the node holds no MultiTaskUNet result / review.
     """
     formats = _default_formats(formats)
     result = get_result(segmentation_node)
     record = refresh_edit_state(scene, segmentation_node, reference, reviewer)
-    paths = export_paths(out_dir, segmentation_node.GetName(), formats + ["review"])
+    with_report = "dicom-seg" in formats and report_writer is not None
+    paths = export_paths(out_dir, segmentation_node.GetName(), formats + ["review"] + (["dicom-sr"] if with_report else []))
     written: dict[str, Path] = {}
     if "seg.nrrd" in paths:
         written["seg.nrrd"] = write_segmentation(scene, segmentation_node, paths["seg.nrrd"])
@@ -116,6 +125,9 @@ def export_study(scene, segmentation_node, reference, out_dir: str | os.PathLike
         written["nifti"] = export_label_map(scene, segmentation_node, reference, paths["nifti"])
     if "dicom-seg" in paths:
         written["dicom-seg"] = export_dicom_seg(scene, segmentation_node, reference, paths["dicom-seg"], reviewer)
+    if with_report:
+        written["dicom-sr"] = report_writer.write(result.raw, written["dicom-seg"], paths["dicom-sr"], record.to_dict(),
+                                                  exported_segments(scene, segmentation_node, reference))
     files = {k: Path(v).name for k, v in written.items()}
     written["review"] = write_review_report(paths["review"], record, result, files)
     return written

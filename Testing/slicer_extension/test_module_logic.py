@@ -199,3 +199,47 @@ def test_failed_pip_install_explains(module, recorder, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="(?s)Installing dependencies failed.*does not let pip replace those"):
         logic.ensureDependencies(str(info.root), askConfirmation=False)
     assert not logic.dependenciesChecked
+
+
+class _Volume:
+    """A volume node's attributes, as ``reportWriter`` reads them."""
+
+    def __init__(self, **attributes):
+        self.attributes = attributes
+
+    def GetAttribute(self, name):
+        return self.attributes.get(name)
+
+
+def test_export_writer_sources_from_slicers_dicom_database(module, monkeypatch, tmp_path):
+    """The SR writer gets PythonSlicer, the shipped bundle code and the input's files from the DICOM database
+    (``DICOM.instanceUIDs`` -> ``slicer.dicomDatabase.fileForInstance``); a volume not from DICOM gets none."""
+    logic = module.MultiTaskUNetLogic()
+    files = {"1.2.1": "/db/1.dcm", "1.2.2": "/db/2.dcm"}
+    monkeypatch.setattr(slicer, "dicomDatabase", types.SimpleNamespace(fileForInstance=files.get), raising=False)
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: {"PATH": "/bin"}, raising=False)
+    monkeypatch.setattr(logic, "pythonExecutable", lambda: "/slicer/bin/PythonSlicer")
+    writer, note = logic.reportWriter(_Volume(**{"DICOM.instanceUIDs": "1.2.2 1.2.1"}))
+    assert note is None
+    assert (writer.python, writer.sources, writer.base_env) == ("/slicer/bin/PythonSlicer", ["/db/2.dcm", "/db/1.dcm"],
+                                                                {"PATH": "/bin"})
+    assert Path(writer.bundle_dir) == logic.codeBundleDir()
+    assert logic.reportWriter(_Volume()) == (None, "DICOM SR not written: the input volume was not loaded from DICOM")
+
+
+def test_export_on_a_slicer_without_highdicom_says_why_no_sr(module, monkeypatch, caplog):
+    """Slicer 5.10 ships no highdicom: the export goes on (SEG, review JSON) and the note says why no SR."""
+    from MultiTaskUNetLib import structured_report
+
+    logic = module.MultiTaskUNetLogic()
+    calls = []
+    monkeypatch.setattr(structured_report.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(module.MultiTaskUNetLogic, "referenceVolume", staticmethod(lambda seg: _Volume(**{"DICOM.instanceUIDs": "1.2.1"})))
+    monkeypatch.setattr(module.mrml, "export_study", lambda *a, **k: calls.append(k) or {"dicom-seg": "x_seg.dcm"})
+    monkeypatch.setattr(slicer, "mrmlScene", None, raising=False)
+    with caplog.at_level(logging.WARNING):
+        assert logic.exportResult(object(), "/out", ["dicom-seg"], "Dr A") == {"dicom-seg": "x_seg.dcm"}
+    assert calls == [{"report_writer": None}]
+    assert logic.exportNote == structured_report.NO_HIGHDICOM and structured_report.NO_HIGHDICOM in caplog.text
+    logic.exportResult(object(), "/out", ["seg.nrrd"], "Dr A")
+    assert logic.exportNote is None  # no DICOM SEG asked: no SR expected

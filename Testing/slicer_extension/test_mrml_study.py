@@ -4,7 +4,9 @@ import json
 import sys
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 import slicer
@@ -165,3 +167,109 @@ def test_repeated_reviews_leave_no_nodes_behind(scene, study):
     for _ in range(4):
         mrml.refresh_edit_state(scene, seg, ref, "dr.a")
     assert scene.GetNumberOfNodes() == count
+
+
+CT_SERIES = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
+
+
+@pytest.fixture
+def dicom_export(monkeypatch, study):
+    """Export with a DICOM SEG exporter and a DICOM database standing in for Slicer's.
+
+    The exporter writes a real DICOM SEG (the bundle's highdicom writer, over pydicom's real 5-slice CT
+    series, which plays the input's DICOM series) numbering the segments as Slicer's does: 1..n in the
+    order of the segment IDs it is given, labelled with the segments' names. The lookup plays
+    ``slicer.dicomDatabase.fileForInstance``."""
+    import types
+
+    from scripts.inference.dicom_seg import write_dicom_seg
+
+    files = sorted(CT_SERIES.iterdir())
+    headers = sorted((pydicom.dcmread(f, stop_before_pixels=True) for f in files), key=lambda ds: int(ds.InstanceNumber))
+    by_uid = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: str(f) for f in files}
+    calls = []
+
+    class Exporter:
+        def __init__(self, node, creator=None):
+            self.node = node
+
+        def export(self, outputDirectory, segFileName, metadata, segmentIDs=None, skipEmpty=False):
+            names = [self.node.GetSegmentation().GetSegment(i).GetName() for i in segmentIDs]
+            calls.append(names)
+            label = np.zeros((16, 16, len(headers)), np.uint8)  # (X, Y, Z) of the CT series
+            for number in range(1, len(names) + 1):
+                label[number * 3:number * 3 + 2, 4:8, 1:3] = number
+            write_dicom_seg(label, headers, ["background", *names], "Fake", "0", Path(outputDirectory) / segFileName, CT_SERIES)
+
+        def cleanup(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "DICOMSegmentationPlugin", types.SimpleNamespace(DICOMSegmentationExporter=Exporter))
+    ref, seg, result = study
+    ref.SetAttribute("DICOM.instanceUIDs", " ".join(ds.SOPInstanceUID for ds in headers))
+    return ref, seg, result, by_uid.get, calls
+
+
+def _report(path):
+    return hd.sr.MeasurementReport.from_sequence(hd.sr.srread(path).content)
+
+
+def test_export_writes_the_dicom_sr_with_the_review(scene, dicom_export, tmp_path, bundle_root):
+    """Export of a reviewed study: SEG + SR beside it; the SR carries the decision, the overridden diagnosis,
+    the tumour volume as exported (after the reviewer's edit), and references the SEG and the source series."""
+    from MultiTaskUNetLib.structured_report import ReportWriter, source_files
+
+    ref, seg, result, lookup, calls = dicom_export
+    mask = mrml.label_map_array(scene, seg, ref) == 1
+    mask[:, :, :2] = True  # the reviewer adds a strip
+    paint(scene, seg, ref, mask)
+    record = mrml.refresh_edit_state(scene, seg, ref, "Dr B")
+    record.override_diagnosis("glioma", "Dr B")
+    record.accept("Dr B")
+    mrml.set_review(seg, record)
+    sources = source_files(ref.GetAttribute("DICOM.instanceUIDs"), lookup)
+    writer = ReportWriter(sys.executable, bundle_root, sources)
+    written = mrml.export_study(scene, seg, ref, tmp_path / "export", ["dicom-seg"], "Dr B", report_writer=writer)
+
+    assert written["dicom-sr"] == tmp_path / "export" / "input_MultiTaskUNet_sr.dcm"
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "input_MultiTaskUNet_review.json", "input_MultiTaskUNet_seg.dcm", "input_MultiTaskUNet_sr.dcm"]
+    assert json.loads(written["review"].read_text())["files"] == {"dicom-seg": "input_MultiTaskUNet_seg.dcm",
+                                                                  "dicom-sr": "input_MultiTaskUNet_sr.dcm"}
+    report = _report(written["dicom-sr"])
+    (group,) = report.get_image_measurement_groups()
+    evaluations = {e.name.meaning: e.value for e in group.get_qualitative_evaluations()}
+    assert evaluations["Review decision"].value == "edited"
+    assert evaluations["Reviewer diagnosis"].value == "393564001"  # SNOMED CT glioma
+    assert group.finding_type.value == "302820008"  # the model's diagnosis: intracranial meningioma
+    (roi,) = report.get_volumetric_roi_measurement_groups()
+    voxels = int(mask.sum())
+    assert roi.get_measurements()[0].value == pytest.approx(round(voxels * np.prod(ref.GetSpacing()) / 1000, 4))
+    assert voxels != result.segments[0].voxels  # the edited segment's volume, not the model's
+    seg_ds = pydicom.dcmread(written["dicom-seg"], stop_before_pixels=True)
+    referenced = roi.referenced_segment
+    assert referenced.referenced_sop_instance_uid == seg_ds.SOPInstanceUID and referenced.referenced_segment_numbers == [1]
+    assert calls == [["tumor"]]
+
+
+def test_pending_unsigned_review_gives_the_models_report(scene, dicom_export, tmp_path, bundle_root):
+    from MultiTaskUNetLib.structured_report import ReportWriter, source_files
+
+    ref, seg, _, lookup, _ = dicom_export
+    writer = ReportWriter(sys.executable, bundle_root, source_files(ref.GetAttribute("DICOM.instanceUIDs"), lookup))
+    written = mrml.export_study(scene, seg, ref, tmp_path / "export", ["dicom-seg"], report_writer=writer)
+    sr = hd.sr.srread(written["dicom-sr"])
+    assert sr.PreliminaryFlag == "PRELIMINARY"
+    group = _report(written["dicom-sr"]).get_image_measurement_groups()[0]
+    meanings = {e.name.meaning for e in group.get_qualitative_evaluations()}
+    assert not meanings & {"Review decision", "Reviewer diagnosis"}  # the model's answer, unreviewed
+
+
+def test_sr_failure_names_the_reason_and_leaves_no_sr(scene, dicom_export, tmp_path, bundle_root):
+    from MultiTaskUNetLib.structured_report import ReportError, ReportWriter
+
+    ref, seg, _, _, _ = dicom_export
+    writer = ReportWriter(sys.executable, bundle_root, [str(tmp_path / "missing.dcm")])
+    with pytest.raises(ReportError, match=r"DICOM SR not written: .*missing.dcm: not a readable DICOM source instance"):
+        mrml.export_study(scene, seg, ref, tmp_path / "export", ["dicom-seg"], "Dr B", report_writer=writer)
+    assert not (tmp_path / "export" / "input_MultiTaskUNet_sr.dcm").exists()
