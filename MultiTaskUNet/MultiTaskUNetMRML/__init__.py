@@ -41,5 +41,6 @@ from MultiTaskUNetMRML.study import (  # noqa: F401
     get_review,
     import_study,
     refresh_edit_state,
+    restore_study,
     set_review,
 )

@@ -16,8 +16,8 @@ from MultiTaskUNetLib.review import ReviewError, ReviewRecord, label_digest
 from MultiTaskUNetLib.structured_report import ReportWriter
 from MultiTaskUNetLib.terminology import Code, terminologies
 from MultiTaskUNetMRML.segmentation import (export_dicom_seg, export_label_map, exported_segments, get_attributes,
-                                            import_label_map, label_map_array, set_attributes, set_segment_algorithm,
-                                            write_segmentation)
+                                            import_label_map, label_map_array, place_under_study, read_segmentation,
+                                            set_attributes, set_segment_algorithm, write_segmentation)
 
 REVIEW_ATTRIBUTE = ATTRIBUTE_PREFIX + "Review"
 #: formats :func:`export_study` writes; ``dicom-seg`` works inside 3D Slicer only
@@ -39,6 +39,25 @@ def import_study(scene, result: StudyResult, reference, name: Optional[str] = No
     set_attributes(seg, result_attributes(result))
     record = ReviewRecord.from_result(result, original_digest=label_digest(label_map_array(scene, seg, reference)))
     set_review(seg, record)
+    return seg
+
+
+def restore_study(scene, result: StudyResult, reference, record: ReviewRecord, path: str | os.PathLike,
+                  name: Optional[str] = None):
+    """A study as the reviewer left it: the segmentation saved as ``.seg.nrrd`` (their edits, segment
+    names, terminology and label values), with the model's result and the saved review record, on
+    ``reference`` (the study's volume, loaded again). Returns the segmentation node.
+
+    Raises:
+        ValueError: the file is missing or unreadable (names it).
+    """
+    seg = read_segmentation(scene, path, name or f"{reference.GetName()} MultiTaskUNet")
+    seg.CreateDefaultDisplayNodes()
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    seg.SetNodeReferenceID(seg.GetReferenceImageGeometryReferenceRole(), reference.GetID())
+    set_attributes(seg, result_attributes(result))
+    set_review(seg, record)
+    place_under_study(scene, seg, reference)
     return seg
 
 

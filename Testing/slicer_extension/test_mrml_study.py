@@ -14,7 +14,7 @@ import slicer
 import MultiTaskUNetMRML as mrml
 from MultiTaskUNetLib.job import InferenceJob, JobState
 from MultiTaskUNetLib.results import ResultError, read_result
-from MultiTaskUNetLib.review import Decision, ReviewError
+from MultiTaskUNetLib.review import Decision, ReviewError, ReviewRecord
 
 
 @pytest.fixture
@@ -273,3 +273,30 @@ def test_sr_failure_names_the_reason_and_leaves_no_sr(scene, dicom_export, tmp_p
     with pytest.raises(ReportError, match=r"DICOM SR not written: .*missing.dcm: not a readable DICOM source instance"):
         mrml.export_study(scene, seg, ref, tmp_path / "export", ["dicom-seg"], "Dr B", report_writer=writer)
     assert not (tmp_path / "export" / "input_MultiTaskUNet_sr.dcm").exists()
+
+
+def test_restore_a_reviewed_study_from_its_saved_segmentation(scene, study, tmp_path):
+    """A worklist study left after an edit and a decision comes back as it was: same voxels, same record,
+    and checking it again finds no new edit (the decision stands)."""
+    ref, seg, result = study
+    mask = mrml.label_map_array(scene, seg, ref) == 1
+    mask[:, :, :2] = True
+    paint(scene, seg, ref, mask)
+    record = mrml.refresh_edit_state(scene, seg, ref, "Dr A")
+    record.override_diagnosis("glioma", "Dr A")
+    record.accept("Dr A")
+    mrml.set_review(seg, record)
+    saved = mrml.write_segmentation(scene, seg, tmp_path / "review" / "study.seg.nrrd")
+    labels = mrml.label_map_array(scene, seg, ref)
+    scene.RemoveNode(seg)
+
+    back = mrml.restore_study(scene, read_result(result.path), ref, ReviewRecord.from_json(record.to_json()), saved,
+                              "study MultiTaskUNet")
+    np.testing.assert_array_equal(mrml.label_map_array(scene, back, ref), labels)
+    again = mrml.refresh_edit_state(scene, back, ref, "Dr A")
+    assert (again.decision, again.final_diagnosis, again.segment_edited) == (Decision.EDITED, "glioma", True)
+    assert again.history == record.history  # no spurious "segment edited"
+    assert mrml.get_result(back).diagnosis == "meningioma" and mrml.segment_tag(
+        back.GetSegmentation().GetNthSegment(0), mrml.LABEL_VALUE_TAG) == "1"
+    with pytest.raises(ValueError, match="gone.seg.nrrd: file not found"):
+        mrml.restore_study(scene, result, ref, record, tmp_path / "gone.seg.nrrd")
