@@ -14,6 +14,7 @@ model, after one confirmation.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -29,11 +30,12 @@ from slicer.util import VTKObservationMixin
 import MultiTaskUNetMRML as mrml
 from MultiTaskUNetLib import models as modelstore
 from MultiTaskUNetLib import structured_report
+from MultiTaskUNetLib import worklist as worklists
 from MultiTaskUNetLib.bundles import default_bundle_dir
 from MultiTaskUNetLib.dependencies import (MIN_TORCH, bundle_requirements, environment_problem, install_failure_advice,
                                            installed_versions, pip_arguments, pip_constraints, plan_installation)
 from MultiTaskUNetLib.job import InferenceJob, JobState
-from MultiTaskUNetLib.review import Decision, default_reviewer
+from MultiTaskUNetLib.review import Decision, ReviewRecord, default_reviewer
 
 DEVICES = {"Auto": "auto", "GPU": "cuda", "CPU": "cpu"}
 APPLY_TEXT, CANCEL_TEXT = "Segment && Classify", "Cancel"
@@ -75,6 +77,7 @@ class MultiTaskUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.job, self.jobVolume = None, None
+        self.worklist, self.worklistNodes, self.shortcuts = None, None, []
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -107,6 +110,7 @@ class MultiTaskUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.exportDicomSegCheckBox.checked = False
             self.ui.exportDicomSegCheckBox.enabled = False
             self.ui.exportDicomSegCheckBox.toolTip = mrml.DICOM_SEG_UNAVAILABLE
+        self.setupWorklist()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.refreshModels(self.logic.selectedModelDir())
         problem = environmentProblem()
@@ -118,6 +122,7 @@ class MultiTaskUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         self.removeObservers()
         self.timer.stop()
+        self.setShortcuts(False)
         if self.job is not None:  # the module is going away: stop the worker now, then remove its files
             self.job.cancel(wait=True, grace_s=1.0)
             self.logic.cleanupJob(self.job)
@@ -223,7 +228,9 @@ class MultiTaskUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return None
 
     def onSceneStartClose(self, caller, event):
-        """Closing the scene mid-run: stop the worker and forget its input (the result has nowhere to go)."""
+        """Closing the scene mid-run: stop the worker and forget its input (the result has nowhere to go).
+        An open worklist study is saved first (its nodes go with the scene)."""
+        self.leaveWorklistStudy()
         if self.job is not None:
             self.jobVolume = None
             self.job.cancel(wait=False, reason="The scene was closed: run cancelled.")
@@ -302,6 +309,9 @@ class MultiTaskUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             record = self.logic.review(self.currentSeg, self.ui.reviewerLineEdit.text, decision,
                                        self.ui.diagnosisOverrideComboBox.currentText, self.ui.commentTextEdit.plainText)
             self.showReviewStatus(record)
+            if self.worklistNodes is not None and self.worklistNodes[1] is self.currentSeg:
+                self.logic.saveWorklistStudy(self.worklist, self.currentSeg, self.ui.reviewerLineEdit.text)
+                self.ui.worklistLabel.text = self.worklist.describe()
 
     def onEdit(self):
         self.logic.openSegmentEditor(self.currentSeg)
@@ -316,6 +326,88 @@ class MultiTaskUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if "dicom-seg" in paths and self.logic.exportNote:
                 self.log(self.logic.exportNote)
             self.showReviewStatus(mrml.get_review(self.currentSeg))
+
+    # -- review worklist ----------------------------------------------------------------------
+
+    def setupWorklist(self):
+        """The "Review worklist" section: buttons over the Lib's worklist model, shortcuts named in tooltips."""
+        self.ui.worklistPathLineEdit.nameFilters = ["*.csv"]
+        keys = worklists.SHORTCUTS
+        self.ui.previousStudyButton.toolTip = f"Previous study ({keys['previous']})"
+        self.ui.nextStudyButton.toolTip = f"Next study ({keys['next']})"
+        self.ui.acceptButton.toolTip += f" ({keys['accept']} while a worklist is open)"
+        self.ui.rejectButton.toolTip += f" ({keys['reject']} while a worklist is open)"
+        self.ui.openWorklistButton.clicked.connect(self.onOpenWorklist)
+        self.ui.previousStudyButton.clicked.connect(lambda: self.onWorklistStep(lambda wl: wl.previous()))
+        self.ui.nextStudyButton.clicked.connect(lambda: self.onWorklistStep(lambda wl: wl.next()))
+        self.ui.nextPendingStudyButton.clicked.connect(self.onWorklistNextPending)
+
+    def setShortcuts(self, on):
+        """Accept / reject / next / previous on the main window while a worklist is open (Slicer's script
+        repository idiom: ``qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())``)."""
+        for shortcut in self.shortcuts:
+            shortcut.setParent(None)
+        self.shortcuts = []
+        if not on:
+            return
+        actions = {"accept": lambda: self.onDecision(Decision.ACCEPTED), "reject": lambda: self.onDecision(Decision.REJECTED),
+                   "next": lambda: self.onWorklistStep(lambda wl: wl.next()),
+                   "previous": lambda: self.onWorklistStep(lambda wl: wl.previous())}
+        for name, key in worklists.SHORTCUTS.items():
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.connect("activated()", actions[name])
+            self.shortcuts.append(shortcut)
+
+    def onOpenWorklist(self):
+        path = self.ui.worklistPathLineEdit.currentPath
+        if not path:
+            return slicer.util.errorDisplay("Choose the worklist.csv written by the batch command line first.")
+        with slicer.util.tryWithErrorDisplay("Could not open the worklist.", waitCursor=True):
+            self.leaveWorklistStudy()
+            self.worklist = self.logic.openWorklist(path)
+            for button in (self.ui.previousStudyButton, self.ui.nextStudyButton, self.ui.nextPendingStudyButton):
+                button.enabled = True
+            self.setShortcuts(True)
+            self.log(f"Worklist {path}: {len(self.worklist.studies)} studies, review state in "
+                     f"{worklists.state_path(self.worklist.csv_path)}" +
+                     (f"; {len(self.worklist.failed)} failed in the batch run" if self.worklist.failed else ""))
+            self.showWorklistStudy()
+        return None
+
+    def leaveWorklistStudy(self):
+        """Save the open worklist study (review record and segmentation) and remove its nodes."""
+        if self.worklistNodes is None:
+            return
+        volume, seg = self.worklistNodes
+        self.worklistNodes = None
+        try:
+            if slicer.mrmlScene.IsNodePresent(seg):
+                self.logic.saveWorklistStudy(self.worklist, seg, self.ui.reviewerLineEdit.text)
+        finally:
+            self.logic.removeNodes(volume, seg)
+
+    def showWorklistStudy(self):
+        self.ui.worklistLabel.text = self.worklist.describe()
+        volume, seg = self.logic.openWorklistStudy(self.worklist)
+        self.worklistNodes = (volume, seg)
+        self.ui.inputVolumeSelector.setCurrentNode(volume)
+        self.ui.segmentationSelector.setCurrentNode(seg)
+        self.showResult(seg)
+
+    def onWorklistStep(self, step):
+        if self.worklist is None:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not open the study.", waitCursor=True):
+            self.leaveWorklistStudy()
+            step(self.worklist)
+            self.showWorklistStudy()
+
+    def onWorklistNextPending(self):
+        index = self.worklist.next_pending() if self.worklist is not None else None
+        if index is None:
+            self.ui.worklistLabel.text = self.worklist.describe() + " - every study is decided." if self.worklist else ""
+            return
+        self.onWorklistStep(lambda wl: wl.go_to(index))
 
 
 class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
@@ -569,6 +661,62 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
         if self.exportNote:
             logging.warning(self.exportNote)
         return paths
+
+    # -- review worklist ------------------------------------------------------------------------
+
+    @staticmethod
+    def openWorklist(csvPath):
+        """The worklist at ``csvPath`` with its saved review state (``Worklist``), at the study open last."""
+        return worklists.Worklist.open(csvPath)
+
+    @staticmethod
+    def loadStudyVolume(kind, path):
+        """Load a worklist study's volume: a file with ``slicer.util.loadVolume``; a DICOM folder imported into
+        Slicer's DICOM database and its largest series loaded (so DICOM SEG and SR export work)."""
+        if kind == "file":
+            return slicer.util.loadVolume(str(path))
+        from DICOMLib import DICOMUtils
+        if not DICOMUtils.importDicom(str(path)):
+            raise RuntimeError(f"{path}: the DICOM files could not be imported into Slicer's DICOM database")
+        files = [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+        uid = worklists.series_to_load({f: slicer.dicomDatabase.seriesForFile(f) for f in files})
+        nodes = [slicer.mrmlScene.GetNodeByID(i) for i in DICOMUtils.loadSeriesByUID([uid])]
+        volumes = [n for n in nodes if n is not None and n.IsA("vtkMRMLScalarVolumeNode") and not n.IsA("vtkMRMLLabelMapVolumeNode")]
+        if not volumes:
+            raise RuntimeError(f"{path}: series {uid} did not load as a volume")
+        return volumes[0]
+
+    def openWorklistStudy(self, worklist):
+        """Load the worklist's open study: its volume, and its result as the reviewer left it (the saved
+        segmentation and review record) or, on a first visit, as the model wrote it. Returns (volume, seg)."""
+        from MultiTaskUNetLib.results import read_result
+        study = worklist.current
+        result = read_result(study.result_path)
+        volume = self.loadStudyVolume(*worklists.study_input(result, worklist.csv_path.parent))
+        saved, review = worklist.saved_segmentation(study.name), worklist.review(study.name)
+        name = f"{study.name} MultiTaskUNet"
+        if saved is not None and review is not None:
+            record = ReviewRecord.from_json(json.dumps(review["record"]))
+            seg = mrml.restore_study(slicer.mrmlScene, result, volume, record, saved, name)
+        else:
+            seg = mrml.import_study(slicer.mrmlScene, result, volume, name)
+        mrml.show_in_3d(seg)
+        seg.GetDisplayNode().SetVisibility(True)
+        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+        return volume, seg
+
+    def saveWorklistStudy(self, worklist, seg, reviewer=""):
+        """Save the open study's review record and segmentation into the worklist's state; returns the record."""
+        record = mrml.refresh_edit_state(slicer.mrmlScene, seg, self.referenceVolume(seg), reviewer)
+        path = mrml.write_segmentation(slicer.mrmlScene, seg, worklist.segmentation_path(worklist.current.name))
+        worklist.record(worklist.current.name, record.to_dict(), path)
+        return record
+
+    @staticmethod
+    def removeNodes(*nodes):
+        for node in nodes:
+            if node is not None and slicer.mrmlScene.IsNodePresent(node):
+                slicer.mrmlScene.RemoveNode(node)
 
 
 def _workerStyleResult(volume, outDir):

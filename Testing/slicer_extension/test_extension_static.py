@@ -353,10 +353,13 @@ def test_module_load_checks_the_slicer_version():
 
 # slicer.util functions checked to exist with these names in 3D Slicer v5.10.0 and v5.12.3
 # (Base/Python/slicer/util.py; pip_install in 5.12 forwards to slicer.packaging.pip_install, which
-# accepts the same list of pip arguments)
+# accepts the same list of pip arguments). Beyond slicer.util, the worklist and the SR use DICOMLib.DICOMUtils
+# importDicom / loadSeriesByUID and slicer.dicomDatabase.seriesForFile / fileForInstance, checked in the same
+# tags (Modules/Scripted/DICOMLib/DICOMUtils.py; DICOMSegmentationPlugin.getDICOMFileList in 5.12.3)
 VERIFIED_SLICER_UTIL = {
     "addVolumeFromArray", "arrayFromVolume", "childWidgetVariables", "confirmOkCancelDisplay", "createProgressDialog",
-    "errorDisplay", "getFirstNodeByClassByName", "getModuleLogic", "loadScene", "loadUI", "mainWindow", "pip_install", "saveNode",
+    "errorDisplay", "getFirstNodeByClassByName", "getModuleLogic", "loadScene", "loadUI", "loadVolume", "mainWindow",
+    "pip_install", "saveNode",
     "saveScene", "selectModule", "setSliceViewerLayers", "settingsValue", "startupEnvironment", "tryWithErrorDisplay",
     "updateSegmentBinaryLabelmapFromArray", "updateVolumeFromArray", "VTKObservationMixin",
 }

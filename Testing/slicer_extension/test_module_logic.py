@@ -243,3 +243,47 @@ def test_export_on_a_slicer_without_highdicom_says_why_no_sr(module, monkeypatch
     assert logic.exportNote == structured_report.NO_HIGHDICOM and structured_report.NO_HIGHDICOM in caplog.text
     logic.exportResult(object(), "/out", ["seg.nrrd"], "Dr A")
     assert logic.exportNote is None  # no DICOM SEG asked: no SR expected
+
+
+def test_worklist_study_opened_reviewed_left_and_resumed(module, scene, tmp_path, fake_bundle, volume_file, monkeypatch):
+    """The Logic's worklist round: open the top study (the model's result), edit nothing, reject it, leave
+    it (state and segmentation saved, nodes removed); a new session resumes there with the decision.
+
+    ``loadStudyVolume`` reads the file with MultiTaskUNetMRML (slicer-core has no ``slicer.util.loadVolume``,
+    whose I/O manager lives in the application)."""
+    import csv
+    import sys as _sys
+
+    import MultiTaskUNetMRML as mrml
+    from MultiTaskUNetLib.job import InferenceJob, JobState
+    from MultiTaskUNetLib.review import Decision
+
+    job = InferenceJob(_sys.executable, volume_file, tmp_path / "out", fake_bundle("ok"), device="cpu")
+    job.start()
+    assert job.wait(timeout=120) is JobState.SUCCEEDED, job.error
+    result = job.result_paths[0]
+    data = json.loads(result.read_text(encoding="utf-8"))
+    data["input"] = str(volume_file)
+    result.write_text(json.dumps(data), encoding="utf-8")
+    csv_path = tmp_path / "out" / "worklist.csv"
+    with open(csv_path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "study", "status", "review_priority", "diagnosis", "result"])
+        w.writerow([1, "input", "ok", 0.9, "meningioma", result.name])
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: None, raising=False)
+    logic = module.MultiTaskUNetLogic()
+    monkeypatch.setattr(logic, "loadStudyVolume", lambda kind, path: mrml.read_volume(scene, path, "input"))
+
+    wl = logic.openWorklist(csv_path)
+    volume, seg = logic.openWorklistStudy(wl)
+    assert mrml.get_review(seg).decision is Decision.PENDING and logic.referenceVolume(seg) is volume
+    logic.review(seg, "Dr A", Decision.REJECTED, "glioma", "not a tumour")
+    logic.saveWorklistStudy(wl, seg, "Dr A")
+    logic.removeNodes(volume, seg)
+    assert not scene.IsNodePresent(seg) and wl.saved_segmentation("input") is not None
+
+    again = logic.openWorklist(csv_path)
+    assert again.current.name == "input" and again.decision("input") == "rejected"
+    _, seg2 = logic.openWorklistStudy(again)
+    record = mrml.get_review(seg2)
+    assert (record.decision, record.final_diagnosis, record.comment) == (Decision.REJECTED, "glioma", "not a tumour")
