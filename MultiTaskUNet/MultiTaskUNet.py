@@ -230,7 +230,10 @@ class MultiTaskUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event):
         """Closing the scene mid-run: stop the worker and forget its input (the result has nowhere to go).
         An open worklist study is saved first (its nodes go with the scene)."""
-        self.leaveWorklistStudy()
+        try:
+            self.leaveWorklistStudy()
+        except Exception as e:  # an observer must not raise into the scene's close
+            logging.error(f"MultiTaskUNet: the worklist study could not be saved: {e}")
         if self.job is not None:
             self.jobVolume = None
             self.job.cancel(wait=False, reason="The scene was closed: run cancelled.")
@@ -350,7 +353,11 @@ class MultiTaskUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.shortcuts = []
         if not on:
             return
-        actions = {"accept": lambda: self.onDecision(Decision.ACCEPTED), "reject": lambda: self.onDecision(Decision.REJECTED),
+        def decide(decision):
+            if self.ui.acceptButton.enabled:  # a MultiTaskUNet result is shown
+                self.onDecision(decision)
+
+        actions = {"accept": lambda: decide(Decision.ACCEPTED), "reject": lambda: decide(Decision.REJECTED),
                    "next": lambda: self.onWorklistStep(lambda wl: wl.next()),
                    "previous": lambda: self.onWorklistStep(lambda wl: wl.previous())}
         for name, key in worklists.SHORTCUTS.items():
@@ -695,11 +702,15 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
         volume = self.loadStudyVolume(*worklists.study_input(result, worklist.csv_path.parent))
         saved, review = worklist.saved_segmentation(study.name), worklist.review(study.name)
         name = f"{study.name} MultiTaskUNet"
-        if saved is not None and review is not None:
-            record = ReviewRecord.from_json(json.dumps(review["record"]))
-            seg = mrml.restore_study(slicer.mrmlScene, result, volume, record, saved, name)
-        else:
-            seg = mrml.import_study(slicer.mrmlScene, result, volume, name)
+        try:
+            if saved is not None and review is not None:
+                record = ReviewRecord.from_json(json.dumps(review["record"]))
+                seg = mrml.restore_study(slicer.mrmlScene, result, volume, record, saved, name)
+            else:
+                seg = mrml.import_study(slicer.mrmlScene, result, volume, name)
+        except Exception:
+            self.removeNodes(volume)  # a study that cannot be shown leaves nothing behind
+            raise
         mrml.show_in_3d(seg)
         seg.GetDisplayNode().SetVisibility(True)
         slicer.util.setSliceViewerLayers(background=volume, fit=True)
