@@ -60,7 +60,9 @@ class MultiTaskUNet(ScriptedLoadableModule):
         self.parent.dependencies = []  # PyTorchUtils (PyTorch extension) is imported only when installing torch
         self.parent.contributors = ["MultiTaskUNet developers"]
         self.parent.helpText = ("Segment the tumor and classify the study with one click (Segment &amp; Classify), "
-                                "then accept, edit or reject the result and export it (.seg.nrrd, NIfTI, DICOM SEG). "
+                                "then accept, edit or reject the result and export it (.seg.nrrd, NIfTI, DICOM SEG with a DICOM SR "
+                                "carrying the diagnosis and your review). A review worklist steps through the studies "
+                                "of a batch run in priority order. "
                                 "Runs the model in a separate process: Slicer stays usable and the run can be cancelled. "
                                 "Needs a trained model: add one (bundle folder, zip or https address with its SHA-256).")
         self.parent.acknowledgementText = "Built on MONAI and 3D Slicer. Not a medical device: results need a radiologist's review."
