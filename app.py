@@ -128,7 +128,7 @@ def build(demo: Demo, examples: list[Path]) -> gr.Blocks:
     return page
 
 
-def load(bundle: Path, checkpoint: Path | None, device: str) -> tuple[Any, str]:
+def load(bundle: Path, checkpoint: Path | None, device: str | None) -> tuple[Any, str]:
     """The Predictor, or ``None`` and the reason shown on the page: no trained model, or an unusable one.
 
     Random weights are never served: without ``model.pt`` the page says so and refuses to run.
@@ -151,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=REPO / "monai_bundle", help="bundle root")
     ap.add_argument("--checkpoint", type=Path, help="weights file (default: BUNDLE/models/model.pt)")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--device", help="auto | cpu | cuda (default: the bundle's configs/inference.json)")
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                     help="address to bind; 0.0.0.0 exposes the demo to the network")
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))

@@ -22,8 +22,11 @@ process (so peak memory is its own):
   network includes the foreground box, the resampling onto the canonical grid and the resampling
   of the logits back onto the study, arg-max and writing.
 
-Prints seconds, share outside the network, peak RSS (and CUDA peak), and predictor/plain ratios.
-Random weights: speed does not depend on what the model learned. Widths are printed.
+Both run with the bundle's ``configs/inference.json`` settings (slices per batch, windows per
+batch, overlap, blending, AMP), printed in the header. Prints seconds, share outside the network,
+peak RSS (and CUDA peak), and predictor/plain ratios, wall and CPU time: on a machine shared with
+other jobs the CPU-time ratio (one thread: ``OMP_NUM_THREADS=1``) is the steadier one. Random
+weights: speed does not depend on what the model learned. Widths are printed.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_worker import run_json_worker  # noqa: E402
 WIDTHS = {2: [16, 32, 64, 128, 256], 3: [4, 8, 16, 32]}  # 2D: the default card's widths; 3D: small for CPU
 SPATIAL_2D = [128, 128]  # the default card's 2D input size
-SW_BATCH, OVERLAP = 4, 0.25
 #: path -> target spacing of a canonical 3D card (None: the stored grid)
 PATHS = {"2d": None, "3d": None, "3d-reindex": [1.0, 1.0, 2.0], "3d-resample": [1.2, 1.2, 1.6]}
 
@@ -112,21 +114,27 @@ def network_input(predictor, nifti: Path) -> torch.Tensor:
     return resample(crop, affine, target)
 
 
-def plain_call(timed: TimedNetwork, image: torch.Tensor, card: dict, device: torch.device) -> tuple[float, float, int]:
-    """Wall and CPU seconds of one bare ``sliding_window_inference`` call on the study as the model sees it; RSS before it."""
+def plain_call(timed: TimedNetwork, image: torch.Tensor, card: dict, device: torch.device,
+               settings) -> tuple[float, float, int]:
+    """Wall and CPU seconds of one bare ``sliding_window_inference`` call on the study as the model sees it; RSS before it.
+
+    ``settings``: the Predictor's (:class:`scripts.inference.settings.InferenceSettings`), so both do the same batches.
+    """
     import psutil
     from monai.inferers import sliding_window_inference
     from torch.nn import functional as F
 
     if len(card["spatial_size"]) == 2:  # the slices as the 2D model sees them: (Z, 1, 128, 128)
         x = F.interpolate(image.permute(3, 0, 1, 2), size=card["spatial_size"], mode="bilinear", align_corners=False)
-        batch = 16
+        batch = settings.slice_batch_size
     else:
-        x, batch = image[None], SW_BATCH
+        x, batch = image[None], settings.sw_batch_size
     base_rss = psutil.Process().memory_info().rss
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    amp = settings.amp and device.type == "cuda"
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         start, cpu = time.perf_counter(), time.process_time()
-        sliding_window_inference(x, card["spatial_size"], batch, lambda w: timed(w.to(device))["seg"], OVERLAP, "gaussian")
+        sliding_window_inference(x, card["spatial_size"], batch, lambda w: timed(w.to(device))["seg"], settings.overlap,
+                                 settings.window_mode)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - start, time.process_time() - cpu, base_rss
@@ -137,7 +145,6 @@ def run_worker(mode: str, path: str, nifti: Path, out_dir: Path, device_name: st
     import psutil
 
     from scripts.inference import Predictor
-    from scripts.inferers import MultiTaskSlidingWindowInferer
     from scripts.model_card import build_network
 
     torch.manual_seed(0)
@@ -145,8 +152,7 @@ def run_worker(mode: str, path: str, nifti: Path, out_dir: Path, device_name: st
     device = torch.device(device_name)
     network = build_network(card).to(device).eval()
     timed = TimedNetwork(network, device)
-    inferer = MultiTaskSlidingWindowInferer(card["spatial_size"], sw_batch_size=SW_BATCH, overlap=OVERLAP)
-    predictor = Predictor(network, card, device=device, inferer=inferer)
+    predictor = Predictor(network, card, device=device)  # the bundle's inference.json settings
     predictor.network = timed  # the Predictor calls it like the module; its forward is now clocked
     with torch.inference_mode():  # warm-up: first-call allocations and kernel selection are not measured
         network(torch.rand(1, 1, *card["spatial_size"], device=device))
@@ -161,7 +167,7 @@ def run_worker(mode: str, path: str, nifti: Path, out_dir: Path, device_name: st
         extra = {"timings_s": pred.result["timings_s"], "device": pred.result["device"]}
     else:
         image = network_input(predictor, nifti)
-        total, cpu, base_rss = plain_call(timed, image, card, device)
+        total, cpu, base_rss = plain_call(timed, image, card, device, predictor.settings)
         extra = {"network_input": list(image.shape[1:])}
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     cuda_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -195,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import SimpleITK as sitk
 
+    from scripts.inference.settings import load_settings
+
+    s = load_settings()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, device {args.device}")
-    print(f"volume {tuple(args.shape)}; 2D widths {WIDTHS[2]} at {SPATIAL_2D}; 3D widths {WIDTHS[3]}, "
-          f"windows {args.roi3d}^3, overlap {OVERLAP}, sw batch {SW_BATCH}; canonical target spacings "
+    print(f"volume {tuple(args.shape)}; 2D widths {WIDTHS[2]} at {SPATIAL_2D}, {s.slice_batch_size} slices per batch; "
+          f"3D widths {WIDTHS[3]}, windows {args.roi3d}^3, overlap {s.overlap}, {s.sw_batch_size} per batch, "
+          f"{s.window_mode} blending (configs/inference.json); canonical target spacings "
           f"{ {k: v for k, v in PATHS.items() if v} }; load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         nifti = Path(tmp) / "head.nii.gz"
@@ -226,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         seen = f", network input {q['network_input']}" if PATHS[p["path"]] is not None else ""
         print(f"  {p['path']} end-to-end / plain sliding_window_inference: {p['seconds'] / q['seconds']:.2f}x "
               f"(CPU time {p['cpu_s'] / q['cpu_s']:.2f}x; predictor timings {p['timings_s']}{seen})")
+        # both run the same network work; on a shared machine its time swings between processes, so also
+        # put each side's time outside the network on the plain call's network time
+        outside_p, outside_q = p["seconds"] - p["network_s"], q["seconds"] - q["network_s"]
+        print(f"  {p['path']} outside the network: predictor {outside_p:.2f} s, plain {outside_q:.2f} s; on the plain "
+              f"call's network time: {(q['network_s'] + outside_p) / (q['network_s'] + outside_q):.2f}x")
     return 0
 
 

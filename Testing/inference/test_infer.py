@@ -52,6 +52,25 @@ def _cli(capsys, *args):
     return code, out, err
 
 
+@pytest.mark.parametrize("flags, expected", [
+    ([], {"device": None, "tta": None}),  # not given: the bundle's configs/inference.json decides
+    (["--device", "cpu", "--tta"], {"device": "cpu", "tta": True}),
+    (["--no-tta"], {"device": None, "tta": False}),
+])
+def test_device_and_tta_flags_override_the_bundle_settings_only_when_given(monkeypatch, tmp_path, capsys, flags, expected):
+    from scripts.inference import InputError, Predictor
+
+    seen = {}
+
+    def from_bundle(bundle, **kwargs):
+        seen.update(kwargs)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(Predictor, "from_bundle", from_bundle)
+    assert _cli(capsys, tmp_path / "x.png", "--out", tmp_path / "out", *flags)[0] == 1
+    assert {k: seen[k] for k in expected} == expected
+
+
 def test_brain_dicom_series_label_has_the_series_geometry(brain_series, bundle2d, tmp_path, capsys):
     folder, vol = brain_series
     code, out, err = _cli(capsys, folder, "--out", tmp_path / "out", "--bundle", bundle2d, "--device", "cpu")

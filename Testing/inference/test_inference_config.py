@@ -9,7 +9,7 @@ import pytest
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from scripts.inference import BatchRunner, Predictor
+from scripts.inference import BatchRunner, Predictor, load_settings
 
 
 def _parser(bundle_root, config_root, **overrides) -> ConfigParser:
@@ -26,8 +26,19 @@ def test_network_and_inferer_follow_the_model_card(bundle3d, bundle_root):
     parser = _parser(bundle3d, bundle_root)
     network = parser.get_parsed_content("network_def")
     assert network.segmentation_head.weight.ndim == 5  # the card's 3D network, not a hard-coded one
-    assert parser.get_parsed_content("inferer").roi_size == (16, 16, 16)
-    assert str(parser.get_parsed_content("device")) in ("cpu", "cuda:0")
+    predictor = parser.get_parsed_content("predictor")
+    assert predictor.inferer.roi_size == (16, 16, 16)
+    assert str(predictor.device) in ("cpu", "cuda:0")  # "device": "auto"
+
+
+def test_the_configs_predictor_is_the_one_from_bundle_builds(bundle2d, bundle_root):
+    """``monai.bundle run`` and ``Predictor.from_bundle`` read the same keys; an override reaches both."""
+    parsed = _parser(bundle2d, bundle_root).get_parsed_content("predictor")
+    assert parsed.settings == Predictor.from_bundle(bundle2d).settings == load_settings()
+    assert parsed.sha256 == Predictor.from_bundle(bundle2d).sha256
+    changed = _parser(bundle2d, bundle_root, slice_batch_size=5, overlap=0.5, tta=True, device="cpu")
+    expected = load_settings(slice_batch_size=5, overlap=0.5, tta=True, device="cpu")
+    assert changed.get_parsed_content("predictor").settings == expected
 
 
 def test_run_predicts_the_test_split(bundle2d, bundle_root, tmp_path):

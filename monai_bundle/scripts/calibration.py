@@ -29,6 +29,7 @@ from ignite.engine import Engine, Events
 from monai.metrics import CalibrationErrorMetric
 
 from scripts.atomic import write_json_atomic
+from scripts.model_card import CARD_NAME, WEIGHTS_NAME, load_weights
 
 logger = logging.getLogger(__name__)
 #: temperatures are kept inside this range (a degenerate validation set cannot produce 0 or infinity)
@@ -111,7 +112,7 @@ def reliability_bins(prob: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS)
 
 def card_temperature(ckpt_dir: str | Path) -> float | None:
     """The temperature of ``ckpt_dir/model_card.json``; None when there is no card or no temperature."""
-    path = Path(ckpt_dir) / "model_card.json"
+    path = Path(ckpt_dir) / CARD_NAME
     if not path.is_file():
         return None
     t = json.loads(path.read_text(encoding="utf-8")).get("temperature")
@@ -175,13 +176,13 @@ class TemperatureScalingHandler:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        best, card_path = self.dir / "model.pt", self.dir / "model_card.json"
+        best, card_path = self.dir / WEIGHTS_NAME, self.dir / CARD_NAME
         if self.enabled and dist.is_available() and dist.is_initialized():
             dist.barrier()  # rank 0 writes model.pt at its last epoch's end: every rank then sees the same files
         if not self.enabled or not best.is_file() or not card_path.is_file():
             return
         net = self.network.module if hasattr(self.network, "module") else self.network
-        net.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
+        load_weights(net, best)
         logits, labels = collect_logits(self.evaluator)
         if labels.numel() < MIN_SAMPLES:
             engine.logger.info(f"calibration skipped: {labels.numel()} validation samples with a class, "

@@ -2,7 +2,7 @@
 
     python -m scripts.infer INPUT [INPUT ...] --out DIR [--bundle DIR] [--checkpoint FILE] [--card FILE]
            [--format auto|png|nifti|seg.nrrd|dicom-seg] [--device auto|cpu|cuda] [--series-uid UID]
-           [--axis N] [--no-overlay] [--progress]
+           [--axis N] [--no-overlay] [--tta | --no-tta] [--progress]
 
 An INPUT is an image file (PNG/JPG, NIfTI, NRRD/MHA, DICOM), a DICOM series folder, a zip of a
 DICOM series, or a folder of studies (searched for image files, zips and DICOM folders). Per study,
@@ -14,7 +14,8 @@ several studies, ``worklist.csv`` ranks them by review priority (:mod:`scripts.i
 and the summary table names the ones to review first.
 With ``--progress`` stdout carries ``PROGRESS <0-100> <stage>`` lines and one
 ``RESULT <result json>`` line per study. Exit code 0 when every study succeeded, 1 otherwise; the
-last line on stderr is then ``ERROR <message>``. All work is done by
+last line on stderr is then ``ERROR <message>``. ``--device`` and ``--tta`` override the bundle's
+``configs/inference.json``, which holds every other inference setting. All work is done by
 :class:`scripts.inference.Predictor`; this file only parses and presents.
 """
 
@@ -51,13 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="segmentation file format: auto = a PNG mask for PNG/JPG input, NIfTI otherwise "
                          "(png needs PNG/JPG input, dicom-seg DICOM input; dicom-seg also writes the diagnosis "
                          "as a DICOM SR)")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the bundle's configs/inference.json, auto)")
     ap.add_argument("--series-uid", help="SeriesInstanceUID to read from a DICOM folder with several series")
     ap.add_argument("--axis", type=int, choices=(0, 1, 2), help="slice axis of a 2D model on a volume")
     ap.add_argument("--no-overlay", action="store_true", help="do not write the overlay PNG")
     ap.add_argument("--progress", action="store_true", help="PROGRESS / RESULT lines on stdout (Slicer worker)")
-    ap.add_argument("--tta", action="store_true",
-                    help="flip test-time augmentation: average the network on the image and its mirror (2x time)")
+    ap.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                    help="flip test-time augmentation: average the network on the image and its mirror (2x time; "
+                         "default: the bundle's configs/inference.json)")
     return ap
 
 

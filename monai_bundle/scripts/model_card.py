@@ -3,14 +3,21 @@
 Training writes ``models/model_card.json`` beside ``models/model.pt``; the Predictor, the export
 command and ``configs/inference.json`` read it, so a model trained on any datalist (other classes,
 channels, encoder) is served without editing a config.
+
+The names of those files and the one way of loading the weights (strictly, ``weights_only``, with
+the SHA-256 the result JSON reports) are defined here; the inference API, calibration and the
+configs use them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from scripts.canonical import ORIENTATION
 from scripts.networks import MultiTaskUNet
@@ -18,8 +25,9 @@ from scripts.plan import card_plan
 from scripts.tasks import tumor_free_class
 from scripts.transforms import check_normalization
 
-CARD_FILE = "models/model_card.json"
-WEIGHTS_FILE = "models/model.pt"
+#: a bundle's trained model: the folder, and the card and the weights in it
+MODELS_DIR, CARD_NAME, WEIGHTS_NAME = "models", "model_card.json", "model.pt"
+CARD_FILE, WEIGHTS_FILE = f"{MODELS_DIR}/{CARD_NAME}", f"{MODELS_DIR}/{WEIGHTS_NAME}"  # relative to the bundle root
 
 #: the card of a model trained with the default configs on the built-in synthetic data
 DEFAULT_CARD: dict[str, Any] = {
@@ -69,6 +77,54 @@ def load_model_card(bundle_root: str | os.PathLike, card_file: str | os.PathLike
 def build_network(card: dict[str, Any]) -> MultiTaskUNet:
     """The (untrained) network a card describes."""
     return MultiTaskUNet(**card["network"])
+
+
+def weights_path(models_dir: str | os.PathLike) -> str:
+    """``models_dir/model.pt`` (for configs: ``{"_target_": "scripts.model_card.weights_path", ...}``)."""
+    return str(Path(models_dir) / WEIGHTS_NAME)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_sha256(network: torch.nn.Module) -> str:
+    """SHA-256 of in-memory weights (a network handed over without a file), hex."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> str:
+    """Load a state_dict (or a training checkpoint's ``"network"`` entry) strictly; return its file's SHA-256.
+
+    Raises:
+        ValueError: missing / unreadable file, or weights that do not fit the network (names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no trained weights here; train the model first or pass a checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file (pickle, zip, EOF)
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from e
+    if isinstance(state, dict) and isinstance(state.get("network"), dict):
+        state = state["network"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state_dict (found {type(state).__name__})")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:400]
+        raise ValueError(f"{path}: checkpoint does not match the network of the model card: {detail}") from e
+    return sha256_file(path)
 
 
 def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: list[str], classes: list[str],

@@ -3,7 +3,8 @@
 Used by the CLI (``scripts.infer``), the Slicer worker (the same CLI), the web demo and the bundle's
 ``configs/inference.json``; none of them re-implements pre- or post-processing.
 
-Modules: :mod:`.predictor` (the API), :mod:`.engine` (2D slice-wise / 3D sliding-window inference,
+Modules: :mod:`.predictor` (the API), :mod:`.settings` (its knobs, read from
+``configs/inference.json``), :mod:`.engine` (2D slice-wise / 3D sliding-window inference,
 the diagnosis rule, device and out-of-memory fallback), :mod:`.readers` and :mod:`.dicom` (input
 with its geometry), :mod:`.archive` (a zip of a DICOM series, unpacked safely), :mod:`.writers` and :mod:`.dicom_seg` (atomic outputs), :mod:`.batch` (many
 studies), :mod:`.terminology` (segment codes and colours).
@@ -14,6 +15,7 @@ from scripts.inference.engine import resolve_device
 from scripts.inference.errors import InputError
 from scripts.inference.predictor import SEG_SUFFIXES, Prediction, Predictor
 from scripts.inference.readers import Geometry, Study, read_study
+from scripts.inference.settings import InferenceSettings, load_settings
 
-__all__ = ["BatchRunner", "Geometry", "InputError", "Outcome", "Prediction", "Predictor", "SEG_SUFFIXES", "Study",
-           "expand_inputs", "read_study", "resolve_device"]
+__all__ = ["BatchRunner", "Geometry", "InferenceSettings", "InputError", "Outcome", "Prediction", "Predictor",
+           "SEG_SUFFIXES", "Study", "expand_inputs", "load_settings", "read_study", "resolve_device"]

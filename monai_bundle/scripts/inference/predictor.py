@@ -1,7 +1,8 @@
 """The one inference API: a study in, segmentation + diagnosis out, in the study's own geometry.
 
-``Predictor.from_bundle(bundle_root)`` loads the model once; ``predict(path, output_dir=...)`` reads
-a PNG/JPG, NIfTI, NRRD, DICOM file, DICOM series folder or zip of one (:mod:`.readers`, :mod:`.dicom`),
+``Predictor.from_bundle(bundle_root)`` loads the model once, with the settings of the bundle's
+``configs/inference.json`` (:mod:`.settings`; keyword arguments override them);
+``predict(path, output_dir=...)`` reads a PNG/JPG, NIfTI, NRRD, DICOM file, DICOM series folder or zip of one (:mod:`.readers`, :mod:`.dicom`),
 prepares it exactly as training does (:func:`scripts.transforms.match_channels`, then
 :func:`scripts.transforms.normalize` with the model card's ``normalization`` -- the plan's choice,
 per-image percentiles for cards without one -- over the whole image/volume: a 2D model on a
@@ -22,7 +23,6 @@ not fit the network; and what :func:`.readers.read_study` refuses (too small, no
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -38,11 +38,12 @@ from scripts.inference import engine
 from scripts.inference.errors import InputError
 from scripts.inference.orientation import DisplayView, display_view
 from scripts.inference.readers import Study, read_study
+from scripts.inference.settings import InferenceSettings, config_file, load_settings
 from scripts.inference.worklist import annotate
 from scripts.inference.writers import (OutputSet, check_output_dir, write_json, write_nifti, write_overlay,
                                       write_png_mask, write_seg_nrrd)
 from scripts.inferers import FlipTTA, MultiTaskSlidingWindowInferer
-from scripts.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card
+from scripts.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card, load_weights, state_sha256
 from scripts.transforms import check_normalization, match_channels, normalize
 
 #: output format -> suffix of the segmentation file after the study name
@@ -64,48 +65,6 @@ class Prediction:
     view: DisplayView | None = None
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> str:
-    """Load a state_dict (or a training checkpoint's ``"network"`` entry) strictly; return its sha256.
-
-    Raises:
-        InputError: missing / unreadable file, or weights that do not fit the network (names the file).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no trained weights here; train the model first or pass a checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file (pickle, zip, EOF)
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from e
-    if isinstance(state, dict) and isinstance(state.get("network"), dict):
-        state = state["network"]
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: not a state_dict (found {type(state).__name__})")
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:400]
-        raise InputError(f"{path}: checkpoint does not match the network of the model card: {detail}") from e
-    return sha256_file(path)
-
-
-def _state_sha256(network: torch.nn.Module) -> str:
-    """Checksum of in-memory weights (a network handed over without a file)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(network.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 class Predictor:
     """Segmentation + diagnosis of whole studies with one loaded model.
 
@@ -113,27 +72,28 @@ class Predictor:
         network: the network the card describes (weights loaded from ``weights`` when given).
         card: the model card (``scripts.model_card``).
         weights: state_dict file; None keeps the network's current weights.
-        device: ``"auto" | "cpu" | "cuda" | "cuda:N"`` or a ``torch.device``.
-        inferer: sliding-window inferer of 3D models (default: windows of the card's spatial_size).
-        batch_size: slices per forward pass of a 2D model.
-        amp: bf16 autocast on CUDA.
-        tta: flip test-time augmentation for both heads (:class:`scripts.inferers.FlipTTA`, 2x time).
+        settings: how to run it (:class:`.settings.InferenceSettings`: device, slices per batch of a
+            2D model, batch, overlap and blending of a 3D model's windows of the card's ``spatial_size``,
+            AMP, flip TTA :class:`scripts.inferers.FlipTTA`); None reads this bundle's ``configs/inference.json``.
+        overrides: settings that win over ``settings``, e.g. ``device="cpu"``, ``tta=True`` (None keeps).
 
     Raises:
         InputError: the weights file is missing, unreadable or does not fit the network.
-        ValueError: CUDA asked for but not available.
+        ValueError: an unknown or bad setting; CUDA asked for but not available.
     """
 
     def __init__(self, network: torch.nn.Module, card: dict[str, Any], weights: str | os.PathLike | None = None,
-                 device: str | torch.device = "auto", inferer: MultiTaskSlidingWindowInferer | None = None,
-                 batch_size: int = 16, amp: bool = True, tta: bool = False) -> None:
+                 settings: InferenceSettings | None = None, **overrides: Any) -> None:
         self.card = card
-        self.sha256 = load_weights(network, weights) if weights is not None else _state_sha256(network)
-        self.device = engine.resolve_device(device)
+        self.settings = (settings if settings is not None else load_settings()).with_overrides(**overrides)
+        try:
+            self.sha256 = load_weights(network, weights) if weights is not None else state_sha256(network)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        self.device = engine.resolve_device(self.settings.device)
         self.network = network.to(self.device).eval()
-        if tta:  # after loading: the wrapper's state dict has other keys
+        if self.settings.tta:  # after loading: the wrapper's state dict has other keys
             self.network = FlipTTA(self.network, int(card["network"]["spatial_dims"])).eval()
-        self.tta = tta
         self.spatial_dims = int(card["network"]["spatial_dims"])
         try:  # the training normalisation (cards without one: per-image percentiles)
             self.normalization = check_normalization(card.get("normalization"))
@@ -143,19 +103,27 @@ class Predictor:
             self.grid_settings = card_settings(card)
         except ValueError as e:
             raise InputError(f"model card: {e}") from e
-        self.inferer = inferer or MultiTaskSlidingWindowInferer(card["spatial_size"], sw_batch_size=4, overlap=0.25)
-        self.batch_size, self.amp = batch_size, amp
+        s = self.settings
+        self.inferer = MultiTaskSlidingWindowInferer(card["spatial_size"], sw_batch_size=s.sw_batch_size,
+                                                     overlap=s.overlap, mode=s.window_mode)
 
     @classmethod
-    def from_bundle(cls, bundle_root: str | os.PathLike, device: str | torch.device = "auto",
-                    checkpoint: str | os.PathLike | None = None, card: str | os.PathLike | None = None,
-                    **kwargs: Any) -> Predictor:
-        """The bundle's trained model: ``models/model_card.json`` + ``models/model.pt`` (or the given files).
+    def from_bundle(cls, bundle_root: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
+                    card: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
+                    **overrides: Any) -> Predictor:
+        """The bundle's trained model (``models/model_card.json`` + ``models/model.pt``, or the given
+        files) with the settings of its ``configs/inference.json`` (or ``config``; a folder without one
+        uses this code's), keyword ``overrides`` winning (``device="cpu"``, ``tta=True``; None keeps).
 
         Raises:
-            InputError: the card or the weights cannot be used (names the file).
+            InputError: the card, the weights or the settings file cannot be used (names the file).
+            ValueError: an unknown setting among ``overrides``.
         """
         root = Path(bundle_root)
+        try:
+            settings = load_settings(config if config is not None else config_file(root))
+        except ValueError as e:
+            raise InputError(str(e)) from e
         try:
             model_card = load_model_card(root, card)
         except ValueError as e:
@@ -164,7 +132,7 @@ class Predictor:
             network = build_network(model_card)
         except (TypeError, ValueError) as e:
             raise InputError(f"{card or root / CARD_FILE}: cannot build the network it describes: {e}") from e
-        return cls(network, model_card, checkpoint or root / WEIGHTS_FILE, device=device, **kwargs)
+        return cls(network, model_card, checkpoint or root / WEIGHTS_FILE, settings=settings, **overrides)
 
     def predict(self, path: str | os.PathLike, output_dir: str | os.PathLike | None = None, seg_format: str = AUTO_FORMAT,
                 series_uid: str | None = None, axis: int | None = None, overlay: bool = True,
@@ -267,16 +235,14 @@ class Predictor:
             self.network.to(device)
             if self.spatial_dims == 3 and grid is not None:
                 return engine.segment_canonical(self.network, image, affine, box, grid["target_spacing"],
-                                                grid["orientation"], self.inferer, device, self.amp, on_progress)
+                                                grid["orientation"], self.inferer, device, self.settings.amp, on_progress)
             if self.spatial_dims == 3:
-                return engine.segment_volume(self.network, image, self.inferer, device, self.amp, on_progress)
-            size = self.card["spatial_size"]
+                return engine.segment_volume(self.network, image, self.inferer, device, self.settings.amp, on_progress)
+            size, batch, amp = self.card["spatial_size"], self.settings.slice_batch_size, self.settings.amp
             if view is not None and image.ndim == 3:
-                label, logits = engine.segment_slices(self.network, flat, view, size, device, self.batch_size,
-                                                      self.amp, on_progress)
+                label, logits = engine.segment_slices(self.network, flat, view, size, device, batch, amp, on_progress)
                 return label[..., 0], logits  # (X, Y, 1) -> (X, Y)
-            return engine.segment_slices(self.network, image, view, size, device, self.batch_size, self.amp,
-                                         on_progress)
+            return engine.segment_slices(self.network, image, view, size, device, batch, amp, on_progress)
 
         (label, logits), device, warnings = engine.with_cpu_fallback(run, self.device)
         return label, logits, view, device, warnings
@@ -298,7 +264,7 @@ class Predictor:
             "segmentation": {"path": None, "format": None, "segments": segments},
             "model": {"name": self.card.get("name", "MultiTaskUNet"), "version": self.card.get("version", "0"),
                       "sha256": self.sha256},
-            "device": str(device), "tta": self.tta, "timings_s": {},
+            "device": str(device), "tta": self.settings.tta, "timings_s": {},
             "warnings": study.warnings + warnings + engine.consistency_warnings(diag, tumor, self.card.get("no_tumor_class")),
         }
 
