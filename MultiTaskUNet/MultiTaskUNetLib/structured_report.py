@@ -15,7 +15,9 @@ builds the request and runs it:
 
 highdicom is what writes the report: 3D Slicer ships it from 5.12 (with pydicom 3). Slicer 5.10 ships
 pydicom 2.4 and no highdicom, and the module does not install highdicom there (it needs pydicom 3,
-which would replace Slicer's); there the export writes the SEG without the SR and says why.
+which would replace Slicer's); there the export writes the SEG without the SR and says why. The same
+when the packages Segment & Classify installs are not there yet (a saved scene opened in a fresh
+Slicer, the extension build machines' self-test): the bundle's ``scripts.inference`` imports them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ SR_FILE = Path("scripts") / "inference" / "dicom_sr.py"
 NO_HIGHDICOM = ("DICOM SR not written: it needs highdicom, which 3D Slicer ships from version 5.12. The DICOM SEG "
                 "and the review JSON were written; on Slicer 5.10 write the SR with the bundle's command line "
                 "(python -m scripts.infer --format dicom-seg).")
+NO_BUNDLE_PACKAGES = ("DICOM SR not written: the report is written with the model's code, which needs the packages "
+                      "Segment & Classify installs (PyTorch, MONAI); run Segment & Classify once, then export again. "
+                      "The DICOM SEG and the review JSON were written.")
 TIMEOUT_S = 300.0  # the bundle's import (torch, MONAI) takes seconds; a hung child must not hold the export
 
 
@@ -71,8 +76,11 @@ def unavailable_reason(bundle_dir: Optional[str | os.PathLike],
     """
     if bundle_dir is None or not (Path(bundle_dir) / SR_FILE).is_file():
         return f"DICOM SR not written: the bundle code next to the module has no {SR_FILE.as_posix()}"
-    if (find_spec or importlib.util.find_spec)("highdicom") is None:
+    find_spec = find_spec or importlib.util.find_spec
+    if find_spec("highdicom") is None:
         return NO_HIGHDICOM
+    if find_spec("torch") is None or find_spec("monai") is None:  # the bundle's scripts.inference imports both
+        return NO_BUNDLE_PACKAGES
     return None
 
 

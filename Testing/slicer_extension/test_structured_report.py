@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from MultiTaskUNetLib.structured_report import (NO_HIGHDICOM, ExportedSegment, ReportError, ReportWriter,
+from MultiTaskUNetLib.structured_report import (NO_BUNDLE_PACKAGES, NO_HIGHDICOM, ExportedSegment, ReportError, ReportWriter,
                                                 report_result, report_review, source_files, unavailable_reason)
 
 RAW = {"input": "in.nrrd", "diagnosis": {"label": "glioma", "probabilities": {"glioma": 0.8, "no_tumor": 0.2}},
@@ -56,6 +56,8 @@ def test_report_review(record, kept):
 def test_unavailable_reason(tmp_path, bundle_root):
     assert unavailable_reason(bundle_root) is None  # this environment has highdicom
     assert unavailable_reason(bundle_root, find_spec=lambda name: None) == NO_HIGHDICOM  # Slicer 5.10
+    # Slicer 5.12 before the first Segment & Classify (or its self-test on the build machines)
+    assert unavailable_reason(bundle_root, find_spec=lambda name: name == "highdicom" or None) == NO_BUNDLE_PACKAGES
     assert "has no scripts/inference/dicom_sr.py" in unavailable_reason(tmp_path)
     assert "has no scripts/inference/dicom_sr.py" in unavailable_reason(None)
 
