@@ -1,5 +1,8 @@
 """``python -m scripts.prepare <format> SOURCE --out DIR [options]``, ``... validate DATALIST`` and ``... plan DATALIST``.
 
+``reviewed REVIEW_DIR --out DIR [--merge DATALIST]`` turns reviewed studies into a datalist with
+provenance (:mod:`scripts.prepare.reviewed`); with ``--merge`` also ``DIR/merged.json``.
+
 Run with the bundle root as working directory (``cd monai_bundle``) or on ``PYTHONPATH``.
 Exit status: 0 done, 1 the data set or datalist has problems (all listed on stderr), 2 bad usage.
 """
@@ -14,11 +17,12 @@ from pathlib import Path
 from scripts.prepare.brats import SEGMENT_MODES, collect_brats
 from scripts.prepare.brisc import NO_TUMOR_MODES, collect_brisc
 from scripts.prepare.busi import collect_busi
-from scripts.prepare.common import PrepareError, check_out_dir, format_counts
+from scripts.prepare.common import PrepareError, check_out_dir, count_table, format_counts
 from scripts.prepare.duplicates import NEAR_THRESHOLD
 from scripts.prepare.msd import collect_msd, collect_nnunet
 from scripts.prepare.pipeline import REPORT_FILE, Options, build
 from scripts.prepare.plain_csv import collect_csv
+from scripts.prepare.reviewed import collect_reviewed, merge_datalists
 
 
 def _names(text: str) -> list[str]:
@@ -90,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         "--segments", type=_names, help="segment names for mask values 0..S-1 (default background,tumor)"
     )
     table.add_argument("--class-names", type=_names, help="class order, comma separated (default: sorted names)")
+    reviewed = sub.add_parser(
+        "reviewed", parents=[common], help="reviewed studies (Slicer worklist or per-study review JSONs)"
+    )
+    reviewed.add_argument("--merge", type=Path, metavar="DATALIST",
+                          help="also write OUT/merged.json: this datalist with the reviewed studies in its training split")
+    reviewed.add_argument("--channels", type=_names, help="channel names, comma separated (default: --merge's)")
     val = sub.add_parser("validate", help="check a datalist and every file it names")
     val.add_argument("datalist", type=Path)
     plan = sub.add_parser("plan", help="fingerprint the training split and write plan.json beside the datalist")
@@ -119,6 +129,8 @@ def _collect(args: argparse.Namespace):
         return collect(src, out, args.classes_csv, args.class_names)
     if fmt == "brats":
         return collect_brats(src, out, args.segments, args.classes_csv, args.class_names)
+    if fmt == "reviewed":
+        return collect_reviewed(src, out, args.channels, args.merge)
     return collect_csv(src, out, args.channels, args.segments, args.class_names)
 
 
@@ -180,7 +192,14 @@ def _print_summary(args: argparse.Namespace, report: dict) -> None:
         print(f"warning: {w}")
     if len(report["warnings"]) > 5:
         print(f"... {len(report['warnings']) - 5} more warning(s) in {args.out / REPORT_FILE}")
-    print(f"next: python -m scripts.prepare validate {args.out / report['datalists'][0]['file']}")
+    if args.format == "reviewed":
+        from scripts.prepare.reviewed import provenance_counts
+
+        last = args.out / report["datalists"][-1]["file"]
+        counts = provenance_counts(json.loads(last.read_text(encoding="utf-8")))
+        print("provenance: " + "; ".join(f"{k} " + ", ".join(f"{p} {n}" for p, n in sorted(v.items()))
+                                         for k, v in counts.items()))
+    print(f"next: python -m scripts.prepare validate {args.out / report['datalists'][-1]['file']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,7 +227,15 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(
             args.source.parent if args.format == "csv" else args.source, args.out, inside=args.format != "csv"
         )
+        if args.format == "reviewed" and args.merge is not None and not args.merge.is_file():
+            raise PrepareError(f"{args.merge}: datalist to merge with not found")
         report = build(_collect(args), args.out, options)
+        if args.format == "reviewed" and args.merge is not None:
+            merged, warnings = merge_datalists(args.merge, args.out / report["datalists"][0]["file"], args.out,
+                                               args.absolute_paths)
+            report["warnings"] += warnings
+            merged_dl = json.loads(merged.read_text(encoding="utf-8"))
+            report["datalists"].append({"file": merged.name, "counts": count_table(merged_dl, merged_dl["classes"])})
     except PrepareError as e:
         print(f"ERROR {e}", file=sys.stderr)
         return 1

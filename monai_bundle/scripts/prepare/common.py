@@ -37,6 +37,8 @@ class Sample:
         class_index: index into the collection's ``classes``, or None when unknown.
         group: samples of one group (patient) always share a split.
         split: an official split (one of :data:`SPLITS`) that must be kept, or None.
+        provenance: where the labels come from (``prepare reviewed``: accepted / edited / overridden
+            / rejected), written to the datalist entry; None for a published data set's own labels.
     """
 
     key: str
@@ -45,6 +47,7 @@ class Sample:
     class_index: int | None = None
     group: str = ""
     split: str | None = None
+    provenance: str | None = None
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -70,6 +73,8 @@ class Collection:
     segments: list[str]
     classes: list[str]
     samples: list[Sample] = field(default_factory=list)
+    #: samples listed in the datalist under their own key (e.g. ``"rejected"``), never split or trained on
+    listed: dict[str, list[Sample]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -103,7 +108,7 @@ def path_for_datalist(path: str, datalist_dir: Path, absolute: bool) -> str:
 
 
 def sample_entry(sample: Sample, datalist_dir: Path, absolute: bool) -> dict[str, Any]:
-    """The datalist dictionary of a sample: ``image``, optional ``label`` / ``class``, ``group``."""
+    """The datalist dictionary of a sample: ``image``, optional ``label`` / ``class``, ``group``, ``provenance``."""
 
     def conv(p: str) -> str:
         return path_for_datalist(p, datalist_dir, absolute)
@@ -115,6 +120,8 @@ def sample_entry(sample: Sample, datalist_dir: Path, absolute: bool) -> dict[str
     if sample.class_index is not None:
         entry[Keys.CLASS.value] = int(sample.class_index)
     entry[Keys.GROUP.value] = sample.group
+    if sample.provenance is not None:
+        entry["provenance"] = sample.provenance
     return entry
 
 

@@ -103,6 +103,8 @@ def _datalist(
     }
     for split in SPLITS:
         dl[split] = [sample_entry(s, out, absolute) for i, s in enumerate(samples) if assignment[i] == split]
+    for key, listed in collection.listed.items():
+        dl[key] = [sample_entry(s, out, absolute) for s in listed]
     return dl
 
 
