@@ -74,9 +74,55 @@ def load_model_card(bundle_root: str | os.PathLike, card_file: str | os.PathLike
     return card
 
 
-def build_network(card: dict[str, Any]) -> MultiTaskUNet:
-    """The (untrained) network a card describes."""
-    return MultiTaskUNet(**card["network"])
+#: what a model given to ``init_from`` must share with the run it starts (its card beside its weights)
+INIT_CARD_KEYS = ("network", "channels", "segments", "classes", "spatial_size", "normalization")
+
+
+def build_network(card: dict[str, Any], init_from: str | os.PathLike | None = None) -> MultiTaskUNet:
+    """The network a card describes: untrained, or with the weights of ``init_from`` (fine-tuning).
+
+    ``init_from`` is a trained ``model.pt`` (or a training checkpoint) with its ``model_card.json``
+    beside it; that card must describe the same setup as ``card`` (:data:`INIT_CARD_KEYS`), so that
+    weights learnt for other classes, segments, channels, input size or intensity scaling are never
+    loaded silently. The weights load strictly and ``weights_only`` (:func:`load_weights`).
+
+    Raises:
+        ValueError: no card beside ``init_from``, a setup that differs (each difference named), or
+            weights that do not load (names the file).
+    """
+    network = MultiTaskUNet(**card["network"])
+    if init_from is not None:
+        check_init_card(card, init_from)
+        load_weights(network, init_from)
+    return network
+
+
+def check_init_card(card: dict[str, Any], init_from: str | os.PathLike) -> None:
+    """Raise ``ValueError`` unless the card beside ``init_from`` has this run's :data:`INIT_CARD_KEYS`."""
+    path = Path(init_from)
+    card_file = path.with_name(CARD_NAME)
+    if not path.is_file():
+        raise ValueError(f"{path}: init_from weights not found")
+    if not card_file.is_file():
+        raise ValueError(f"{card_file}: no model card beside the init_from weights {path.name}; fine-tuning "
+                         "needs it to check that the model was trained for this setup")
+    old = load_model_card(path.parent, card_file)
+    default_norm = {"mode": "percentile"}  # cards written before plans: per-image percentile scaling
+    differences = []
+    for key in INIT_CARD_KEYS:
+        was, now = old.get(key), card.get(key)
+        if key == "normalization":
+            was, now = was or default_norm, now or default_norm
+        if key == "network" and isinstance(was, dict) and isinstance(now, dict):
+            differences += [f"network.{k}: {was.get(k)!r} in {card_file.name}, {now.get(k)!r} now"
+                            for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+        elif was != now:
+            differences.append(f"{key}: {was!r} in {card_file.name}, {now!r} now")
+    if differences:
+        raise ValueError(f"{card_file}: the init_from model was trained for another setup than this run:\n  "
+                         + "\n  ".join(differences)
+                         + "\nGive the differing settings on the command line (e.g. --spatial_size, "
+                           "--network_channels) or train from scratch (init_from null).")
 
 
 def weights_path(models_dir: str | os.PathLike) -> str:
@@ -131,7 +177,8 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
               spatial_size: list[int], name: str = "MultiTaskUNet", version: str = "0.1.0",
               plan: dict[str, Any] | None = None, normalization: str | dict[str, Any] | None = None,
               target_spacing: list[float] | None = None, orientation: str | None = None,
-              crop_foreground: bool = False) -> dict[str, Any]:
+              crop_foreground: bool = False, datalist_file: str | os.PathLike | None = None,
+              init_from: str | os.PathLike | None = None) -> dict[str, Any]:
     """Assemble a card from the training configuration.
 
     A 3D model trained on canonical grids (``target_spacing`` mm along the axes of ``orientation``,
@@ -144,6 +191,12 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
     which inference applies. Cards written before plans existed have neither: inference then uses
     per-image percentile scaling, as training did then. The tumor-free class is found by name, else
     it is the plan's (the class whose masks are empty).
+
+    ``datalist_file`` records the data the model learnt from under ``"training_data"``: the file,
+    its SHA-256 and, per split, how many entries have each ``provenance`` (reviewed studies from
+    ``prepare reviewed``: accepted / edited / overridden / rejected; the rest count as
+    ``original``). ``init_from`` records the model fine-tuning started from (file, SHA-256, name,
+    version) under ``"init_from"``.
     """
     free = tumor_free_class(classes)
     no_tumor = None if free is None else classes[free]
@@ -167,4 +220,24 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
                     crop_foreground=bool(crop_foreground))
     if plan is not None:
         card["plan"] = card_plan(plan)
+    if datalist_file is not None:
+        card["training_data"] = training_data(datalist_file)
+    if init_from is not None:
+        start = load_model_card(Path(init_from).parent, Path(init_from).with_name(CARD_NAME)) \
+            if Path(init_from).with_name(CARD_NAME).is_file() else {}
+        card["init_from"] = {"path": str(Path(init_from).resolve()), "sha256": sha256_file(init_from),
+                             "name": start.get("name"), "version": start.get("version")}
     return card
+
+
+def training_data(datalist_file: str | os.PathLike) -> dict[str, Any]:
+    """``{"datalist", "sha256", "provenance": {split: {provenance: count}}}`` of a datalist file."""
+    from scripts.prepare.reviewed import provenance_counts
+
+    path = Path(datalist_file).resolve()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the datalist ({e})") from e
+    return {"datalist": str(path), "sha256": sha256_file(path),
+            "provenance": provenance_counts(raw if isinstance(raw, dict) else {})}
