@@ -28,7 +28,7 @@ rejected, the model's diagnosis        rejected     none                        
 Rejected studies train nothing (the reviewer refused the segmentation without saying what is
 right); they are listed under the datalist's ``"rejected"`` key, which no split reads, so the
 record of what was reviewed stays complete. ``--merge BASE`` also writes ``merged.json``: the base
-datalist (paths rebased) with every reviewed study added to its ``training`` split; its
+datalist (paths rebased, entries marked ``original``) with every reviewed study added to its ``training`` split; its
 ``validation`` and ``test`` stay as they were, so the fine-tuned model is scored on the same cases.
 """
 
@@ -339,7 +339,8 @@ def _first_file(entry: dict[str, Any], folder: Path) -> Path:
 def merge_datalists(base_file: Path, reviewed_file: Path, out: Path, absolute: bool = False) -> tuple[Path, list[str]]:
     """Write ``out/merged.json``: ``base_file`` with ``reviewed_file``'s studies in its training split.
 
-    The base's other keys (name, description, ``synthetic`` for the demo's settings) are kept. A
+    The base's other keys (name, description, ``synthetic`` for the demo's settings) are kept; its
+    entries get ``"provenance": "original"`` unless they have one (all entries need the same keys). A
     reviewed image that is also a base training image replaces that entry (its reviewed labels win);
     one in the base's validation or test split is refused: the score would be of training data.
 
@@ -367,7 +368,8 @@ def merge_datalists(base_file: Path, reviewed_file: Path, out: Path, absolute: b
             if first in new_files:
                 warnings.append(f"{first}: in {base_file}'s training split; its reviewed labels replace it")
                 continue
-            kept.append(_rebase(entry, base_dir, out, absolute))
+            # every entry carries a provenance: batches are collated key by key, so all need the same keys
+            kept.append({"provenance": "original"} | _rebase(entry, base_dir, out, absolute))
         merged[split] = kept + (new if split == "training" else [])
     merged[REJECTED_KEY] = [_rebase(e, reviewed_file.parent, out, absolute) for e in reviewed.get(REJECTED_KEY, [])]
     return write_json_atomic(out / MERGED_NAME, merged), warnings
