@@ -32,6 +32,7 @@ weights: speed does not depend on what the model learned. Widths are printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -171,7 +172,8 @@ def run_worker(mode: str, path: str, nifti: Path, out_dir: Path, device_name: st
         extra = {"network_input": list(image.shape[1:])}
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     cuda_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"mode": mode, "path": path, "seconds": total, "cpu_s": cpu, "network_s": timed.seconds,
+    settings = {k: str(v) if k == "device" else v for k, v in dataclasses.asdict(predictor.settings).items()}
+    return {"mode": mode, "path": path, "settings": settings, "seconds": total, "cpu_s": cpu, "network_s": timed.seconds,
             "outside_share": max(0.0, 1 - timed.seconds / total), "peak_rss_mb": peak_rss / 2 ** 20,
             "rss_over_start_mb": (peak_rss - base_rss) / 2 ** 20,
             "cuda_peak_mb": None if cuda_peak is None else cuda_peak / 2 ** 20, **extra}
@@ -201,14 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import SimpleITK as sitk
 
-    from scripts.inference.settings import load_settings
-
-    s = load_settings()
+    # this process imports nothing of the bundle: a worker's peak RSS starts from this process's
+    # resident size (Linux keeps the high-water mark across fork + exec)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, device {args.device}")
-    print(f"volume {tuple(args.shape)}; 2D widths {WIDTHS[2]} at {SPATIAL_2D}, {s.slice_batch_size} slices per batch; "
-          f"3D widths {WIDTHS[3]}, windows {args.roi3d}^3, overlap {s.overlap}, {s.sw_batch_size} per batch, "
-          f"{s.window_mode} blending (configs/inference.json); canonical target spacings "
-          f"{ {k: v for k, v in PATHS.items() if v} }; load average {os.getloadavg()[0]:.1f}")
+    print(f"volume {tuple(args.shape)}; 2D widths {WIDTHS[2]} at {SPATIAL_2D}; 3D widths {WIDTHS[3]}, windows "
+          f"{args.roi3d}^3; canonical target spacings { {k: v for k, v in PATHS.items() if v} }; "
+          f"load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         nifti = Path(tmp) / "head.nii.gz"
         image = sitk.GetImageFromArray(np.ascontiguousarray(make_volume(tuple(args.shape)).T))
@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                     if mode not in best or r["seconds"] < best[mode]["seconds"]:
                         best[mode] = r
             rows.append(best)
+    print(f"settings of configs/inference.json (both sides): {rows[0]['plain']['settings']}")
     print(f"\n{'path':<30}{'seconds':>9}{'CPU s':>8}{'network s':>11}{'outside':>9}{'peak RSS MB':>13}{'RSS +MB':>9}"
           f"{'CUDA MB':>9}")
     for best in rows:
