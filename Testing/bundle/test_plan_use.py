@@ -21,7 +21,7 @@ from PIL import Image
 from scripts.inference import Predictor
 from scripts.inference.errors import InputError
 from scripts.model_card import DEFAULT_CARD, make_card
-from scripts.plan import MIN_BATCH, load_or_create_plan
+from scripts.plan import MAX_EPOCHS, MIN_BATCH, load_or_create_plan
 from scripts.tasks import Task
 from scripts.transforms import (
     AUGMENT_STRENGTHS,
@@ -142,6 +142,8 @@ def test_train_config_takes_its_settings_from_the_plan(tmp_path):
     assert parser.get_parsed_content("network_channels") == plan["network_channels"]
     assert parser.get_parsed_content("batch_size") == plan["batch_size"] == MIN_BATCH[2]
     assert parser.get_parsed_content("augment_strength") == plan["augmentation"] == "strong"
+    assert parser.get_parsed_content("max_epochs") == plan["max_epochs"] == MAX_EPOCHS[2] == 60
+    assert parser.get_parsed_content("early_stop_patience") == 20  # a third of the epochs: the cosine's tail runs
     card = parser.get_parsed_content("model_card")
     assert card["plan"]["spatial_size"] == [96, 96] and card["plan"]["datalist_sha256"] == plan["datalist_sha256"]
     assert "monai" not in card["plan"]["fingerprint"] and card["normalization"] == {"mode": "percentile"}
@@ -152,7 +154,8 @@ def test_train_config_takes_its_settings_from_the_plan(tmp_path):
 def test_command_line_overrides_win_over_the_plan(tmp_path):
     datalist = _tiny_datalist(tmp_path)
     parser = _parser({"datalist_file": str(datalist), "spatial_size": [64, 64], "batch_size": 3,
-                      "normalization": "zscore", "augment_strength": "light"})
+                      "normalization": "zscore", "augment_strength": "light", "max_epochs": 7})
+    assert parser.get_parsed_content("max_epochs") == 7
     assert parser.get_parsed_content("spatial_size") == [64, 64]
     assert parser.get_parsed_content("network_channels") == [8, 16, 32, 64, 128]  # re-decided for 64: 4 px bottleneck
     assert parser.get_parsed_content("batch_size") == 3
@@ -175,6 +178,8 @@ def test_the_built_in_synthetic_default_keeps_the_demo_settings(tmp_path):
     assert parser.get_parsed_content("batch_size") == parser.get_parsed_content("val_batch_size") == 16
     assert parser.get_parsed_content("normalization") == {"mode": "percentile"}
     assert parser.get_parsed_content("augment_strength") == "medium"
+    assert parser.get_parsed_content("max_epochs") == 30  # the demo's published figures are from 30 epochs
+    assert parser.get_parsed_content("early_stop_patience") == 10
 
 
 def test_the_3d_config_takes_spacing_orientation_and_patch_from_the_plan(tmp_path):
@@ -187,6 +192,7 @@ def test_the_3d_config_takes_spacing_orientation_and_patch_from_the_plan(tmp_pat
     assert parser.get_parsed_content("spatial_size") == [64, 64, 32]  # the 3D demo's patch (pinned)
     assert parser.get_parsed_content("network_channels") == [16, 32, 64, 128]
     assert parser.get_parsed_content("batch_size") == 2 and parser.get_parsed_content("val_batch_size") == 1
+    assert parser.get_parsed_content("max_epochs") == 30
 
 
 # --- the model card and the Predictor ---------------------------------------------------------------

@@ -34,7 +34,7 @@ def test_input_size_keeps_the_small_lesions_wide_enough():
     # large lesions: the minimum size
     assert P.decide_input_size_2d([512, 512], 200.0) == [P.MIN_INPUT_SIZE] * 2
     # the device's ceiling: 128 on CPU (both sides), the full 256 on a GPU
-    assert P.decide_input_size_2d([512, 512], 18.0, P.MAX_INPUT_SIZE_DEVICE["cpu"]) == [128, 128]
+    assert P.decide_input_size_2d([512, 512], 18.0, P.MAX_INPUT_SIZE_DEVICE["cpu"]) == [96, 96]  # epochs before pixels on CPU
     assert P.decide_input_size_2d([400, 600], 20.0, 128) == [128, 128]  # the long side is capped too
     assert P.decide_input_size_2d([512, 512], 18.0, P.MAX_INPUT_SIZE_DEVICE["cuda"]) == [240, 240]
 
@@ -168,6 +168,9 @@ def test_decide_reproduces_the_demo_settings_from_the_synthetic_fingerprint():
                              "time_budget_min"}
     # a wall-clock ceiling on CPU only; a GPU plan trains its epochs
     assert d["time_budget_min"] == P.TIME_BUDGET_MIN["cpu"] > 0
+    # 60 epochs in 2D (the demo pins its 30), 30 in 3D
+    assert d["max_epochs"] == P.MAX_EPOCHS[2] == 60 and "max_epochs" in d["why"]
+    assert P.synthetic_pins({"synthetic": {}, "spatial_dims": 2})["max_epochs"] == 30
     assert P.decide(_fingerprint_2d(), "cuda", memory_gb=80.0)["time_budget_min"] is None
 
 
@@ -186,9 +189,9 @@ def test_pins_win_but_the_rule_stays_visible(tmp_path):
     datalist = tmp_path / "datalist.json"
     datalist.write_text("{}")
     fp = _fingerprint_2d(image_size={"median": [512.0, 512.0]}, lesions={"width_px": {"p05": 18.0}})
-    plan = P.make_plan(fp, datalist, "cpu", pins={"spatial_size": [96, 96]})
+    plan = P.make_plan(fp, datalist, "cuda", memory_gb=80.0, pins={"spatial_size": [96, 96]})
     assert plan["spatial_size"] == [96, 96] and plan["pinned"] == ["spatial_size"]
-    assert "[240, 240]" in plan["why"]["spatial_size"] and "pinned" in plan["why"]["spatial_size"]
+    assert "the rule gives [240, 240], pinned" in plan["why"]["spatial_size"]
     assert plan["version"] == P.PLAN_VERSION and plan["datalist_sha256"] == P.file_sha256(datalist)
     assert P.synthetic_pins({"synthetic": {}, "spatial_dims": 2})["spatial_size"] == [96, 96]
     assert P.synthetic_pins({"spatial_dims": 2}) == {}
