@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -109,6 +110,17 @@ def run(cmd: list[str], cwd: Path, log_file: Path, env: dict[str, str]) -> float
 # ------------------------------------------------------------------------------------ the data sets
 
 
+def generator_version(sub: str) -> int | None:
+    """``GENERATOR_VERSION`` of a generator's module, read from its source (the bundle is not imported
+    here), so that a set made by an older generator is built again; None when there is none."""
+    source = BUNDLE / "scripts" / "datasets" / f"{sub.replace('-', '_')}.py"
+    try:
+        found = re.search(r"^GENERATOR_VERSION = (\d+)", source.read_text(encoding="utf-8"), re.MULTILINE)
+    except OSError:
+        return None
+    return int(found.group(1)) if found else None
+
+
 def generator_help(sub: str, env: dict[str, str]) -> str | None:
     """``python -m scripts.datasets SUB --help``, or None when there is no such generator."""
     done = subprocess.run([PY, "-m", "scripts.datasets", sub, "--help"], cwd=BUNDLE, env=env, capture_output=True,
@@ -127,7 +139,8 @@ def prepare_set(name: str, cache: Path, quick: bool, env: dict[str, str]) -> Pat
     raw, prepared = folder / "raw", folder / "prepared"
     datalist, stamp_file = prepared / "datalist.json", folder / "bench_params.json"
     wanted = (QUICK_GEN_ARGS if quick else GEN_ARGS).get(name, {})
-    stamp = {"generator": sub, "options": wanted, "prepare": adapter, "prepare_options": extra}
+    stamp = {"generator": sub, "version": generator_version(sub), "options": wanted, "prepare": adapter,
+             "prepare_options": extra}
     current = stamp_file.is_file() and json.loads(stamp_file.read_text(encoding="utf-8")) == stamp
     if datalist.is_file() and current:
         return datalist
