@@ -52,7 +52,8 @@ def test_png_result_json_and_files(predictor2d, bundle2d, tmp_path):
     assert r["diagnosis"]["index"] == ["glioma", "meningioma", "no_tumor", "pituitary"].index(r["diagnosis"]["label"])
     assert sum(r["diagnosis"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     assert r["segmentation"] == {"path": str(tmp_path / "out" / "scan_seg.png"), "format": "png",
-                                 "segments": [{"name": "tumor", "value": 1, "voxels": int(expected.sum()), "volume_ml": None}]}
+                                 "segments": [{"name": "tumor", "value": 1, "voxels": int(expected.sum()), "volume_ml": None}],
+                                 "uncertainty": None}  # null: no flip TTA, nothing to measure it from
     assert r["model"] == {"name": "TinyThreshold", "version": "0.0.1",
                           "sha256": hashlib.sha256((bundle2d / "models" / "model.pt").read_bytes()).hexdigest()}
     assert r["device"] == "cpu" and set(r["timings_s"]) == {"load", "infer", "write"}

@@ -2,14 +2,15 @@
 
     python -m scripts.infer INPUT [INPUT ...] --out DIR [--bundle DIR] [--checkpoint FILE] [--card FILE]
            [--format auto|png|nifti|seg.nrrd|dicom-seg] [--device auto|cpu|cuda] [--series-uid UID]
-           [--axis N] [--no-overlay] [--tta | --no-tta] [--progress]
+           [--axis N] [--no-overlay] [--tta | --no-tta] [--uncertainty-map] [--progress]
 
 An INPUT is an image file (PNG/JPG, NIfTI, NRRD/MHA, DICOM), a DICOM series folder, a zip of a
 DICOM series, or a folder of studies (searched for image files, zips and DICOM folders). Per study,
 in ``--out``: the label map ``<name>_seg.png`` (PNG/JPG input, on the image's pixel grid: 0/255 for
 one segment, else the segment values) or ``<name>_seg.nii.gz`` (other input; ``--format`` picks
 ``.seg.nrrd``, DICOM SEG ``.dcm`` or NIfTI for any input), ``<name>_result.json``, ``<name>_overlay.png``;
-with DICOM SEG also ``<name>_sr.dcm``, the diagnosis and tumour volume as a DICOM SR (TID 1500). With
+with DICOM SEG also ``<name>_sr.dcm``, the diagnosis and tumour volume as a DICOM SR (TID 1500); with
+``--tta --uncertainty-map`` also ``<name>_uncertainty.png`` / ``.nii.gz``, the flip disagreement. With
 several studies, ``worklist.csv`` ranks them by review priority (:mod:`scripts.inference.worklist`)
 and the summary table names the ones to review first.
 With ``--progress`` stdout carries ``PROGRESS <0-100> <stage>`` lines and one
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tta", action=argparse.BooleanOptionalAction,
                     help="flip test-time augmentation: average the network on the image and its mirror (2x time; "
                          "default: the bundle's configs/inference.json)")
+    ap.add_argument("--uncertainty-map", action="store_true",
+                    help="also write <name>_uncertainty.png (PNG/JPG input) or .nii.gz: the voxel-wise disagreement "
+                         "of the image and its mirror (needs TTA)")
     return ap
 
 
@@ -95,8 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ValueError) as e:
         print(f"ERROR {e}", file=sys.stderr)
         return 1
+    if args.uncertainty_map and not predictor.settings.tta:
+        print("ERROR --uncertainty-map needs flip TTA: add --tta (or set tta in the bundle's configs/inference.json)",
+              file=sys.stderr)
+        return 1
     runner = BatchRunner(predictor, args.inputs, args.out, seg_format=args.seg_format, series_uid=args.series_uid,
-                         axis=args.axis, overlay=not args.no_overlay, strict=False)
+                         axis=args.axis, overlay=not args.no_overlay, strict=False, uncertainty_map=args.uncertainty_map)
     n = len(runner.studies)
     bar = tqdm(total=n, unit="study", file=sys.stderr, disable=args.progress or n < 2)
 

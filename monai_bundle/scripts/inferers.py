@@ -20,6 +20,8 @@ from monai.inferers import Inferer, sliding_window_inference
 from scripts.tasks import Task
 
 EPS_WEIGHT = 1.0  # a window without tumor still counts as one voxel's worth
+#: FlipTTA's third output: ``(B, 2, *spatial)`` = (|p - p_mirror|, max(p, p_mirror)) of the tumour probability
+FLIP_DISAGREEMENT = "flip_disagreement"
 
 
 def aggregate_class_logits(logits: torch.Tensor, tumor_voxels: torch.Tensor) -> torch.Tensor:
@@ -73,22 +75,30 @@ class MultiTaskSlidingWindowInferer(Inferer):
         self.mode = mode
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> dict[str, torch.Tensor]:
-        segs, clss = [], []
+        segs, clss, flips = [], [], []
         for image in inputs:  # (C, *spatial)
             window_logits: list[torch.Tensor] = []
             window_tumor: list[torch.Tensor] = []
 
-            def seg_of(x: torch.Tensor) -> torch.Tensor:
+            def seg_of(x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
                 out = network(x, *args, **kwargs)
                 seg = out[Task.SEG]
                 window_logits.append(out[Task.CLS].float())
                 window_tumor.append((label_map(seg) > 0).flatten(1).sum(1))  # (b,) tumor voxels per window
+                if FLIP_DISAGREEMENT in out:  # stitched like the segmentation (same blending)
+                    return {Task.SEG.value: seg, FLIP_DISAGREEMENT: out[FLIP_DISAGREEMENT]}
                 return seg
 
             seg = sliding_window_inference(image[None], self.roi_size, self.sw_batch_size, seg_of, self.overlap, self.mode)
+            if isinstance(seg, dict):
+                flips.append(seg[FLIP_DISAGREEMENT])
+                seg = seg[Task.SEG.value]
             segs.append(seg)
             clss.append(aggregate_class_logits(torch.cat(window_logits), torch.cat(window_tumor)))
-        return {Task.SEG.value: torch.cat(segs), Task.CLS.value: torch.stack(clss)}
+        out = {Task.SEG.value: torch.cat(segs), Task.CLS.value: torch.stack(clss)}
+        if flips:
+            out[FLIP_DISAGREEMENT] = torch.cat(flips)
+        return out
 
 
 class MultiTaskSimpleInferer(Inferer):
@@ -103,7 +113,11 @@ class FlipTTA(torch.nn.Module):
     """Flip test-time augmentation for both heads: the network on the input and on its mirror image.
 
     ``forward(x)`` returns ``{"seg": mean of the logits (the mirrored one flipped back), "cls": mean
-    of the class logits}``. The flip is left-right: the last axis of a 2D display-oriented slice
+    of the class logits, FLIP_DISAGREEMENT: (B, 2, *spatial)}``. The last is what the two passes say
+    about each voxel's tumour probability ``p = 1 - softmax(seg)[background]``: channel 0 their
+    disagreement ``|p - p_mirror|`` (0..1), channel 1 ``max(p, p_mirror)`` (a voxel either pass calls
+    tumour has it >= 0.5); :class:`scripts.inference.uncertainty.FlipUncertainty` turns it into the
+    study's segmentation uncertainty. The mean logits are computed as without it. The flip is left-right: the last axis of a 2D display-oriented slice
     ``(B, C, rows, cols)`` (columns run R->L), the first spatial axis of a 3D volume ``(B, C, X, Y, Z)``
     in canonical orientation. Twice the network cost; any 2D/3D path (slices, sliding windows) can
     use it because it is just another network.
@@ -119,4 +133,7 @@ class FlipTTA(torch.nn.Module):
         b = self.network(x.flip(self.flip_dim))
         seg = 0.5 * (a[Task.SEG].float() + b[Task.SEG].float().flip(self.flip_dim))
         cls = 0.5 * (a[Task.CLS].float() + b[Task.CLS].float())
-        return {Task.SEG.value: seg, Task.CLS.value: cls}
+        p_a = 1 - torch.softmax(a[Task.SEG].float(), dim=1)[:, :1]  # (B, 1, *spatial) tumour probability
+        p_b = 1 - torch.softmax(b[Task.SEG].float(), dim=1)[:, :1].flip(self.flip_dim)
+        flip = torch.cat([(p_a - p_b).abs(), torch.maximum(p_a, p_b)], dim=1)  # (B, 2, *spatial)
+        return {Task.SEG.value: seg, Task.CLS.value: cls, FLIP_DISAGREEMENT: flip}

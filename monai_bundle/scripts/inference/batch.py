@@ -98,16 +98,17 @@ class BatchRunner:
         predictor: the loaded model.
         inputs: files, folders or datalist entries (``{"image": ...}``); see :func:`expand_inputs`.
         output_dir: where every study's files go.
-        seg_format, series_uid, axis, overlay: passed to :meth:`Predictor.predict`.
+        seg_format, series_uid, axis, overlay, uncertainty_map: passed to :meth:`Predictor.predict`.
         strict: :meth:`run` raises after the batch when a study failed (the bundle's ``run``).
     """
 
     def __init__(self, predictor: Predictor, inputs: Iterable[str | os.PathLike | dict], output_dir: str | os.PathLike,
                  seg_format: str = "auto", series_uid: str | None = None, axis: int | None = None,
-                 overlay: bool = True, strict: bool = True) -> None:
+                 overlay: bool = True, strict: bool = True, uncertainty_map: bool = False) -> None:
         self.predictor, self.output_dir = predictor, Path(output_dir)
         self.studies = expand_inputs(inputs)
-        self.options = {"seg_format": seg_format, "series_uid": series_uid, "axis": axis, "overlay": overlay}
+        self.options = {"seg_format": seg_format, "series_uid": series_uid, "axis": axis, "overlay": overlay,
+                        "uncertainty_map": uncertainty_map}
         self.strict = strict
 
     def run(self, progress: Callable[[int, int, int, str], None] | None = None,

@@ -21,6 +21,10 @@ Rules (the Predictor's docstring points here):
   ``1 + predicted tumor voxels`` of the slice/window. Slices that show tumor dominate; with no
   tumor anywhere every slice counts equally, so ``no_tumor`` comes out only when no slice shows
   tumor with enough weight. Disagreements between the two heads become result warnings.
+- **Uncertainty.** With flip TTA the network also reports the two passes' tumour probabilities
+  (:data:`scripts.inferers.FLIP_DISAGREEMENT`); given a :class:`.uncertainty.FlipUncertainty`, each
+  path brings them onto the input's voxels the way it brings the logits (bilinear resize, stitching,
+  resampling) and counts them there. The label map and the diagnosis do not depend on it.
 - **Device.** ``auto`` is CUDA when present; there the network runs under bf16 autocast. A CUDA
   out-of-memory error re-runs the study on the CPU and says so in the warnings.
 """
@@ -37,7 +41,8 @@ from torch.nn import functional as F
 
 from scripts.canonical import Grid, canonical_grid, label_on_grid, resample
 from scripts.inference.orientation import DisplayView
-from scripts.inferers import MultiTaskSlidingWindowInferer, aggregate_class_logits, label_map
+from scripts.inference.uncertainty import FlipUncertainty
+from scripts.inferers import FLIP_DISAGREEMENT, MultiTaskSlidingWindowInferer, aggregate_class_logits, label_map
 from scripts.tasks import Task
 
 Progress = Callable[[float], None]  # fraction done 0..1 of the network part
@@ -116,7 +121,7 @@ def _nchw(batch: np.ndarray) -> torch.Tensor:
 
 def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayView | None, spatial_size: Sequence[int],
                    device: torch.device, batch_size: int = 16, amp: bool = True,
-                   progress: Progress | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                   progress: Progress | None = None, uncertainty: FlipUncertainty | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """Run a 2D model over one image or every slice of a volume.
 
     Args:
@@ -125,6 +130,7 @@ def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayVie
             (:func:`scripts.inference.orientation.display_view`); None for a single 2D image,
             which the network sees as it is.
         spatial_size: the model's 2D input size.
+        uncertainty: filled from a FlipTTA network's disagreement (its map, when kept, has the label's shape).
 
     Returns:
         label ``(h, w)`` or ``(X, Y, Z)`` uint8 (on the input's voxels, in the input's memory order),
@@ -138,6 +144,9 @@ def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayVie
     label_slices = label[None] if view is None else view.to_slices(label[None])[0]  # (N, h, w), a view
     logits, tumor = [], []
     size = tuple(int(s) for s in spatial_size)
+    map_slices = None
+    if uncertainty is not None and uncertainty.map is not None:  # written through the label's view
+        map_slices = uncertainty.map[None] if view is None else view.to_slices(uncertainty.map[None])[0]
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             x = _nchw(stack[:, start:start + batch_size].swapaxes(0, 1)).to(device)  # (b, C, h, w)
@@ -150,6 +159,13 @@ def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayVie
                 seg = F.interpolate(seg, size=(h, w), mode="bilinear", align_corners=False)
             lab = label_map(seg)  # (b, h, w) uint8
             label_slices[start:start + lab.shape[0]] = lab.cpu().numpy()
+            if uncertainty is not None and FLIP_DISAGREEMENT in out:
+                flip = out[FLIP_DISAGREEMENT].float()  # (b, 2, *size)
+                if (h, w) != size:
+                    flip = F.interpolate(flip, size=(h, w), mode="bilinear", align_corners=False)
+                disagreement = uncertainty.add(flip)  # (b, h, w)
+                if map_slices is not None:
+                    map_slices[start:start + lab.shape[0]] = disagreement.cpu().numpy()
             logits.append(out[Task.CLS].float().cpu())
             tumor.append(torch.count_nonzero(lab, dim=(1, 2)).cpu())  # (b,) tumor pixels
             del x, out, seg, lab
@@ -176,7 +192,10 @@ class _WindowRunner:
         self.done += x.shape[0]
         if self.progress is not None:
             self.progress(min(self.done / self.total, 1.0))
-        return {Task.SEG.value: out[Task.SEG].float().cpu(), Task.CLS.value: out[Task.CLS].float().cpu()}
+        cpu = {Task.SEG.value: out[Task.SEG].float().cpu(), Task.CLS.value: out[Task.CLS].float().cpu()}
+        if FLIP_DISAGREEMENT in out:
+            cpu[FLIP_DISAGREEMENT] = out[FLIP_DISAGREEMENT].float().cpu()
+        return cpu
 
 
 def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
@@ -189,11 +208,13 @@ def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> i
 
 
 def segment_volume(network: torch.nn.Module, image: np.ndarray, inferer: MultiTaskSlidingWindowInferer,
-                   device: torch.device, amp: bool = True, progress: Progress | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                   device: torch.device, amp: bool = True, progress: Progress | None = None,
+                   uncertainty: FlipUncertainty | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """Run a 3D model by sliding window.
 
     Args:
         image: ``(C, X, Y, Z)`` normalised float32.
+        uncertainty: filled from a FlipTTA network's stitched disagreement (map shape ``(X, Y, Z)``).
 
     Returns:
         label ``(X, Y, Z)`` uint8 and study class logits ``(K,)``.
@@ -202,13 +223,21 @@ def segment_volume(network: torch.nn.Module, image: np.ndarray, inferer: MultiTa
     with torch.inference_mode():
         out = inferer(torch.from_numpy(image)[None], runner)  # {"seg": (1, S, X, Y, Z) on CPU, "cls": (1, K)}
         label = label_map(out[Task.SEG])[0].numpy()
+        if uncertainty is not None and FLIP_DISAGREEMENT in out:
+            _keep(uncertainty, uncertainty.add(out[FLIP_DISAGREEMENT]))
     return label, out[Task.CLS][0]
+
+
+def _keep(uncertainty: FlipUncertainty, disagreement: torch.Tensor) -> None:
+    """Store a whole-study ``(1, *spatial)`` disagreement as the map, when the map is kept."""
+    if uncertainty.map is not None:
+        uncertainty.map[...] = disagreement[0].numpy()
 
 
 def segment_canonical(network: torch.nn.Module, image: np.ndarray, affine: np.ndarray,
                       box: tuple[Sequence[int], Sequence[int]] | None, target_spacing: Sequence[float], orientation: str,
                       inferer: MultiTaskSlidingWindowInferer, device: torch.device, amp: bool = True,
-                      progress: Progress | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                      progress: Progress | None = None, uncertainty: FlipUncertainty | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """Run a 3D model on the canonical grid of a study and map its segmentation back onto the study.
 
     Args:
@@ -216,6 +245,8 @@ def segment_canonical(network: torch.nn.Module, image: np.ndarray, affine: np.nd
         affine: the study's RAS affine (:func:`scripts.canonical.affine_from_itk`).
         box: ``(start, end)`` foreground box (:func:`scripts.canonical.foreground_box`), or None for the whole volume.
         target_spacing, orientation: the model card's (what training resampled to).
+        uncertainty: filled from a FlipTTA network's disagreement, resampled linearly onto the study
+            (0 outside the box; map shape ``(X, Y, Z)``).
 
     Returns:
         label ``(X, Y, Z)`` uint8 on the study's voxels (background outside the box) and study class logits ``(K,)``.
@@ -231,6 +262,9 @@ def segment_canonical(network: torch.nn.Module, image: np.ndarray, affine: np.nd
         out = inferer(x[None], runner)  # {"seg": (1, S, *grid.shape) on CPU, "cls": (1, K)}
         del x
         label = label_on_grid(out[Task.SEG][0], grid, study)
+        if uncertainty is not None and FLIP_DISAGREEMENT in out:
+            flip = resample(out[FLIP_DISAGREEMENT][0], grid.affine, study, "linear", fill=0.0)  # (2, X, Y, Z)
+            _keep(uncertainty, uncertainty.add(flip[None]))
     return label, out[Task.CLS][0]
 
 

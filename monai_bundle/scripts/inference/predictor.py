@@ -39,9 +39,10 @@ from scripts.inference.errors import InputError
 from scripts.inference.orientation import DisplayView, display_view
 from scripts.inference.readers import Study, read_study
 from scripts.inference.settings import InferenceSettings, config_file, load_settings
+from scripts.inference.uncertainty import FlipUncertainty
 from scripts.inference.worklist import annotate
 from scripts.inference.writers import (OutputSet, check_output_dir, write_json, write_nifti, write_overlay,
-                                      write_png_mask, write_seg_nrrd)
+                                      write_png_mask, write_seg_nrrd, write_uncertainty_map)
 from scripts.inferers import FlipTTA, MultiTaskSlidingWindowInferer
 from scripts.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card, load_weights, state_sha256
 from scripts.transforms import check_normalization, match_channels, normalize
@@ -50,6 +51,8 @@ from scripts.transforms import check_normalization, match_channels, normalize
 SEG_SUFFIXES = {"png": "_seg.png", "nifti": "_seg.nii.gz", "seg.nrrd": "_seg.seg.nrrd", "dicom-seg": "_seg.dcm"}
 #: what ``seg_format="auto"`` (the default) becomes: a PNG mask for raster input, NIfTI for the rest
 AUTO_FORMAT = "auto"
+#: suffix of the uncertainty map (``uncertainty_map=True``): a PNG for raster input, NIfTI for the rest
+UNCERTAINTY_SUFFIXES = {True: "_uncertainty.png", False: "_uncertainty.nii.gz"}
 ProgressFn = Callable[[int, str], None]
 
 
@@ -63,6 +66,8 @@ class Prediction:
     paths: dict[str, Path] = field(default_factory=dict)
     #: display orientation of a volume's slices (None for PNG/JPG); a 2D grid is seen as ``(X, Y, 1)``
     view: DisplayView | None = None
+    #: voxel-wise flip-TTA disagreement ``(*spatial)`` float32 0..1 (only with ``uncertainty_map=True``)
+    uncertainty: np.ndarray | None = None
 
 
 class Predictor:
@@ -136,7 +141,8 @@ class Predictor:
 
     def predict(self, path: str | os.PathLike, output_dir: str | os.PathLike | None = None, seg_format: str = AUTO_FORMAT,
                 series_uid: str | None = None, axis: int | None = None, overlay: bool = True,
-                progress: ProgressFn | None = None, name: str | None = None) -> Prediction:
+                progress: ProgressFn | None = None, name: str | None = None,
+                uncertainty_map: bool = False) -> Prediction:
         """Segment and diagnose one study; write its files to ``output_dir`` (None: write nothing).
 
         Args:
@@ -148,13 +154,19 @@ class Predictor:
             overlay: also write ``<name>_overlay.png``.
             progress: called with (percent 0..100, stage).
             name: output file stem (default: the input's name).
+            uncertainty_map: keep the voxel-wise flip-TTA disagreement (:mod:`.uncertainty`) and write it
+                as ``<name>_uncertainty.png`` (raster input) or ``<name>_uncertainty.nii.gz``; needs TTA.
 
         Returns:
             :class:`Prediction` with ``label`` ``(*spatial)`` uint8 in the input's geometry.
 
         Raises:
             InputError: bad input, see the module docstring.
+            ValueError: ``uncertainty_map`` without flip TTA (nothing to measure it from).
         """
+        if uncertainty_map and not self.settings.tta:
+            raise ValueError("an uncertainty map needs flip TTA (tta=True, the CLI's --tta): "
+                             "the map is the disagreement of the image and its mirror")
         report = progress or (lambda percent, stage: None)
         if seg_format != AUTO_FORMAT and seg_format not in SEG_SUFFIXES:
             raise InputError(f"{path}: unknown segmentation format {seg_format!r}; "
@@ -174,16 +186,19 @@ class Predictor:
         image = self._prepare(study)
         t1 = time.perf_counter()
         report(10, "infer")
-        label, logits, view, device, warnings = self._infer(study, image, axis, report)
+        label, logits, view, device, warnings, flip = self._infer(study, image, axis, report, uncertainty_map)
         t2 = time.perf_counter()
-        result = annotate(self._result(study, label, logits, device, warnings), self.card.get("no_tumor_class"))
+        result = self._result(study, label, logits, device, warnings)
+        result["segmentation"]["uncertainty"] = None if flip is None else flip.score  # null: no TTA, not "certain"
+        result = annotate(result, self.card.get("no_tumor_class"))
+        u_map = None if flip is None or flip.map is None else (flip.map[..., 0] if flip.map.ndim > label.ndim else flip.map)
         result["timings_s"] = {"load": round(t1 - t0, 3), "infer": round(t2 - t1, 3), "write": 0.0}
         paths: dict[str, Path] = {}
         if output_dir is not None:
             report(90, "write")
-            paths = self._write(study, label, result, Path(output_dir), seg_format, view, overlay, name)
+            paths = self._write(study, label, result, Path(output_dir), seg_format, view, overlay, name, u_map)
         report(100, "done")
-        return Prediction(result, study.image, label, paths, view)
+        return Prediction(result, study.image, label, paths, view, u_map)
 
     def _prepare(self, study: Study) -> np.ndarray:
         """Channels matched and intensities normalised: ``(C_model, *spatial)`` float32."""
@@ -204,8 +219,9 @@ class Predictor:
             raise InputError(str(e)) from e
         return normalize(image, self.normalization)
 
-    def _infer(self, study: Study, image: np.ndarray, axis: int | None, report: ProgressFn):
-        """Label map, study logits, display view (None for raster images), device used, warnings.
+    def _infer(self, study: Study, image: np.ndarray, axis: int | None, report: ProgressFn, keep_map: bool = False):
+        """Label map, study logits, display view (None for raster images), device used, warnings, and the
+        flip-TTA uncertainty (:class:`.uncertainty.FlipUncertainty`; None without TTA).
 
         A 2D model sees a volume's slices in display orientation (:mod:`.orientation`); a 2D
         non-raster grid (a 2D NIfTI/NRRD) is a one-slice volume ``(C, X, Y, 1)`` for this. A 3D model
@@ -233,19 +249,24 @@ class Predictor:
 
         def run(device: torch.device):
             self.network.to(device)
+            two_d_grid = self.spatial_dims == 2 and view is not None and image.ndim == 3
+            shape = flat.shape[1:] if two_d_grid else image.shape[1:]  # the map is kept as (X, Y, 1) there
+            flip = FlipUncertainty(shape, keep_map) if self.settings.tta else None
             if self.spatial_dims == 3 and grid is not None:
-                return engine.segment_canonical(self.network, image, affine, box, grid["target_spacing"],
-                                                grid["orientation"], self.inferer, device, self.settings.amp, on_progress)
+                return (*engine.segment_canonical(self.network, image, affine, box, grid["target_spacing"],
+                                                  grid["orientation"], self.inferer, device, self.settings.amp,
+                                                  on_progress, flip), flip)
             if self.spatial_dims == 3:
-                return engine.segment_volume(self.network, image, self.inferer, device, self.settings.amp, on_progress)
+                return (*engine.segment_volume(self.network, image, self.inferer, device, self.settings.amp,
+                                               on_progress, flip), flip)
             size, batch, amp = self.card["spatial_size"], self.settings.slice_batch_size, self.settings.amp
-            if view is not None and image.ndim == 3:
-                label, logits = engine.segment_slices(self.network, flat, view, size, device, batch, amp, on_progress)
-                return label[..., 0], logits  # (X, Y, 1) -> (X, Y)
-            return engine.segment_slices(self.network, image, view, size, device, batch, amp, on_progress)
+            if two_d_grid:
+                label, logits = engine.segment_slices(self.network, flat, view, size, device, batch, amp, on_progress, flip)
+                return label[..., 0], logits, flip  # (X, Y, 1) -> (X, Y)
+            return (*engine.segment_slices(self.network, image, view, size, device, batch, amp, on_progress, flip), flip)
 
-        (label, logits), device, warnings = engine.with_cpu_fallback(run, self.device)
-        return label, logits, view, device, warnings
+        (label, logits, flip), device, warnings = engine.with_cpu_fallback(run, self.device)
+        return label, logits, view, device, warnings, flip
 
     def _result(self, study: Study, label: np.ndarray, logits: torch.Tensor, device: torch.device,
                 warnings: list[str]) -> dict[str, Any]:
@@ -269,7 +290,8 @@ class Predictor:
         }
 
     def _write(self, study: Study, label: np.ndarray, result: dict[str, Any], folder: Path, seg_format: str,
-               view: DisplayView | None, overlay: bool, name: str | None) -> dict[str, Path]:
+               view: DisplayView | None, overlay: bool, name: str | None,
+               u_map: np.ndarray | None = None) -> dict[str, Path]:
         start = time.perf_counter()
         stem = name or study.name
         names = {"segmentation": stem + SEG_SUFFIXES[seg_format], "result": f"{stem}_result.json"}
@@ -277,7 +299,9 @@ class Predictor:
             names["overlay"] = f"{stem}_overlay.png"
         if seg_format == "dicom-seg":  # the diagnosis as a DICOM SR (TID 1500) beside the SEG
             names["sr"] = f"{stem}_sr.dcm"
-        result["outputs"] = {key: str(folder / names[key]) for key in ("sr", "overlay") if key in names}
+        if u_map is not None:
+            names["uncertainty_map"] = stem + UNCERTAINTY_SUFFIXES[study.raster]
+        result["outputs"] = {key: str(folder / names[key]) for key in ("sr", "overlay", "uncertainty_map") if key in names}
         result["segmentation"]["path"] = str(folder / names["segmentation"])
         result["segmentation"]["format"] = seg_format
         with OutputSet(folder) as out:
@@ -299,6 +323,8 @@ class Predictor:
                 shown, shown_label, shown_axis = _overlay_input(study.image, label, view)
                 write_overlay(shown, shown_label, study.raster, shown_axis, self.card["segments"],
                               out.temp(names["overlay"]))
+            if u_map is not None:
+                write_uncertainty_map(u_map, study.geometry, study.raster, out.temp(names["uncertainty_map"]))
             result["timings_s"]["write"] = round(time.perf_counter() - start, 3)  # the JSON itself is negligible
             write_json(result, out.temp(names["result"]))
             out.commit()

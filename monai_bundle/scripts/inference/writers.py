@@ -104,6 +104,24 @@ def write_nifti(label: np.ndarray, geometry: Geometry, raster: bool, path: Path)
     return path
 
 
+def write_uncertainty_map(values: np.ndarray, geometry: Geometry, raster: bool, path: Path) -> Path:
+    """Write a voxel-wise uncertainty map (0..1) on the study's grid.
+
+    Raster input (a ``.png`` path): an 8-bit grey PNG on the image's pixel grid, ``round(255 * value)``.
+    Other input: float32 with the study's geometry (any SimpleITK format by ``path``'s suffix).
+    """
+    values = np.clip(values, 0.0, 1.0)
+    if path.suffix == ".png":
+        if values.ndim != 2:
+            raise ValueError(f"a PNG uncertainty map needs a 2D map, got shape {values.shape}")
+        Image.fromarray(np.round(values * 255).astype(np.uint8)).save(path, format="PNG")
+        return path
+    ijk = itk_order(values, raster)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(ijk.T, dtype=np.float32))  # numpy wants (k, j, i)
+    sitk.WriteImage(geometry.apply(image), str(path), useCompression=True)
+    return path
+
+
 def write_png_mask(label: np.ndarray, segments: list[str], path: Path) -> Path:
     """Write a raster study's label map ``(H, W)`` as an 8-bit grey PNG on the image's own pixel grid.
 
