@@ -222,7 +222,8 @@ class MultiTaskUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self.logic.ensureDependencies(bundle, askConfirmation=True):
                 return None
             self.ui.logTextEdit.clear()
-            self.job = self.logic.startJob(volume, bundle, DEVICES[self.ui.deviceComboBox.currentText], onLog=self.log)
+            self.job = self.logic.startJob(volume, bundle, DEVICES[self.ui.deviceComboBox.currentText], onLog=self.log,
+                                           uncertaintyMap=self.ui.uncertaintyMapCheckBox.checked)
             self.jobVolume = volume
             self.ui.applyButton.text = CANCEL_TEXT
             self.ui.progressBar.show()
@@ -564,8 +565,9 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
 
     # -- runs -----------------------------------------------------------------------------------
 
-    def startJob(self, inputVolume, bundleDir, device="auto", onLog=None):
-        """Write the volume to a temporary NRRD file and start the worker on it (returns at once)."""
+    def startJob(self, inputVolume, bundleDir, device="auto", onLog=None, uncertaintyMap=False):
+        """Write the volume to a temporary NRRD file and start the worker on it (returns at once).
+        ``uncertaintyMap``: run with flip TTA and have the worker write the voxel-wise uncertainty map."""
         self.requireModel(bundleDir)
         tempDir = tempfile.mkdtemp(prefix="MultiTaskUNet-")
         try:
@@ -578,7 +580,8 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
             if not ok:
                 raise RuntimeError(f"Could not write {inputVolume.GetName()} to {inputPath}")
             job = InferenceJob(self.pythonExecutable(), inputPath, os.path.join(tempDir, "out"), bundleDir, device=device,
-                               base_env=slicer.util.startupEnvironment(), on_log=onLog or logging.info)
+                               base_env=slicer.util.startupEnvironment(), on_log=onLog or logging.info,
+                               uncertainty_map=uncertaintyMap)
         except Exception:
             shutil.rmtree(tempDir, ignore_errors=True)
             raise
@@ -587,20 +590,29 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
         return job
 
     def importResult(self, job, inputVolume):
-        """The finished job's result as a segmentation shown in 2D and 3D under the input's study."""
+        """The finished job's result as a segmentation shown in 2D and 3D under the input's study; its
+        uncertainty map, when the worker wrote one, as the slice views' foreground layer."""
         from MultiTaskUNetLib.results import read_result
-        seg = mrml.import_study(slicer.mrmlScene, read_result(job.result_paths[0]), inputVolume)
+        result = read_result(job.result_paths[0])
+        seg = mrml.import_study(slicer.mrmlScene, result, inputVolume)
         mrml.show_in_3d(seg)
         seg.GetDisplayNode().SetVisibility(True)
-        slicer.util.setSliceViewerLayers(background=inputVolume)
+        if result.uncertainty_map_path is None:
+            slicer.util.setSliceViewerLayers(background=inputVolume)
+            return seg
+        uncertainty = mrml.import_uncertainty_map(slicer.mrmlScene, result.uncertainty_map_path, inputVolume,
+                                                  f"{inputVolume.GetName()} MultiTaskUNet uncertainty")
+        slicer.util.setSliceViewerLayers(background=inputVolume, foreground=uncertainty, foregroundOpacity=0.5)
         return seg
 
     @staticmethod
     def cleanupJob(job):
         shutil.rmtree(getattr(job, "tempDir", ""), ignore_errors=True)
 
-    def process(self, inputVolumes, bundleDir=None, device="auto", timeout=None):
+    def process(self, inputVolumes, bundleDir=None, device="auto", timeout=None, uncertaintyMap=False):
         """Segment and classify each volume in turn (blocking); returns their segmentation nodes.
+
+        ``uncertaintyMap``: also run flip TTA and show each study's uncertainty map as a foreground layer.
 
         ``bundleDir``: the model (default: the one selected in the panel, else the first added).
         Raises RuntimeError naming the volume when a run fails, or saying how to add a model.
@@ -609,7 +621,7 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
         self.ensureDependencies(bundleDir, askConfirmation=False)
         segmentations = []
         for volume in inputVolumes:
-            job = self.startJob(volume, bundleDir, device)
+            job = self.startJob(volume, bundleDir, device, uncertaintyMap=uncertaintyMap)
             try:
                 if job.wait(timeout) is not JobState.SUCCEEDED:
                     raise RuntimeError(f"{volume.GetName()}: {job.error or job.state.value}")

@@ -38,7 +38,7 @@ class InferenceJob:
 
     Args:
         python: interpreter (Slicer's ``PythonSlicer``; ``sys.executable`` in tests).
-        input_path, out_dir, bundle_dir, device, seg_format, checkpoint, base_env: as for
+        input_path, out_dir, bundle_dir, device, seg_format, checkpoint, base_env, uncertainty_map: as for
             :func:`~MultiTaskUNetLib.worker.build_worker_command`.
         on_log: called with every log line meant for the user (the panel's log box).
         clock: time source (seconds); injectable for tests of the elapsed time.
@@ -47,9 +47,10 @@ class InferenceJob:
     def __init__(self, python: str | os.PathLike, input_path: str | os.PathLike, out_dir: str | os.PathLike,
                  bundle_dir: str | os.PathLike, device: str = "auto", seg_format: str = "nifti",
                  checkpoint: str | os.PathLike | None = None, base_env: Mapping[str, str] | None = None,
-                 on_log: Optional[Callable[[str], None]] = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 on_log: Optional[Callable[[str], None]] = None, clock: Callable[[], float] = time.monotonic,
+                 uncertainty_map: bool = False) -> None:
         self._args = dict(python=python, input_path=input_path, out_dir=out_dir, bundle_dir=bundle_dir,
-                          seg_format=seg_format, checkpoint=checkpoint, base_env=base_env)
+                          seg_format=seg_format, checkpoint=checkpoint, base_env=base_env, uncertainty_map=uncertainty_map)
         build_worker_command(device=device, **self._args)  # fail now, not at start(), on a bad argument
         self.device = device
         self.on_log = on_log

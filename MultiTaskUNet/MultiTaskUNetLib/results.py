@@ -48,6 +48,10 @@ class StudyResult:
     device: str
     warnings: tuple[str, ...]
     raw: dict[str, Any]
+    #: flip-TTA disagreement of the study (0..1); None when the run had no TTA (not measured)
+    segmentation_uncertainty: Optional[float] = None
+    #: the voxel-wise uncertainty map on the input's grid, when the worker wrote one
+    uncertainty_map_path: Optional[Path] = None
 
     @property
     def classes(self) -> list[str]:
@@ -101,6 +105,20 @@ def _segments(seg: dict, path: Path) -> tuple[SegmentInfo, ...]:
     return tuple(out)
 
 
+def _resolved(value: Any, path: Path) -> Path:
+    p = Path(str(value))
+    return p if p.is_absolute() else path.parent / p
+
+
+def _uncertainty(seg: dict, path: Path) -> Optional[float]:
+    value = seg.get("uncertainty")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ResultError(f"{path}: 'segmentation.uncertainty' is {value!r}, not null or a number in 0..1")
+    return float(value)
+
+
 def parse_result(data: dict[str, Any], path: str | os.PathLike) -> StudyResult:
     """Check a result dictionary against the contract; relative paths resolve next to ``path``.
 
@@ -114,23 +132,24 @@ def parse_result(data: dict[str, Any], path: str | os.PathLike) -> StudyResult:
     if label not in probs:
         raise ResultError(f"{path}: diagnosis {label!r} is not one of the classes {list(probs)}")
     seg = _need(data, "segmentation", "", path)
-    seg_path = Path(str(_need(seg, "path", "segmentation.", path)))
-    if not seg_path.is_absolute():
-        seg_path = path.parent / seg_path
+    seg_path = _resolved(_need(seg, "path", "segmentation.", path), path)
+    u_map = (data.get("outputs") or {}).get("uncertainty_map")
     model = data.get("model") or {}
     return StudyResult(
         path=path, diagnosis=label, diagnosis_index=int(diag.get("index", list(probs).index(label))),
         probabilities=probs, segmentation_path=seg_path, segmentation_format=str(seg.get("format", "nifti")),
         segments=_segments(seg, path), model_name=str(model.get("name", "")), model_version=str(model.get("version", "")),
         model_sha256=str(model.get("sha256", "")), device=str(data.get("device", "")),
-        warnings=tuple(str(w) for w in data.get("warnings", [])), raw=data)
+        warnings=tuple(str(w) for w in data.get("warnings", [])), raw=data,
+        segmentation_uncertainty=_uncertainty(seg, path), uncertainty_map_path=None if u_map is None else _resolved(u_map, path))
 
 
 def read_result(path: str | os.PathLike) -> StudyResult:
     """Read a ``<stem>_result.json`` written by the worker.
 
     Raises:
-        ResultError: the file is missing or not JSON, breaks the contract, or its label map is missing.
+        ResultError: the file is missing or not JSON, breaks the contract, or its label map (or the
+            uncertainty map it names) is missing.
     """
     path = Path(path)
     try:
@@ -142,6 +161,8 @@ def read_result(path: str | os.PathLike) -> StudyResult:
     result = parse_result(data, path)
     if not result.segmentation_path.exists():
         raise ResultError(f"{path}: segmentation file {result.segmentation_path} does not exist")
+    if result.uncertainty_map_path is not None and not result.uncertainty_map_path.exists():
+        raise ResultError(f"{path}: uncertainty map {result.uncertainty_map_path} does not exist")
     return result
 
 

@@ -45,7 +45,7 @@ class WorkerCommand:
 def build_worker_command(python: str | os.PathLike, input_path: str | os.PathLike, out_dir: str | os.PathLike,
                          bundle_dir: str | os.PathLike, device: str = "auto", seg_format: str = "nifti",
                          checkpoint: str | os.PathLike | None = None,
-                         base_env: Mapping[str, str] | None = None) -> WorkerCommand:
+                         base_env: Mapping[str, str] | None = None, uncertainty_map: bool = False) -> WorkerCommand:
     """The command line of ``scripts.infer`` for one study, with the bundle root on ``PYTHONPATH``.
 
     Args:
@@ -57,6 +57,8 @@ def build_worker_command(python: str | os.PathLike, input_path: str | os.PathLik
         seg_format: ``nifti``, ``seg.nrrd`` or ``dicom-seg``.
         checkpoint: optional weights file other than the bundle's ``models/model.pt``.
         base_env: environment to start from (Slicer's startup environment); ``os.environ`` if None.
+        uncertainty_map: run with flip TTA and also write ``<stem>_uncertainty.nii.gz`` (the voxel-wise
+            disagreement of the image and its mirror; twice the network time).
 
     Raises:
         ValueError: unknown ``device`` or ``seg_format``, or ``bundle_dir`` without ``scripts/``.
@@ -72,6 +74,8 @@ def build_worker_command(python: str | os.PathLike, input_path: str | os.PathLik
             "--device", device, "--format", seg_format, "--progress"]
     if checkpoint is not None:
         argv += ["--checkpoint", str(checkpoint)]
+    if uncertainty_map:
+        argv += ["--tta", "--uncertainty-map"]
     env = bundle_environment(bundle, base_env)
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run (or CPU retry) never touches a broken or full GPU

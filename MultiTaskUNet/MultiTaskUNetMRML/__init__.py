@@ -44,3 +44,4 @@ from MultiTaskUNetMRML.study import (  # noqa: F401
     restore_study,
     set_review,
 )
+from MultiTaskUNetMRML.uncertainty import import_uncertainty_map  # noqa: F401

@@ -287,3 +287,31 @@ def test_worklist_study_opened_reviewed_left_and_resumed(module, scene, tmp_path
     _, seg2 = logic.openWorklistStudy(again)
     record = mrml.get_review(seg2)
     assert (record.decision, record.final_diagnosis, record.comment) == (Decision.REJECTED, "glioma", "not a tumour")
+
+
+def test_result_with_an_uncertainty_map_shows_it_as_the_foreground_layer(module, scene, tmp_path, fake_bundle,
+                                                                          volume_file, monkeypatch):
+    """``importResult``: the map the worker wrote (``uncertainty_map=True`` runs it with TTA) becomes the slice
+    views' foreground over the input, half transparent; without a map only the background is set."""
+    import sys as _sys
+
+    import MultiTaskUNetMRML as mrml
+    from MultiTaskUNetLib.job import InferenceJob, JobState
+
+    layers = []
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: layers.append(kw), raising=False)
+    logic, bundle = module.MultiTaskUNetLogic(), fake_bundle("ok")
+    for mapped in (True, False):
+        job = InferenceJob(_sys.executable, volume_file, tmp_path / f"out{mapped}", bundle, device="cpu",
+                           uncertainty_map=mapped)
+        job.start()
+        assert job.wait(timeout=120) is JobState.SUCCEEDED, job.error
+        ref = mrml.read_volume(scene, volume_file, "input")
+        assert logic.importResult(job, ref).IsA("vtkMRMLSegmentationNode")
+        kw = layers.pop()
+        assert kw["background"] is ref
+        if mapped:
+            assert kw["foregroundOpacity"] == 0.5 and kw["foreground"].GetName() == "input MultiTaskUNet uncertainty"
+            assert kw["foreground"].GetDisplayNode().GetApplyThreshold() == 1
+        else:
+            assert set(kw) == {"background"}

@@ -24,6 +24,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--format", default="nifti")
     p.add_argument("--checkpoint")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--uncertainty-map", action="store_true")
     return p.parse_args(argv)
 
 
@@ -49,8 +51,10 @@ def progress(percent: int, stage: str) -> None:
     print(f"PROGRESS {percent} {stage}", flush=True)
 
 
-def segment_and_classify(input_path: str, out_dir: str, device: str) -> Path:
-    """Threshold the volume (bright = tumor), write the label map and the result JSON; return its path."""
+def segment_and_classify(input_path: str, out_dir: str, device: str, uncertainty_map: bool = False) -> Path:
+    """Threshold the volume (bright = tumor), write the label map and the result JSON; return its path.
+
+    ``uncertainty_map``: also ``<stem>_uncertainty.nii.gz``, float32 ``array / max`` on the input's grid."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -71,6 +75,13 @@ def segment_and_classify(input_path: str, out_dir: str, device: str) -> Path:
               "model": {"name": "FakeMultiTaskUNet", "version": "0.0.1", "sha256": "0" * 64},
               "device": "cpu" if device == "cpu" else "cuda:0", "timings_s": {"load": 0.0, "infer": 0.0, "write": 0.0},
               "warnings": []}
+    if uncertainty_map:
+        u_path = out / f"{stem(input_path)}_uncertainty.nii.gz"
+        u_image = sitk.GetImageFromArray((array / array.max()).astype(np.float32))
+        u_image.CopyInformation(image)
+        sitk.WriteImage(u_image, str(u_path))
+        result["segmentation"]["uncertainty"] = 0.25
+        result["outputs"] = {"uncertainty_map": u_path.name}
     result_path = out / f"{stem(input_path)}_result.json"
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
@@ -85,7 +96,7 @@ def run_ok(argv: list[str]) -> int:
         progress(5, "loading model")
         print("a free-form log line", flush=True)
         progress(40, "inference")
-        result = segment_and_classify(path, args.out, args.device)
+        result = segment_and_classify(path, args.out, args.device, args.uncertainty_map)
         progress(100, "done")
         print(f"RESULT {result}", flush=True)
     return 0
