@@ -3,7 +3,10 @@
 A shell around the one inference API (``scripts.inference.Predictor``): the model is loaded once
 at start, each upload goes through ``Predictor.predict`` and the page shows what it returned.
 
-    python app.py [--bundle monai_bundle] [--checkpoint FILE] [--host 127.0.0.1] [--port 7860]
+    python app.py [--bundle monai_bundle] [--checkpoint FILE] [--tta] [--host 127.0.0.1] [--port 7860]
+
+With flip TTA (``--tta`` or the bundle's ``configs/inference.json``) each run also writes the
+voxel-wise uncertainty map, and a *Show uncertainty* toggle draws it instead of the tumour overlay.
 
 Binds to 127.0.0.1 unless ``--host`` (or ``GRADIO_SERVER_NAME``) says otherwise; never a share link.
 """
@@ -61,27 +64,33 @@ class Demo:
         try:
             source = webdemo.check_upload(upload)  # a zip of a DICOM series is unpacked by the Predictor's reader
             pred = self.predictor.predict(source, output_dir=run_dir / "out", seg_format="auto",
-                                          progress=lambda pct, stage: progress(pct / 100, desc=stage))
+                                          progress=lambda pct, stage: progress(pct / 100, desc=stage),
+                                          uncertainty_map=self.predictor.settings.tta)
         except ValueError as e:  # InputError and UploadError: the user's file, said plainly
             log.info("run refused: %s", type(e).__name__)
             # print_exception off: the message names the user's file, which must not reach the log
             raise gr.Error(webdemo.plain_error(str(e), upload), duration=None, print_exception=False) from e
         image, label = webdemo.display_arrays(pred.image, pred.label, pred.view)  # heads upright, slices last
         view = {"image": image, "label": label}
+        if pred.uncertainty is not None:
+            view["uncertainty"] = webdemo.display_map(pred.uncertainty, pred.view)
         index = webdemo.best_slice(label)
         n = webdemo.num_slices(label)
         slider = gr.Slider(minimum=0, maximum=max(n - 1, 1), value=index, step=1, visible=n > 1)
-        files = [str(pred.paths["segmentation"]), str(pred.paths["result"])]
+        files = [str(pred.paths[key]) for key in ("segmentation", "result", "uncertainty_map") if key in pred.paths]
         log.info("run: diagnosis %s", pred.result["diagnosis"]["label"])
         return (webdemo.render_overlay(image, label, index, opacity), slider,
                 webdemo.probabilities(pred.result), webdemo.summary_markdown(pred.result, pred.label.ndim),
                 files, view, "Done.")
 
     @staticmethod
-    def redraw(view: dict | None, index: float, opacity: float) -> Any:
-        """Draw another slice or opacity of the last prediction, without running the model again."""
+    def redraw(view: dict | None, index: float, opacity: float, uncertainty: bool = False) -> Any:
+        """Draw another slice or opacity of the last prediction, or its uncertainty map, without running
+        the model again."""
         if not view:
             return None
+        if uncertainty and "uncertainty" in view:
+            return webdemo.render_uncertainty(view["image"], view["uncertainty"], int(index))
         return webdemo.render_overlay(view["image"], view["label"], int(index), float(opacity))
 
     @staticmethod
@@ -107,13 +116,16 @@ def build(demo: Demo, examples: list[Path]) -> gr.Blocks:
                     gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Examples (synthetic)")
                 opacity = gr.Slider(0, 1, value=0.4, step=0.05, label="Overlay opacity", elem_id="opacity")
                 index = gr.Slider(0, 1, value=0, step=1, label="Slice", visible=False, elem_id="slice")
+                tta = demo.predictor is not None and demo.predictor.settings.tta
+                show = gr.Checkbox(False, label="Show uncertainty (where the image and its mirror disagree)",
+                                   visible=tta, elem_id="show-uncertainty")
             with gr.Column(scale=2):
                 overlay = gr.Image(label="Tumor overlay (original resolution)", type="numpy", format="png",
                                    interactive=False, elem_id="overlay")
                 with gr.Row():
                     diagnosis = gr.Label(label="Diagnosis", elem_id="diagnosis")
                     summary = gr.Markdown(elem_id="summary")
-                downloads = gr.File(label="Downloads: segmentation and result JSON", file_count="multiple",
+                downloads = gr.File(label="Downloads: segmentation, result JSON (and uncertainty map)", file_count="multiple",
                                     interactive=False, elem_id="downloads")
         view = gr.State(None)
         outputs = [overlay, index, diagnosis, summary, downloads, view, status]
@@ -122,13 +134,14 @@ def build(demo: Demo, examples: list[Path]) -> gr.Blocks:
         event = run.click(demo.run, [upload, opacity], outputs, api_name="run", concurrency_limit=1)
         failed = "The last upload could not be processed: see the error message at the top right."
         event.failure(lambda: Demo.cleared(failed), None, outputs, api_visibility="private")
-        for slider in (index, opacity):
-            slider.input(Demo.redraw, [view, index, opacity], overlay, api_visibility="private",
-                         trigger_mode="always_last", concurrency_id="redraw")
+        event.then(lambda: False, None, show, api_visibility="private")  # a new result opens on its tumour overlay
+        for control in (index, opacity, show):
+            control.input(Demo.redraw, [view, index, opacity, show], overlay, api_visibility="private",
+                          trigger_mode="always_last", concurrency_id="redraw")
     return page
 
 
-def load(bundle: Path, checkpoint: Path | None, device: str | None) -> tuple[Any, str]:
+def load(bundle: Path, checkpoint: Path | None, device: str | None, tta: bool | None = None) -> tuple[Any, str]:
     """The Predictor, or ``None`` and the reason shown on the page: no trained model, or an unusable one.
 
     Random weights are never served: without ``model.pt`` the page says so and refuses to run.
@@ -139,7 +152,7 @@ def load(bundle: Path, checkpoint: Path | None, device: str | None) -> tuple[Any
     from scripts.inference import InputError, Predictor
 
     try:
-        predictor = Predictor.from_bundle(bundle, device=device, checkpoint=checkpoint)
+        predictor = Predictor.from_bundle(bundle, device=device, checkpoint=checkpoint, tta=tta)
     except InputError as e:
         return None, f"The model cannot be loaded: {e}"
     log.info("model %s %s loaded on %s", predictor.card.get("name"), predictor.card.get("version"), predictor.device)
@@ -152,6 +165,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bundle", type=Path, default=REPO / "monai_bundle", help="bundle root")
     ap.add_argument("--checkpoint", type=Path, help="weights file (default: BUNDLE/models/model.pt)")
     ap.add_argument("--device", help="auto | cpu | cuda (default: the bundle's configs/inference.json)")
+    ap.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                    help="flip test-time augmentation (2x time) and the uncertainty map "
+                         "(default: the bundle's configs/inference.json)")
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                     help="address to bind; 0.0.0.0 exposes the demo to the network")
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
@@ -164,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     """Load the model once, write the examples, serve the page until interrupted."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    predictor, problem = load(args.bundle.resolve(), args.checkpoint, args.device)
+    predictor, problem = load(args.bundle.resolve(), args.checkpoint, args.device, args.tta)
     if problem:
         log.warning("%s", problem)
     example_dir = args.bundle.resolve() / EXAMPLES

@@ -108,3 +108,30 @@ def test_progress_comes_from_the_predictor(tiny_bundle: Path, tmp_path: Path) ->
     assert status == "Done." and set(probs) == {"glioma", "meningioma", "no_tumor", "pituitary"}
     assert all(Path(f).is_file() and Path(f).is_relative_to(tmp_path) for f in files)
     assert overlay.shape[2] == 3 and view["label"].shape == (32, 32)
+
+
+def test_with_tta_the_run_keeps_the_uncertainty_map_and_redraw_shows_it(tiny_bundle: Path, tmp_path: Path) -> None:
+    from scripts import webdemo
+    from scripts.inference import Predictor
+
+    predictor = Predictor.from_bundle(tiny_bundle, device="cpu", tta=True)
+    example = str(tiny_bundle / app.EXAMPLES / "example_glioma.png")
+    overlay, _, _, summary, files, view, status = app.Demo(predictor, "", tmp_path).run(example, 0.4, progress=Recorder())
+    expected = predictor.predict(example, uncertainty_map=True)
+    assert status == "Done." and "segmentation uncertainty (flip TTA)" in summary
+    assert [Path(f).name for f in files] == ["example_glioma_seg.png", "example_glioma_result.json",
+                                            "example_glioma_uncertainty.png"]
+    np.testing.assert_array_equal(view["uncertainty"], expected.uncertainty)
+    np.testing.assert_array_equal(overlay, webdemo.render_overlay(expected.image, expected.label, 0, 0.4))  # opens on the tumour
+    np.testing.assert_array_equal(app.Demo.redraw(view, 0, 0.4, True),
+                                  webdemo.render_uncertainty(expected.image, expected.uncertainty, 0))
+    no_map = {k: v for k, v in view.items() if k != "uncertainty"}  # a run without TTA: the toggle draws the overlay
+    np.testing.assert_array_equal(app.Demo.redraw(no_map, 0, 0.4, True), overlay)
+
+
+def test_tta_flag_reaches_the_predictor(tiny_bundle: Path) -> None:
+    assert app.parse_args([]).tta is None and app.parse_args(["--tta"]).tta is True
+    assert app.parse_args(["--no-tta"]).tta is False
+    for flag in (True, False):
+        predictor, problem = app.load(tiny_bundle, None, "cpu", flag)
+        assert problem == "" and predictor.settings.tta is flag

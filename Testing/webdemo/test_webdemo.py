@@ -192,3 +192,38 @@ def test_summary_of_an_image_gives_area() -> None:
 
 def test_summary_of_a_volume_gives_millilitres() -> None:
     assert "tumor: volume 4.25 mL (321 voxels)" in webdemo.summary_markdown(RESULT, spatial_dims=3)
+
+
+# ---------------------------------------------------------------- uncertainty map
+
+
+def test_uncertainty_heat_by_hand() -> None:
+    image = np.full((1, 2, 2), 7.0, np.float32)  # constant: shown black
+    values = np.array([[0.0, 0.02], [0.5, 1.0]], np.float32)
+    rgb = webdemo.render_uncertainty(image, values, min_size=2)
+    assert rgb.shape == (2, 2, 3)
+    np.testing.assert_array_equal(rgb[0, 0], [0, 0, 0])  # 0 and below SHOW_FROM: the image as it is
+    np.testing.assert_array_equal(rgb[0, 1], [0, 0, 0])
+    np.testing.assert_array_equal(rgb[1, 0], [128, 58, 0])  # half way: 0.5 * (255, 115, 0) over black
+    np.testing.assert_array_equal(rgb[1, 1], [255, 0, 0])  # certain disagreement: HIGH_RGB, opaque
+    assert webdemo.render_uncertainty(image, values).shape == (384, 384, 3)  # enlarged like the overlay
+
+
+def test_uncertainty_map_is_shown_as_the_label_is() -> None:
+    from scripts.inference.orientation import display_view
+
+    rng = np.random.default_rng(0)
+    label = (rng.random((6, 5, 4)) > 0.5).astype(np.uint8)
+    view = display_view(np.array([[0, 0, -1], [-1, 0, 0], [0, 1, 0]], float), 0)  # a permuted, flipped cut
+    _, shown_label = webdemo.display_arrays(np.zeros((1, 6, 5, 4), np.float32), label, view)
+    np.testing.assert_array_equal(webdemo.display_map(label.astype(np.float32), view), shown_label)
+    flat = rng.random((6, 5)).astype(np.float32)
+    assert webdemo.display_map(flat, None) is flat
+
+
+def test_summary_says_whether_the_segmentation_uncertainty_was_measured() -> None:
+    measured = {**RESULT, "segmentation": {**RESULT["segmentation"], "uncertainty": 0.123}}
+    assert "segmentation uncertainty (flip TTA): 0.12 of 1" in webdemo.summary_markdown(measured, spatial_dims=3)
+    off = {**RESULT, "segmentation": {**RESULT["segmentation"], "uncertainty": None}}
+    assert "segmentation uncertainty: not measured (flip TTA off)" in webdemo.summary_markdown(off, spatial_dims=3)
+    assert "uncertainty" not in webdemo.summary_markdown(RESULT, spatial_dims=3)  # an older result: nothing said

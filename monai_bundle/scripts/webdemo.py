@@ -26,6 +26,8 @@ SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".nrrd", ".dcm
 #: RGB per segment value 1, 2, ...: red first (the tumor), then distinct hues
 PALETTE = ((255, 48, 48), (48, 200, 255), (255, 210, 0), (80, 230, 80), (220, 80, 255))
 CONTOUR_RGB = (255, 255, 0)
+#: uncertainty heat map: colour from LOW_RGB (value 0) to HIGH_RGB (value 1); values below SHOW_FROM not drawn
+LOW_RGB, HIGH_RGB, SHOW_FROM = (255, 230, 0), (255, 0, 0), 0.05
 
 
 class UploadError(ValueError):
@@ -87,6 +89,16 @@ def display_arrays(image: np.ndarray, label: np.ndarray, view: Any = None) -> tu
     img_shown = np.moveaxis(view.to_slices(vol), 1, -1)  # (C, N, rows, cols) -> (C, rows, cols, N)
     lab_shown = np.moveaxis(view.to_slices(lab[None])[0], 0, -1)  # (N, rows, cols) -> (rows, cols, N)
     return (img_shown[..., 0], lab_shown[..., 0]) if flat else (img_shown, lab_shown)
+
+
+def display_map(values: np.ndarray, view: Any = None) -> np.ndarray:
+    """A voxel map on the label's grid (``Prediction.uncertainty``) in display orientation, slices last,
+    as :func:`display_arrays` shows the label: ``(rows, cols, N)`` for a volume, 2D maps as they are."""
+    if view is None:
+        return values
+    flat = values.ndim == 2
+    shown = np.moveaxis(view.to_slices((values[..., None] if flat else values)[None])[0], 0, -1)  # (rows, cols, N)
+    return shown[..., 0] if flat else shown
 
 
 def num_slices(label: np.ndarray) -> int:
@@ -164,6 +176,25 @@ def render_overlay(image: np.ndarray, label: np.ndarray, index: int = 0, opacity
     return rgb.round().astype(np.uint8)
 
 
+def render_uncertainty(image: np.ndarray, values: np.ndarray, index: int = 0, min_size: int = 384) -> np.ndarray:
+    """The image with a voxel-wise uncertainty map (0..1) laid over it as heat, RGB uint8 ``(rows, cols, 3)``.
+
+    A pixel's colour runs from :data:`LOW_RGB` to :data:`HIGH_RGB` with its value, and so does its opacity
+    (0 -> clear, 1 -> opaque); values below :data:`SHOW_FROM` leave the image as it is. Same grid,
+    slicing and enlargement as :func:`render_overlay`.
+
+    Raises:
+        ValueError: see :func:`slice_view`.
+    """
+    img2d, u2d = slice_view(image, values, index)
+    factor = max(1, -(-min_size // max(1, min(u2d.shape))))  # ceil(min_size / shortest side)
+    rgb = np.kron(to_rgb(img2d), np.ones((factor, factor, 1), np.uint8)).astype(np.float32)
+    u = np.kron(np.clip(u2d.astype(np.float32), 0, 1), np.ones((factor, factor), np.float32))[..., None]  # (r, c, 1)
+    heat = (1 - u) * np.array(LOW_RGB, np.float32) + u * np.array(HIGH_RGB, np.float32)
+    alpha = np.where(u >= SHOW_FROM, u, 0.0)
+    return ((1 - alpha) * rgb + alpha * heat).round().astype(np.uint8)
+
+
 def _outline(lab: np.ndarray) -> np.ndarray:
     """Pixels of a segment with a 4-neighbour of another value: a one-pixel inner contour."""
     edge = np.zeros(lab.shape, bool)
@@ -194,6 +225,10 @@ def summary_markdown(result: dict[str, Any], spatial_dims: int) -> str:
             lines.append(f"- {seg['name']}: area {seg['voxels']} pixels{mm2}")
         else:
             lines.append(f"- {seg['name']}: volume {seg['volume_ml']:.2f} mL ({seg['voxels']} voxels)")
+    if "uncertainty" in result["segmentation"]:
+        u = result["segmentation"]["uncertainty"]
+        lines.append("- segmentation uncertainty: not measured (flip TTA off)" if u is None
+                     else f"- segmentation uncertainty (flip TTA): {u:.2f} of 1")
     model = result.get("model", {})
     times = result.get("timings_s", {})
     lines += ["", f"Model {model.get('name', '?')} {model.get('version', '')} on {result.get('device', '?')}, "
