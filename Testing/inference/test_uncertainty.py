@@ -131,7 +131,7 @@ def test_nifti_map_on_the_input_grid_3d(tmp_path, bundle3d) -> None:
     written = sitk.ReadImage(str(tmp_path / "out" / "v_uncertainty.nii.gz"))
     assert written.GetSize() == image.GetSize() and written.GetSpacing() == image.GetSpacing()
     assert written.GetOrigin() == image.GetOrigin() and written.GetPixelID() == sitk.sitkFloat32
-    np.testing.assert_allclose(sitk.GetArrayFromImage(written).T, pred.uncertainty, atol=1e-6)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(written).T, np.round(pred.uncertainty * 255) / 255, atol=1e-7)
     assert 0.0 <= pred.result["segmentation"]["uncertainty"] <= 1.0
     assert json.loads((tmp_path / "out" / "v_result.json").read_text())["outputs"]["uncertainty_map"].endswith(
         "v_uncertainty.nii.gz")
@@ -155,3 +155,10 @@ def test_cli_map_needs_tta_and_the_worklist_gets_the_score(tmp_path, bundle2d, c
     results = {r: json.loads((out / f"{r}_result.json").read_text()) for r in ("a", "b")}
     assert sorted(float(row.split(",")[column]) for row in rows[1:]) == sorted(
         r["segmentation"]["uncertainty"] for r in results.values())
+
+
+def test_map_writer_refuses_a_3d_png(tmp_path) -> None:
+    from scripts.inference.writers import write_uncertainty_map
+
+    with pytest.raises(ValueError, match="PNG uncertainty map needs a 2D map"):
+        write_uncertainty_map(np.zeros((4, 4, 2), np.float32), None, True, tmp_path / "u.png")

@@ -11,7 +11,9 @@ of having their noise stretched to full contrast), runs the network
 (:mod:`.engine`: 2D slice-wise or 3D sliding window, the diagnosis rule, device and memory) and
 writes the label map, the result JSON and an overlay PNG atomically (:mod:`.writers`). The label map
 is a PNG mask on the image's pixel grid for PNG/JPG input and NIfTI otherwise (``seg_format="auto"``),
-or the format asked for.
+or the format asked for. With flip TTA the result's ``segmentation.uncertainty`` says how much the image
+and its mirror disagree (:mod:`.uncertainty`; null without TTA), and ``uncertainty_map=True`` writes the
+voxel map beside the label map.
 
 Refused input (an :class:`InputError` naming the file, nothing written): unreadable / truncated
 files, DICOM folders without a usable series or with slices that are not one evenly spaced stack,
