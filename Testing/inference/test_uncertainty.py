@@ -162,3 +162,45 @@ def test_map_writer_refuses_a_3d_png(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="PNG uncertainty map needs a 2D map"):
         write_uncertainty_map(np.zeros((4, 4, 2), np.float32), None, True, tmp_path / "u.png")
+
+
+class Ramp3D(torch.nn.Module):
+    """Tumour logit rising along the first spatial axis (the axis FlipTTA mirrors in 3D), whatever the image."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        ramp = torch.linspace(-4.0, 4.0, x.shape[2]).view(1, 1, -1, 1, 1).expand(x.shape[0], 1, *x.shape[2:])
+        return {Task.SEG: torch.cat([torch.zeros_like(ramp), ramp], 1), Task.CLS: torch.zeros(x.shape[0], 4)}
+
+
+@pytest.mark.parametrize("canonical", [False, True], ids=["file-order", "canonical-grid"])
+def test_3d_paths_score_and_map_by_hand(tmp_path, canonical: bool) -> None:
+    """One window covering the volume: the map is the hand formula along X on both 3D paths (the canonical
+    grid of an LPS study at its own spacing is the study's grid, voxel for voxel)."""
+    shape = (SIZE, 12, 8)
+    vol = np.random.default_rng(3).random(shape).astype(np.float32)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(vol.T))
+    image.SetSpacing((1.0, 1.5, 2.0))
+    sitk.WriteImage(image, str(tmp_path / "v.nii.gz"))
+    card = tiny_card(spatial_dims=3)
+    card["spatial_size"] = list(shape)
+    if canonical:
+        card.update(target_spacing=[1.0, 1.5, 2.0], orientation="LPS", crop_foreground=False)
+    pred = Predictor(Ramp3D(), card, device="cpu", tta=True).predict(tmp_path / "v.nii.gz", uncertainty_map=True)
+    d, score = _ramp_expected()
+    np.testing.assert_allclose(pred.uncertainty, np.broadcast_to(d[:, None, None], shape), atol=1e-5)
+    assert pred.result["segmentation"]["uncertainty"] == pytest.approx(score, abs=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(SIZE, SIZE, 3), (SIZE, SIZE)], ids=["volume", "2d-grid"])
+def test_2d_model_on_a_volume_map_by_hand(tmp_path, shape: tuple) -> None:
+    """A 2D model sees axial slices with columns R->L: in an LPS-stored study that is +X, so the ramp's
+    disagreement runs along X on the volume's own voxels (a 2D NIfTI is one such slice)."""
+    vol = np.random.default_rng(4).random(shape).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(vol.T)), str(tmp_path / "v.nii.gz"))
+    pred = _ramp_predictor(True).predict(tmp_path / "v.nii.gz", output_dir=tmp_path / "out", uncertainty_map=True)
+    d, score = _ramp_expected()
+    expected = np.broadcast_to(d.reshape(-1, *[1] * (len(shape) - 1)), shape)
+    np.testing.assert_allclose(pred.uncertainty, expected, atol=1e-5)
+    assert pred.result["segmentation"]["uncertainty"] == pytest.approx(score, abs=1e-4)
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "v_uncertainty.nii.gz"))).T
+    np.testing.assert_allclose(written, np.round(expected * 255) / 255, atol=1e-7)
