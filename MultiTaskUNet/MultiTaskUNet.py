@@ -394,7 +394,7 @@ class MultiTaskUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if slicer.mrmlScene.IsNodePresent(seg):
                 self.logic.saveWorklistStudy(self.worklist, seg, self.ui.reviewerLineEdit.text)
         finally:
-            self.logic.removeNodes(volume, seg)
+            self.logic.removeNodes(volume, seg, mrml.linked_uncertainty_map(seg))
 
     def showWorklistStudy(self):
         self.ui.worklistLabel.text = self.worklist.describe()
@@ -597,13 +597,20 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
         seg = mrml.import_study(slicer.mrmlScene, result, inputVolume)
         mrml.show_in_3d(seg)
         seg.GetDisplayNode().SetVisibility(True)
-        if result.uncertainty_map_path is None:
-            slicer.util.setSliceViewerLayers(background=inputVolume)
-            return seg
-        uncertainty = mrml.import_uncertainty_map(slicer.mrmlScene, result.uncertainty_map_path, inputVolume,
-                                                  f"{inputVolume.GetName()} MultiTaskUNet uncertainty")
-        slicer.util.setSliceViewerLayers(background=inputVolume, foreground=uncertainty, foregroundOpacity=0.5)
+        self.showLayers(result, inputVolume, seg)
         return seg
+
+    @staticmethod
+    def showLayers(result, volume, seg, fit=False):
+        """The slice views: ``volume`` as background and, when the result names one, its uncertainty map
+        as a half-transparent foreground, linked to ``seg`` (``mrml.linked_uncertainty_map``)."""
+        if result.uncertainty_map_path is None:
+            slicer.util.setSliceViewerLayers(background=volume, fit=fit)
+            return
+        uncertainty = mrml.import_uncertainty_map(slicer.mrmlScene, result.uncertainty_map_path, volume,
+                                                  f"{volume.GetName()} MultiTaskUNet uncertainty")
+        mrml.link_uncertainty_map(seg, uncertainty)
+        slicer.util.setSliceViewerLayers(background=volume, foreground=uncertainty, foregroundOpacity=0.5, fit=fit)
 
     @staticmethod
     def cleanupJob(job):
@@ -709,7 +716,8 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
 
     def openWorklistStudy(self, worklist):
         """Load the worklist's open study: its volume, and its result as the reviewer left it (the saved
-        segmentation and review record) or, on a first visit, as the model wrote it. Returns (volume, seg)."""
+        segmentation and review record) or, on a first visit, as the model wrote it; its uncertainty map, when
+        the batch wrote one (``--tta --uncertainty-map``), as the foreground layer. Returns (volume, seg)."""
         from MultiTaskUNetLib.results import read_result
         study = worklist.current
         result = read_result(study.result_path)
@@ -727,7 +735,11 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
             raise
         mrml.show_in_3d(seg)
         seg.GetDisplayNode().SetVisibility(True)
-        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+        try:
+            self.showLayers(result, volume, seg, fit=True)
+        except Exception:
+            self.removeNodes(volume, seg)
+            raise
         return volume, seg
 
     def saveWorklistStudy(self, worklist, seg, reviewer=""):

@@ -44,4 +44,8 @@ from MultiTaskUNetMRML.study import (  # noqa: F401
     restore_study,
     set_review,
 )
-from MultiTaskUNetMRML.uncertainty import import_uncertainty_map  # noqa: F401
+from MultiTaskUNetMRML.uncertainty import (  # noqa: F401
+    import_uncertainty_map,
+    link_uncertainty_map,
+    linked_uncertainty_map,
+)

@@ -17,6 +17,8 @@ from MultiTaskUNetMRML.segmentation import check_same_geometry, place_under_stud
 SHOW_FROM = 0.05
 #: colour table of the map: Slicer's procedural reverse rainbow, blue (0) to red (1)
 COLOR_TABLE_TYPE = slicer.vtkMRMLColorTableNode.ReverseRainbow
+#: node reference role from a segmentation to the uncertainty map shown with it
+UNCERTAINTY_MAP_REFERENCE = "MultiTaskUNet.uncertaintyMap"
 
 
 def color_node_id() -> str:
@@ -49,3 +51,13 @@ def import_uncertainty_map(scene, path: str | os.PathLike, reference, name: str)
     display.ApplyThresholdOn()
     place_under_study(scene, node, reference)
     return node
+
+
+def link_uncertainty_map(segmentation_node, map_node) -> None:
+    """Remember ``map_node`` as the uncertainty map shown with ``segmentation_node`` (a node reference)."""
+    segmentation_node.SetNodeReferenceID(UNCERTAINTY_MAP_REFERENCE, map_node.GetID())
+
+
+def linked_uncertainty_map(segmentation_node):
+    """The uncertainty map linked to ``segmentation_node``, or None."""
+    return segmentation_node.GetNodeReference(UNCERTAINTY_MAP_REFERENCE)

@@ -314,4 +314,40 @@ def test_result_with_an_uncertainty_map_shows_it_as_the_foreground_layer(module,
             assert kw["foregroundOpacity"] == 0.5 and kw["foreground"].GetName() == "input MultiTaskUNet uncertainty"
             assert kw["foreground"].GetDisplayNode().GetApplyThreshold() == 1
         else:
-            assert set(kw) == {"background"}
+            assert kw == {"background": ref, "fit": False}
+
+
+def test_worklist_study_with_an_uncertainty_map_shows_it_and_leaves_nothing(module, scene, tmp_path, fake_bundle,
+                                                                            volume_file, monkeypatch):
+    """A batch run with ``--tta --uncertainty-map``: opening its worklist study shows the map as the foreground,
+    linked to the segmentation, so that leaving the study removes it with the other nodes."""
+    import csv
+    import sys as _sys
+
+    import MultiTaskUNetMRML as mrml
+    from MultiTaskUNetLib.job import InferenceJob, JobState
+
+    job = InferenceJob(_sys.executable, volume_file, tmp_path / "out", fake_bundle("ok"), device="cpu",
+                       uncertainty_map=True)
+    job.start()
+    assert job.wait(timeout=120) is JobState.SUCCEEDED, job.error
+    result = job.result_paths[0]
+    data = json.loads(result.read_text(encoding="utf-8"))
+    data["input"] = str(volume_file)
+    result.write_text(json.dumps(data), encoding="utf-8")
+    csv_path = tmp_path / "out" / "worklist.csv"
+    with open(csv_path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "study", "status", "review_priority", "diagnosis", "result"])
+        w.writerow([1, "input", "ok", 0.9, "meningioma", result.name])
+    layers = []
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: layers.append(kw), raising=False)
+    logic = module.MultiTaskUNetLogic()
+    monkeypatch.setattr(logic, "loadStudyVolume", lambda kind, path: mrml.read_volume(scene, path, "input"))
+
+    volume, seg = logic.openWorklistStudy(logic.openWorklist(csv_path))
+    shown = mrml.linked_uncertainty_map(seg)
+    assert shown is not None and shown.GetName() == "input MultiTaskUNet uncertainty"
+    assert layers == [{"background": volume, "foreground": shown, "foregroundOpacity": 0.5, "fit": True}]
+    logic.removeNodes(volume, seg, mrml.linked_uncertainty_map(seg))  # what leaving the study does
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
