@@ -263,7 +263,7 @@ def test_prepare_plan_on_a_tiny_2d_set(tmp_path, capsys):
     datalist = _tiny_2d(tmp_path)
     assert main(["plan", str(datalist), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "plan.json" in out and "spatial_size" in out
+    assert "plan.json" in out and "spatial_size" in out and "max_epochs        60" in out and "time_budget_min" in out
     plan = json.loads((tmp_path / "plan.json").read_text())
     fp = plan["fingerprint"]
     assert fp["n_training"] == fp["n_analysed"] == 24 and not fp["subsampled"]
