@@ -14,7 +14,6 @@ model, after one confirmation.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import shutil
@@ -726,7 +725,7 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
         name = f"{study.name} MultiTaskUNet"
         try:
             if saved is not None and review is not None:
-                record = ReviewRecord.from_json(json.dumps(review["record"]))
+                record = ReviewRecord.from_dict(review["record"])
                 seg = mrml.restore_study(slicer.mrmlScene, result, volume, record, saved, name)
             else:
                 seg = mrml.import_study(slicer.mrmlScene, result, volume, name)

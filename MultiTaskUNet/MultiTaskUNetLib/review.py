@@ -179,10 +179,18 @@ class ReviewRecord:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise ReviewError(f"review record is not valid JSON ({e})") from e
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ReviewRecord":
+        """A record from the parsed JSON of :meth:`to_json` (``d`` is not changed).
+
+        Raises:
+            ReviewError: unknown schema version, missing field, or unknown decision.
+        """
         if not isinstance(d, dict) or d.get("schema_version") != SCHEMA_VERSION:
             raise ReviewError(f"review record has schema version {d.get('schema_version') if isinstance(d, dict) else None!r}, expected {SCHEMA_VERSION}")
-        d.pop("schema_version")
-        d.pop("diagnosis_overridden", None)
+        d = {k: v for k, v in d.items() if k not in ("schema_version", "diagnosis_overridden")}
         try:
             d["decision"] = Decision(d.get("decision"))
         except ValueError as e:

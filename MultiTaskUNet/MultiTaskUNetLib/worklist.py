@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from MultiTaskUNetLib.exports import safe_stem, write_text_atomic
+from MultiTaskUNetLib.review import Decision
 
 SCHEMA_VERSION = 1
 #: columns of ``worklist.csv`` the module needs (the CLI writes more)
 REQUIRED_COLUMNS = ("rank", "study", "status", "review_priority", "diagnosis", "result")
 #: decisions that close a study's review (``pending`` keeps it open)
-DECIDED = ("accepted", "edited", "rejected")
+DECIDED = tuple(d.value for d in Decision if d is not Decision.PENDING)
 #: keyboard shortcuts while a worklist is open; none is one of Slicer's own (Ctrl+Shift+A / T / arrows,
 #: Ctrl+O/S/W/Z/Y/X/C/V/H/F/B, Ctrl+digits, single keys of the Segment Editor)
 SHORTCUTS = {"accept": "Ctrl+Alt+A", "reject": "Ctrl+Alt+R", "next": "Ctrl+Alt+N", "previous": "Ctrl+Alt+B"}

@@ -157,6 +157,14 @@ def set_segment_algorithm(segmentation_node, algorithm_type: str, algorithm_name
             segment.RemoveTag(ALGORITHM_NAME_TAG)
 
 
+def attach_to_reference(seg, reference) -> None:
+    """Give ``seg`` display nodes and ``reference``'s geometry, and reference that volume (the role the
+    Segment Editor and the exporters look up)."""
+    seg.CreateDefaultDisplayNodes()
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    seg.SetNodeReferenceID(seg.GetReferenceImageGeometryReferenceRole(), reference.GetID())
+
+
 def import_label_map(scene, label_path: str | os.PathLike, reference, terms: dict[int, SegmentTerminology],
                      name: str, segmentation_node=None):
     """Import the worker's label map as a segmentation of ``reference`` (the input volume).
@@ -176,9 +184,7 @@ def import_label_map(scene, label_path: str | os.PathLike, reference, terms: dic
         if unknown:
             raise ValueError(f"{label_path}: label values {unknown} are not among the result's segments {sorted(terms)}")
         seg = segmentation_node or scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-        seg.CreateDefaultDisplayNodes()
-        seg.SetReferenceImageGeometryParameterFromVolumeNode(reference)
-        seg.SetNodeReferenceID(seg.GetReferenceImageGeometryReferenceRole(), reference.GetID())
+        attach_to_reference(seg, reference)
         segmentation = seg.GetSegmentation()
         segmentation.RemoveAllSegments()
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, seg):

@@ -15,8 +15,8 @@ from MultiTaskUNetLib.results import ATTRIBUTE_PREFIX, StudyResult, result_attri
 from MultiTaskUNetLib.review import ReviewError, ReviewRecord, label_digest
 from MultiTaskUNetLib.structured_report import ReportWriter
 from MultiTaskUNetLib.terminology import Code, terminologies
-from MultiTaskUNetMRML.segmentation import (export_dicom_seg, export_label_map, exported_segments, get_attributes,
-                                            import_label_map, label_map_array, place_under_study, read_segmentation,
+from MultiTaskUNetMRML.segmentation import (attach_to_reference, export_dicom_seg, export_label_map, exported_segments,
+                                            get_attributes, import_label_map, label_map_array, place_under_study, read_segmentation,
                                             set_attributes, set_segment_algorithm, write_segmentation)
 
 REVIEW_ATTRIBUTE = ATTRIBUTE_PREFIX + "Review"
@@ -52,9 +52,7 @@ def restore_study(scene, result: StudyResult, reference, record: ReviewRecord, p
         ValueError: the file is missing or unreadable (names it).
     """
     seg = read_segmentation(scene, path, name or f"{reference.GetName()} MultiTaskUNet")
-    seg.CreateDefaultDisplayNodes()
-    seg.SetReferenceImageGeometryParameterFromVolumeNode(reference)
-    seg.SetNodeReferenceID(seg.GetReferenceImageGeometryReferenceRole(), reference.GetID())
+    attach_to_reference(seg, reference)
     set_attributes(seg, result_attributes(result))
     set_review(seg, record)
     place_under_study(scene, seg, reference)

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from scripts.model_card import DEFAULT_CARD, build_network, make_card, sha256_file
+from scripts.model_card import DEFAULT_CARD, build_network, make_card
+from scripts.plan import file_sha256
 
 
 def _card(**changes) -> dict:
@@ -69,10 +70,10 @@ def test_the_card_records_the_data_and_the_starting_model(trained, tmp_path):
                                     "validation": [{"image": "d"}], "rejected": [{"image": "e", "provenance": "rejected"}]}))
     card = make_card(_card()["network"], ["T1c"], ["background", "tumor"], DEFAULT_CARD["classes"], [96, 96],
                      datalist_file=datalist, init_from=path)
-    assert card["training_data"] == {"datalist": str(datalist.resolve()), "sha256": sha256_file(datalist),
+    assert card["training_data"] == {"datalist": str(datalist.resolve()), "sha256": file_sha256(datalist),
                                      "provenance": {"training": {"original": 1, "edited": 2},
                                                     "validation": {"original": 1}, "rejected": {"rejected": 1}}}
-    assert card["init_from"] == {"path": str(path.resolve()), "sha256": sha256_file(path),
+    assert card["init_from"] == {"path": str(path.resolve()), "sha256": file_sha256(path),
                                  "name": "MultiTaskUNet", "version": "0.1.0"}
     assert "training_data" not in make_card(_card()["network"], ["T1c"], ["background", "tumor"],
                                             DEFAULT_CARD["classes"], [96, 96])

@@ -12,7 +12,7 @@ from PIL import Image
 from infer_helpers import make_bundle
 from scripts.inference import Predictor
 from scripts.inference.engine import diagnosis
-from scripts.inferers import FlipTTA
+from scripts.inferers import FLIP_DISAGREEMENT, FlipTTA
 from scripts.networks import MultiTaskUNet
 
 
@@ -26,6 +26,10 @@ def test_flip_tta_averages_the_image_and_its_mirror(dims: int, shape: tuple, fli
         a, b = net(x), net(x.flip(flip))
     torch.testing.assert_close(out["seg"], 0.5 * (a["seg"] + b["seg"].flip(flip)))
     torch.testing.assert_close(out["cls"], 0.5 * (a["cls"] + b["cls"]))
+    p_a = 1 - torch.softmax(a["seg"], 1)[:, :1]  # both passes' tumour probability: disagreement and max
+    p_b = (1 - torch.softmax(b["seg"], 1)[:, :1]).flip(flip)
+    torch.testing.assert_close(out[FLIP_DISAGREEMENT], torch.cat([(p_a - p_b).abs(), torch.maximum(p_a, p_b)], 1))
+    assert out[FLIP_DISAGREEMENT][:, 0].max() > 0  # a random network is not mirror-symmetric
     with torch.no_grad():  # a mirror-image input gives the mirror-image segmentation and the same diagnosis
         mirrored = FlipTTA(net, dims)(x.flip(flip))
     torch.testing.assert_close(mirrored["seg"], out["seg"].flip(flip), atol=1e-5, rtol=1e-4)

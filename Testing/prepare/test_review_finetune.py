@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from review_simulation import Setting, combined, simulate
-from scripts.model_card import sha256_file
+from scripts.plan import file_sha256
 
 
 def test_finetuning_on_corrections_beats_finetuning_on_uncorrected_answers(tmp_path):
@@ -32,7 +32,7 @@ def test_finetuning_on_corrections_beats_finetuning_on_uncorrected_answers(tmp_p
     review = res["review_corrected"]
     assert counts == {"original": 48} | {k: v for k, v in review.items() if v}, counts
     assert review["overridden"] + review["edited"] == round(0.2 * res["pool"])
-    assert card["init_from"]["sha256"] == sha256_file(tmp_path / "initial" / "model.pt")
+    assert card["init_from"]["sha256"] == file_sha256(tmp_path / "initial" / "model.pt")
     assert card["training_data"]["datalist"].endswith("merged.json")
     start = torch.load(tmp_path / "initial" / "model.pt", weights_only=True)
     tuned = torch.load(tmp_path / "tuned_corrected" / "model.pt", weights_only=True)

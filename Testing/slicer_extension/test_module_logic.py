@@ -245,31 +245,39 @@ def test_export_on_a_slicer_without_highdicom_says_why_no_sr(module, monkeypatch
     assert logic.exportNote is None  # no DICOM SEG asked: no SR expected
 
 
-def test_worklist_study_opened_reviewed_left_and_resumed(module, scene, tmp_path, fake_bundle, volume_file, monkeypatch):
-    """The Logic's worklist round: open the top study (the model's result), edit nothing, reject it, leave
-    it (state and segmentation saved, nodes removed); a new session resumes there with the decision.
-
-    ``loadStudyVolume`` reads the file with MultiTaskUNetMRML (slicer-core has no ``slicer.util.loadVolume``,
-    whose I/O manager lives in the application)."""
+def _one_study_worklist(out, volume_file, bundle, uncertainty_map: bool = False):
+    """The fake worker run on ``volume_file`` into ``out``, and a one-row ``worklist.csv`` there naming its
+    result (whose ``input`` points at the file, as the CLI's does); returns the CSV's path."""
     import csv
     import sys as _sys
 
-    import MultiTaskUNetMRML as mrml
     from MultiTaskUNetLib.job import InferenceJob, JobState
-    from MultiTaskUNetLib.review import Decision
 
-    job = InferenceJob(_sys.executable, volume_file, tmp_path / "out", fake_bundle("ok"), device="cpu")
+    job = InferenceJob(_sys.executable, volume_file, out, bundle, device="cpu", uncertainty_map=uncertainty_map)
     job.start()
     assert job.wait(timeout=120) is JobState.SUCCEEDED, job.error
     result = job.result_paths[0]
     data = json.loads(result.read_text(encoding="utf-8"))
     data["input"] = str(volume_file)
     result.write_text(json.dumps(data), encoding="utf-8")
-    csv_path = tmp_path / "out" / "worklist.csv"
+    csv_path = out / "worklist.csv"
     with open(csv_path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["rank", "study", "status", "review_priority", "diagnosis", "result"])
         w.writerow([1, "input", "ok", 0.9, "meningioma", result.name])
+    return csv_path
+
+
+def test_worklist_study_opened_reviewed_left_and_resumed(module, scene, tmp_path, fake_bundle, volume_file, monkeypatch):
+    """The Logic's worklist round: open the top study (the model's result), edit nothing, reject it, leave
+    it (state and segmentation saved, nodes removed); a new session resumes there with the decision.
+
+    ``loadStudyVolume`` reads the file with MultiTaskUNetMRML (slicer-core has no ``slicer.util.loadVolume``,
+    whose I/O manager lives in the application)."""
+    import MultiTaskUNetMRML as mrml
+    from MultiTaskUNetLib.review import Decision
+
+    csv_path = _one_study_worklist(tmp_path / "out", volume_file, fake_bundle("ok"))
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: None, raising=False)
     logic = module.MultiTaskUNetLogic()
     monkeypatch.setattr(logic, "loadStudyVolume", lambda kind, path: mrml.read_volume(scene, path, "input"))
@@ -321,25 +329,9 @@ def test_worklist_study_with_an_uncertainty_map_shows_it_and_leaves_nothing(modu
                                                                             volume_file, monkeypatch):
     """A batch run with ``--tta --uncertainty-map``: opening its worklist study shows the map as the foreground,
     linked to the segmentation, so that leaving the study removes it with the other nodes."""
-    import csv
-    import sys as _sys
-
     import MultiTaskUNetMRML as mrml
-    from MultiTaskUNetLib.job import InferenceJob, JobState
 
-    job = InferenceJob(_sys.executable, volume_file, tmp_path / "out", fake_bundle("ok"), device="cpu",
-                       uncertainty_map=True)
-    job.start()
-    assert job.wait(timeout=120) is JobState.SUCCEEDED, job.error
-    result = job.result_paths[0]
-    data = json.loads(result.read_text(encoding="utf-8"))
-    data["input"] = str(volume_file)
-    result.write_text(json.dumps(data), encoding="utf-8")
-    csv_path = tmp_path / "out" / "worklist.csv"
-    with open(csv_path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["rank", "study", "status", "review_priority", "diagnosis", "result"])
-        w.writerow([1, "input", "ok", 0.9, "meningioma", result.name])
+    csv_path = _one_study_worklist(tmp_path / "out", volume_file, fake_bundle("ok"), uncertainty_map=True)
     layers = []
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: layers.append(kw), raising=False)
     logic = module.MultiTaskUNetLogic()

@@ -4,6 +4,7 @@ The writer itself, run out of process on a real export, is tested in ``test_mrml
 """
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,13 +63,19 @@ def test_unavailable_reason(tmp_path, bundle_root):
     assert "has no scripts/inference/dicom_sr.py" in unavailable_reason(None)
 
 
-def test_writer_failure_without_an_error_line_gives_its_last_line(tmp_path):
-    """A writer that dies before the protocol (e.g. highdicom missing): its last stderr line is the message."""
+def _bundle_with_writer(tmp_path: Path, source: str) -> Path:
+    """A bundle folder whose ``scripts/inference/dicom_sr.py`` is ``source`` (a writer that misbehaves)."""
     bundle = tmp_path / "bundle"
     (bundle / "scripts" / "inference").mkdir(parents=True)
     (bundle / "scripts" / "__init__.py").write_text("")
     (bundle / "scripts" / "inference" / "__init__.py").write_text("")
-    (bundle / "scripts" / "inference" / "dicom_sr.py").write_text("import highdicom_that_is_not_there\n")
+    (bundle / "scripts" / "inference" / "dicom_sr.py").write_text(source)
+    return bundle
+
+
+def test_writer_failure_without_an_error_line_gives_its_last_line(tmp_path):
+    """A writer that dies before the protocol (e.g. highdicom missing): its last stderr line is the message."""
+    bundle = _bundle_with_writer(tmp_path, "import highdicom_that_is_not_there\n")
     writer = ReportWriter(sys.executable, bundle, ["/db/a.dcm"])
     with pytest.raises(ReportError, match="DICOM SR not written: ModuleNotFoundError: No module named 'highdicom_that_is_not_there'"):
         writer.write(RAW, tmp_path / "x_seg.dcm", tmp_path / "x_sr.dcm", {"decision": "accepted", "reviewer": "A"},
@@ -77,11 +84,7 @@ def test_writer_failure_without_an_error_line_gives_its_last_line(tmp_path):
 
 
 def test_writer_timeout(tmp_path):
-    bundle = tmp_path / "bundle"
-    (bundle / "scripts" / "inference").mkdir(parents=True)
-    (bundle / "scripts" / "__init__.py").write_text("")
-    (bundle / "scripts" / "inference" / "__init__.py").write_text("")
-    (bundle / "scripts" / "inference" / "dicom_sr.py").write_text("import time\ntime.sleep(30)\n")
+    bundle = _bundle_with_writer(tmp_path, "import time\ntime.sleep(30)\n")
     writer = ReportWriter(sys.executable, bundle, ["/db/a.dcm"], timeout_s=1)
     with pytest.raises(ReportError, match="did not finish within 1 s"):
         writer.write(RAW, tmp_path / "x_seg.dcm", tmp_path / "x_sr.dcm", {}, [ExportedSegment("tumor", 1, 3, 0.3)])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 
 from scripts import webdemo
-from webdemo_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, AppServer, start_app, write_tiny_bundle
+from webdemo_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, AppServer, serving, write_tiny_bundle
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # app.py lives at the repository root
@@ -36,13 +35,8 @@ def app_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
     Uploads are limited to :data:`UPLOAD_LIMIT` so that the limit can be tested with a small file.
     """
-    server = start_app(tiny_bundle, tmp_path_factory.mktemp("app") / "app.log", "--max-file-size", UPLOAD_LIMIT)
-    yield server
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
+    with serving(tiny_bundle, tmp_path_factory.mktemp("app") / "app.log", "--max-file-size", UPLOAD_LIMIT) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

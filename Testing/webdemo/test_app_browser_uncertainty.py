@@ -10,7 +10,6 @@ with :func:`scripts.webdemo.render_uncertainty`.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from app import EXAMPLES
 from scripts import webdemo
 from scripts.inference import Predictor
 from test_app_browser import download, move_slider, overlay_pixels, run_ok, upload
-from webdemo_helpers import start_app
+from webdemo_helpers import serving
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +38,8 @@ def sharp_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def tta_server(sharp_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = start_app(sharp_bundle, tmp_path_factory.mktemp("app_tta") / "app.log", "--tta")
-    yield server
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
+    with serving(sharp_bundle, tmp_path_factory.mktemp("app_tta") / "app.log", "--tta") as server:
+        yield server
 
 
 def _open(browser, url: str) -> Page:

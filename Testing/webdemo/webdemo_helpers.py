@@ -10,8 +10,9 @@ import sys
 import time
 import urllib.request
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -135,3 +136,17 @@ def write_dicom_series_zip(path: Path, volume: np.ndarray, spacing: tuple[float,
             ds.save_as(buf, enforce_file_format=True)
             z.writestr(f"series/{k:03d}.dcm", buf.getvalue())
     return path
+
+
+@contextmanager
+def serving(bundle: Path, log: Path, *extra: str) -> Iterator[AppServer]:
+    """:func:`start_app` for the ``with`` block; the server is stopped (killed after 20 s) at its end."""
+    server = start_app(bundle, log, *extra)
+    try:
+        yield server
+    finally:
+        server.proc.terminate()
+        try:
+            server.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()

@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a file (python monai_bundle/scripts/infe
 import scripts  # noqa: E402
 from scripts.inference import SEG_SUFFIXES, BatchRunner, InputError, Outcome, Predictor  # noqa: E402
 from scripts.inference.predictor import AUTO_FORMAT  # noqa: E402
-from scripts.inference.worklist import write_worklist  # noqa: E402
+from scripts.inference.worklist import ranked_rows, write_rows  # noqa: E402
 
 REVIEW_FIRST = 3  # studies the summary names to review first
 
@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def summary_table(outcomes: list[Outcome], worklist: Path | None = None) -> str:
+def summary_table(outcomes: list[Outcome], ranked: list[dict] | None = None, worklist: Path | None = None) -> str:
     """One line per study: name, status, diagnosis (probability), tumor volume, review priority, seconds;
-    then the studies to review first (the top of ``worklist``)."""
+    then the studies to review first (the top of the worklist's ``ranked`` rows, written to ``worklist``)."""
     rows = [("study", "status", "diagnosis", "p", "tumor", "priority", "seconds")]
     for o in outcomes:
         if o.ok:
@@ -82,10 +82,9 @@ def summary_table(outcomes: list[Outcome], worklist: Path | None = None) -> str:
             rows.append((o.input.name, "FAILED", "-", "-", "-", "-", f"{o.seconds:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    ranked = sorted((o for o in outcomes if o.ok),  # the worklist's order
-                    key=lambda o: (-o.result["review_priority"], -o.result["diagnosis"]["uncertainty"]))[:REVIEW_FIRST]
-    if ranked:
-        first = ", ".join(f"{o.input.name} ({o.result['review_priority']:.2f})" for o in ranked)
+    top = [r for r in ranked or [] if r["status"] == "ok"][:REVIEW_FIRST]
+    if top:
+        first = ", ".join(f"{r['study']} ({r['review_priority']:.2f})" for r in top)
         lines.append(f"review first: {first}" + (f"; all ranked in {worklist}" if worklist else ""))
     done = sum(o.ok for o in outcomes)
     return "\n".join(lines + [f"{done} of {len(outcomes)} studies done"])
@@ -122,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
 
     outcomes = runner.run(progress, on_outcome)
     bar.close()
-    worklist = write_worklist(outcomes, args.out, predictor.card.get("no_tumor_class")) if n > 1 else None
-    if n > 1 and not args.progress:
-        print(summary_table(outcomes, worklist))
+    if n > 1:
+        ranked = ranked_rows(outcomes, predictor.card.get("no_tumor_class"))
+        worklist = write_rows(ranked, args.out)
+        if not args.progress:
+            print(summary_table(outcomes, ranked, worklist))
     errors = [o.error for o in outcomes if not o.ok]
     for error in errors:
         print(f"ERROR {error}", file=sys.stderr)

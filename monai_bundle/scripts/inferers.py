@@ -117,9 +117,9 @@ class FlipTTA(torch.nn.Module):
     about each voxel's tumour probability ``p = 1 - softmax(seg)[background]``: channel 0 their
     disagreement ``|p - p_mirror|`` (0..1), channel 1 ``max(p, p_mirror)`` (a voxel either pass calls
     tumour has it >= 0.5); :class:`scripts.inference.uncertainty.FlipUncertainty` turns it into the
-    study's segmentation uncertainty. The mean logits are computed as without it. The flip is left-right: the last axis of a 2D display-oriented slice
-    ``(B, C, rows, cols)`` (columns run R->L), the first spatial axis of a 3D volume ``(B, C, X, Y, Z)``
-    in canonical orientation. Twice the network cost; any 2D/3D path (slices, sliding windows) can
+    study's segmentation uncertainty. The mean logits are computed as without it. The flip is
+    left-right: the last axis of a 2D display-oriented slice ``(B, C, rows, cols)`` (columns run
+    R->L), the first spatial axis of a 3D volume ``(B, C, X, Y, Z)`` in canonical orientation. Twice the network cost; any 2D/3D path (slices, sliding windows) can
     use it because it is just another network.
     """
 
@@ -131,9 +131,10 @@ class FlipTTA(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         a = self.network(x)
         b = self.network(x.flip(self.flip_dim))
-        seg = 0.5 * (a[Task.SEG].float() + b[Task.SEG].float().flip(self.flip_dim))
+        seg_a, seg_b = a[Task.SEG].float(), b[Task.SEG].float().flip(self.flip_dim)  # the mirror's flipped back
+        seg = 0.5 * (seg_a + seg_b)
         cls = 0.5 * (a[Task.CLS].float() + b[Task.CLS].float())
-        p_a = 1 - torch.softmax(a[Task.SEG].float(), dim=1)[:, :1]  # (B, 1, *spatial) tumour probability
-        p_b = 1 - torch.softmax(b[Task.SEG].float(), dim=1)[:, :1].flip(self.flip_dim)
+        p_a = 1 - torch.softmax(seg_a, dim=1)[:, :1]  # (B, 1, *spatial) tumour probability
+        p_b = 1 - torch.softmax(seg_b, dim=1)[:, :1]
         flip = torch.cat([(p_a - p_b).abs(), torch.maximum(p_a, p_b)], dim=1)  # (B, 2, *spatial)
         return {Task.SEG.value: seg, Task.CLS.value: cls, FLIP_DISAGREEMENT: flip}

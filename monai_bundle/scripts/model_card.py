@@ -21,7 +21,7 @@ import torch
 
 from scripts.canonical import ORIENTATION
 from scripts.networks import MultiTaskUNet
-from scripts.plan import card_plan
+from scripts.plan import card_plan, file_sha256
 from scripts.tasks import tumor_free_class
 from scripts.transforms import check_normalization
 
@@ -108,16 +108,9 @@ def check_init_card(card: dict[str, Any], init_from: str | os.PathLike) -> None:
                          "needs it to check that the model was trained for this setup")
     old = load_model_card(path.parent, card_file)
     default_norm = {"mode": "percentile"}  # cards written before plans: per-image percentile scaling
-    differences = []
-    for key in INIT_CARD_KEYS:
-        was, now = old.get(key), card.get(key)
-        if key == "normalization":
-            was, now = was or default_norm, now or default_norm
-        if key == "network" and isinstance(was, dict) and isinstance(now, dict):
-            differences += [f"network.{k}: {was.get(k)!r} in {card_file.name}, {now.get(k)!r} now"
-                            for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
-        elif was != now:
-            differences.append(f"{key}: {was!r} in {card_file.name}, {now!r} now")
+    differences = setup_differences({**old, "normalization": old.get("normalization") or default_norm},
+                                    {**card, "normalization": card.get("normalization") or default_norm},
+                                    INIT_CARD_KEYS, card_file.name)
     if differences:
         raise ValueError(f"{card_file}: the init_from model was trained for another setup than this run:\n  "
                          + "\n  ".join(differences)
@@ -125,18 +118,23 @@ def check_init_card(card: dict[str, Any], init_from: str | os.PathLike) -> None:
                            "--network_channels) or train from scratch (init_from null).")
 
 
+def setup_differences(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, ...], where: str) -> list[str]:
+    """Each of ``keys`` whose value differs between ``old`` (what a saved model or checkpoint was trained
+    for) and ``new`` (this run), as ``"key: OLD in WHERE, NEW now"``; the network's arguments one by one."""
+    differences = []
+    for key in keys:
+        was, now = old.get(key), new.get(key)
+        if key == "network" and isinstance(was, dict) and isinstance(now, dict):
+            differences += [f"network.{k}: {was.get(k)!r} in {where}, {now.get(k)!r} now"
+                            for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+        elif was != now:
+            differences.append(f"{key}: {was!r} in {where}, {now!r} now")
+    return differences
+
+
 def weights_path(models_dir: str | os.PathLike) -> str:
     """``models_dir/model.pt`` (for configs: ``{"_target_": "scripts.model_card.weights_path", ...}``)."""
     return str(Path(models_dir) / WEIGHTS_NAME)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def state_sha256(network: torch.nn.Module) -> str:
@@ -170,7 +168,7 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> str:
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:400]
         raise ValueError(f"{path}: checkpoint does not match the network of the model card: {detail}") from e
-    return sha256_file(path)
+    return file_sha256(path)
 
 
 def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: list[str], classes: list[str],
@@ -225,7 +223,7 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
     if init_from is not None:
         start = load_model_card(Path(init_from).parent, Path(init_from).with_name(CARD_NAME)) \
             if Path(init_from).with_name(CARD_NAME).is_file() else {}
-        card["init_from"] = {"path": str(Path(init_from).resolve()), "sha256": sha256_file(init_from),
+        card["init_from"] = {"path": str(Path(init_from).resolve()), "sha256": file_sha256(init_from),
                              "name": start.get("name"), "version": start.get("version")}
     return card
 
@@ -239,5 +237,5 @@ def training_data(datalist_file: str | os.PathLike) -> dict[str, Any]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read the datalist ({e})") from e
-    return {"datalist": str(path), "sha256": sha256_file(path),
+    return {"datalist": str(path), "sha256": file_sha256(path),
             "provenance": provenance_counts(raw if isinstance(raw, dict) else {})}

@@ -398,8 +398,13 @@ def resolve_device(device: Any = "auto") -> tuple[str, float | None]:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (the datalist's content hash)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """SHA-256 of a file's bytes, hex: the datalist's content hash, and the weights' in the result JSON and
+    the model card (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def make_plan(fp: Mapping[str, Any], datalist_file: str | os.PathLike, device_type: str = "cpu",

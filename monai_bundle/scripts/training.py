@@ -9,7 +9,6 @@ model card written next to the weights.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,8 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from scripts.losses import MultiTaskLoss
 from scripts.atomic import atomic_path, write_json_atomic
+from scripts.model_card import setup_differences
+from scripts.plan import file_sha256
 from scripts.tasks import Keys, Task
 
 
@@ -130,10 +131,6 @@ class ResumeError(RuntimeError):
     """``checkpoint_last.pt`` was trained for another setup than the run asked to resume it."""
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 class CheckpointHandler:
     """Best model by validation score, a resumable last checkpoint each epoch, and the model card.
 
@@ -193,14 +190,7 @@ class CheckpointHandler:
         if saved is None:
             differences = ["the checkpoint does not record what it was trained for (written by an earlier version)"]
         else:
-            differences = []
-            for key in RESUME_CARD_KEYS:
-                old, new = saved.get(key), self.setup.get(key)
-                if key == "network" and isinstance(old, dict) and isinstance(new, dict):
-                    differences += [f"network.{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now"
-                                    for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-                elif old != new:
-                    differences.append(f"{key}: {old!r} in the checkpoint, {new!r} now")
+            differences = setup_differences(saved, self.setup, RESUME_CARD_KEYS, "the checkpoint")
             if "datalist_sha256" in self.setup and saved.get("datalist_sha256") != self.setup["datalist_sha256"]:
                 differences.append(f"datalist_file: {saved.get('datalist_file')} (sha256 {str(saved.get('datalist_sha256'))[:12]}) "
                                    f"in the checkpoint, {self.setup['datalist_file']} (sha256 {self.setup['datalist_sha256'][:12]}) now")

@@ -85,15 +85,14 @@ def display_arrays(image: np.ndarray, label: np.ndarray, view: Any = None) -> tu
     if view is None:
         return image, label
     flat = label.ndim == 2
-    vol, lab = (image[..., None], label[..., None]) if flat else (image, label)  # a 2D grid: one slice
-    img_shown = np.moveaxis(view.to_slices(vol), 1, -1)  # (C, N, rows, cols) -> (C, rows, cols, N)
-    lab_shown = np.moveaxis(view.to_slices(lab[None])[0], 0, -1)  # (N, rows, cols) -> (rows, cols, N)
-    return (img_shown[..., 0], lab_shown[..., 0]) if flat else (img_shown, lab_shown)
+    img_shown = np.moveaxis(view.to_slices(image[..., None] if flat else image), 1, -1)  # (C, rows, cols, N)
+    return (img_shown[..., 0] if flat else img_shown), display_map(label, view)
 
 
 def display_map(values: np.ndarray, view: Any = None) -> np.ndarray:
-    """A voxel map on the label's grid (``Prediction.uncertainty``) in display orientation, slices last,
-    as :func:`display_arrays` shows the label: ``(rows, cols, N)`` for a volume, 2D maps as they are."""
+    """A voxel map on the label's grid (the label itself, ``Prediction.uncertainty``) in display
+    orientation, slices last: ``(rows, cols, N)`` for a volume, ``(rows, cols)`` for a 2D grid; as it
+    is without a view (PNG/JPG)."""
     if view is None:
         return values
     flat = values.ndim == 2
@@ -166,8 +165,7 @@ def render_overlay(image: np.ndarray, label: np.ndarray, index: int = 0, opacity
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be within 0..1, got {opacity}")
     img2d, lab2d = slice_view(image, label, index)
-    factor = max(1, -(-min_size // max(1, min(lab2d.shape))))  # ceil(min_size / shortest side)
-    rgb = np.kron(to_rgb(img2d), np.ones((factor, factor, 1), np.uint8)).astype(np.float32)
+    rgb, factor = _enlarged_rgb(img2d, lab2d.shape, min_size)
     lab = np.kron(lab2d, np.ones((factor, factor), lab2d.dtype))
     for value in np.unique(lab[lab > 0]):
         color = np.array(PALETTE[(int(value) - 1) % len(PALETTE)], np.float32)
@@ -187,12 +185,18 @@ def render_uncertainty(image: np.ndarray, values: np.ndarray, index: int = 0, mi
         ValueError: see :func:`slice_view`.
     """
     img2d, u2d = slice_view(image, values, index)
-    factor = max(1, -(-min_size // max(1, min(u2d.shape))))  # ceil(min_size / shortest side)
-    rgb = np.kron(to_rgb(img2d), np.ones((factor, factor, 1), np.uint8)).astype(np.float32)
+    rgb, factor = _enlarged_rgb(img2d, u2d.shape, min_size)
     u = np.kron(np.clip(u2d.astype(np.float32), 0, 1), np.ones((factor, factor), np.float32))[..., None]  # (r, c, 1)
     heat = (1 - u) * np.array(LOW_RGB, np.float32) + u * np.array(HIGH_RGB, np.float32)
     alpha = np.where(u >= SHOW_FROM, u, 0.0)
     return ((1 - alpha) * rgb + alpha * heat).round().astype(np.uint8)
+
+
+def _enlarged_rgb(img2d: np.ndarray, shape: tuple[int, ...], min_size: int) -> tuple[np.ndarray, int]:
+    """The slice as float32 RGB enlarged by the integer factor that brings ``shape``'s shortest side to at
+    least ``min_size`` (nearest neighbour), and that factor."""
+    factor = max(1, -(-min_size // max(1, min(shape))))  # ceil(min_size / shortest side)
+    return np.kron(to_rgb(img2d), np.ones((factor, factor, 1), np.uint8)).astype(np.float32), factor
 
 
 def _outline(lab: np.ndarray) -> np.ndarray:

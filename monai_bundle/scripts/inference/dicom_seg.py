@@ -21,7 +21,8 @@ from scripts.inference.terminology import Code, segment_term
 SERIES_NUMBER = 999  # SEG series number: high, so it sorts after the source series in viewers
 
 
-def _code(code: Code) -> PydicomCode:
+def pydicom_code(code: Code) -> PydicomCode:
+    """A terminology :class:`Code` as pydicom's (what highdicom takes); the SEG and the SR use it."""
     return PydicomCode(code.value, code.scheme, code.meaning)
 
 
@@ -34,7 +35,7 @@ def segment_descriptions(segments: list[str], model_name: str, model_version: st
         term = segment_term(name, value)
         out.append(hd.seg.SegmentDescription(
             segment_number=value, segment_label=name,
-            segmented_property_category=_code(term.category), segmented_property_type=_code(term.type),
+            segmented_property_category=pydicom_code(term.category), segmented_property_type=pydicom_code(term.type),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
             display_color=hd.color.CIELabColor.from_rgb(*term.color),
         ))

@@ -47,6 +47,7 @@ from pydicom.sr.coding import Code as PydicomCode
 from pydicom.uid import generate_uid
 
 from scripts.atomic import atomic_path
+from scripts.inference.dicom_seg import pydicom_code
 from scripts.inference.terminology import LOCAL_SCHEME, Code, class_code, segment_term
 
 SERIES_NUMBER = 1000  # SR series number: after the source series and the SEG (999) in viewers
@@ -93,10 +94,6 @@ def algorithm_identification(name: str, version: str) -> hd.sr.AlgorithmIdentifi
     if "family" in inspect.signature(hd.sr.AlgorithmIdentification).parameters:
         return hd.sr.AlgorithmIdentification(name=name, version=version, family=codes.DCM.ArtificialIntelligence)
     return hd.sr.AlgorithmIdentification(name=name, version=version)
-
-
-def _code(code: Code) -> PydicomCode:
-    return PydicomCode(code.value, code.scheme, code.meaning)
 
 
 def person_name(text: str) -> str:
@@ -152,14 +149,14 @@ def _diagnosis_group(result: Mapping[str, Any], sources: Sequence[Dataset], algo
     label = diagnosis["label"]
     evaluations = []
     if review is not None and review.decision in _DECISION_CODES:
-        evaluations.append(hd.sr.QualitativeEvaluation(_code(REVIEW_DECISION), _code(_DECISION_CODES[review.decision])))
+        evaluations.append(hd.sr.QualitativeEvaluation(pydicom_code(REVIEW_DECISION), pydicom_code(_DECISION_CODES[review.decision])))
     if review is not None and review.diagnosis is not None and review.diagnosis != label:
-        evaluations.append(hd.sr.QualitativeEvaluation(_code(REVIEWER_DIAGNOSIS), _code(class_code(review.diagnosis))))
+        evaluations.append(hd.sr.QualitativeEvaluation(pydicom_code(REVIEWER_DIAGNOSIS), pydicom_code(class_code(review.diagnosis))))
     probability = hd.sr.Measurement(name=PROBABILITY, value=float(diagnosis["probabilities"][label]),
                                     unit=codes.UCUM.NoUnits, algorithm_id=algorithm)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="diagnosis"),
-        finding_type=_code(class_code(label)), algorithm_id=algorithm, qualitative_evaluations=evaluations or None,
+        finding_type=pydicom_code(class_code(label)), algorithm_id=algorithm, qualitative_evaluations=evaluations or None,
         measurements=[probability],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources])
 
@@ -189,7 +186,7 @@ def _segment_groups(result: Mapping[str, Any], seg: Dataset, algorithm: hd.sr.Al
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
                 source_series=hd.sr.SourceSeriesForSegmentation(source_series)),
-            finding_category=_code(term.category), finding_type=_code(term.type), algorithm_id=algorithm,
+            finding_category=pydicom_code(term.category), finding_type=pydicom_code(term.type), algorithm_id=algorithm,
             measurements=measurements or None))
     return groups
 

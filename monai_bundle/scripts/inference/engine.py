@@ -140,13 +140,16 @@ def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayVie
     n, (h, w) = stack.shape[1], stack.shape[2:]
     # the label map is written through the same view, so it needs no transpose back; for a volume
     # stored slice after slice (a NIfTI's axial slices) both views are contiguous and nothing is copied
+    def slices(voxels: np.ndarray) -> np.ndarray:  # (N, h, w) views of a map on the input's voxels
+        return voxels[None] if view is None else view.to_slices(voxels[None])[0]
+
     label = np.empty_like(image[0], dtype=np.uint8)  # (h, w) or (X, Y, Z), the input's memory order
-    label_slices = label[None] if view is None else view.to_slices(label[None])[0]  # (N, h, w), a view
+    label_slices = slices(label)
     logits, tumor = [], []
     size = tuple(int(s) for s in spatial_size)
     map_slices = None
     if uncertainty is not None and uncertainty.map is not None:  # written through the label's view
-        map_slices = uncertainty.map[None] if view is None else view.to_slices(uncertainty.map[None])[0]
+        map_slices = slices(uncertainty.map)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             x = _nchw(stack[:, start:start + batch_size].swapaxes(0, 1)).to(device)  # (b, C, h, w)

@@ -193,7 +193,7 @@ class Predictor:
         result = self._result(study, label, logits, device, warnings)
         result["segmentation"]["uncertainty"] = None if flip is None else flip.score  # null: no TTA, not "certain"
         result = annotate(result, self.card.get("no_tumor_class"))
-        u_map = None if flip is None or flip.map is None else (flip.map[..., 0] if flip.map.ndim > label.ndim else flip.map)
+        u_map = None if flip is None else flip.map
         result["timings_s"] = {"load": round(t1 - t0, 3), "infer": round(t2 - t1, 3), "write": 0.0}
         paths: dict[str, Path] = {}
         if output_dir is not None:
@@ -264,6 +264,8 @@ class Predictor:
             size, batch, amp = self.card["spatial_size"], self.settings.slice_batch_size, self.settings.amp
             if two_d_grid:
                 label, logits = engine.segment_slices(self.network, flat, view, size, device, batch, amp, on_progress, flip)
+                if flip is not None and flip.map is not None:
+                    flip.map = flip.map[..., 0]  # the label's grid, as below
                 return label[..., 0], logits, flip  # (X, Y, 1) -> (X, Y)
             return (*engine.segment_slices(self.network, image, view, size, device, batch, amp, on_progress, flip), flip)
 
@@ -274,14 +276,13 @@ class Predictor:
                 warnings: list[str]) -> dict[str, Any]:
         """The study's result JSON, ``<stem>_result.json`` (paths and timings filled in later)."""
         segments = []
-        counts = {}
         for value, name in enumerate(self.card["segments"][1:], start=1):
             # one comparison per segment: np.bincount would first widen the uint8 volume to int64
-            voxels = counts[value] = int(np.count_nonzero(label == value))
+            voxels = int(np.count_nonzero(label == value))
             volume = None if study.raster or label.ndim == 2 else round(voxels * study.geometry.voxel_ml, 4)
             segments.append({"name": name, "value": value, "voxels": voxels, "volume_ml": volume})
         diag = engine.diagnosis(logits, self.card["classes"], self.card.get("temperature"))
-        tumor = sum(counts.values())
+        tumor = sum(s["voxels"] for s in segments)
         return {
             "input": str(study.path), "diagnosis": diag,
             "segmentation": {"path": None, "format": None, "segments": segments},

@@ -23,7 +23,6 @@ tta                flip test-time augmentation of both heads (twice the network 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +105,7 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> In
     parser = ConfigParser()
     try:
         parser.read_config(str(path))
-    except (json.JSONDecodeError, ValueError) as e:
+    except ValueError as e:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path}: not a readable inference configuration ({e})") from e
     names = [f.name for f in dataclasses.fields(InferenceSettings)]
     missing = [n for n in names if n not in parser]

@@ -94,8 +94,13 @@ def ranked_rows(outcomes: Sequence[Any], no_tumor_class: str | None) -> list[dic
 
 def write_worklist(outcomes: Sequence[Any], folder: str | os.PathLike, no_tumor_class: str | None) -> Path:
     """Write ``worklist.csv`` (:data:`COLUMNS`, ranked) into ``folder``, atomically; return its path."""
+    return write_rows(ranked_rows(outcomes, no_tumor_class), folder)
+
+
+def write_rows(rows: Sequence[Mapping[str, Any]], folder: str | os.PathLike) -> Path:
+    """Write rows of :func:`ranked_rows` as ``worklist.csv`` into ``folder``, atomically; return its path."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, restval="", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(ranked_rows(outcomes, no_tumor_class))
+    writer.writerows(rows)
     return write_bytes_atomic(Path(folder) / WORKLIST_FILE, text.getvalue().encode("utf-8"))

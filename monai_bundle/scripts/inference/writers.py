@@ -96,10 +96,11 @@ def itk_order(label: np.ndarray, raster: bool) -> np.ndarray:
     return label.T if raster else label
 
 
-def write_nifti(label: np.ndarray, geometry: Geometry, raster: bool, path: Path) -> Path:
-    """Write a uint8 label map with the study's geometry (any SimpleITK format by ``path``'s suffix)."""
+def write_nifti(label: np.ndarray, geometry: Geometry, raster: bool, path: Path, dtype: type = np.uint8) -> Path:
+    """Write a voxel map (a uint8 label map unless ``dtype`` says otherwise) with the study's geometry
+    (any SimpleITK format by ``path``'s suffix)."""
     ijk = itk_order(label, raster)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(ijk.T, dtype=np.uint8))  # numpy wants (k, j, i)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(ijk.T, dtype=dtype))  # numpy wants (k, j, i)
     sitk.WriteImage(geometry.apply(image), str(path), useCompression=True)
     return path
 
@@ -121,10 +122,7 @@ def write_uncertainty_map(values: np.ndarray, geometry: Geometry, raster: bool, 
             raise ValueError(f"a PNG uncertainty map needs a 2D map, got shape {values.shape}")
         Image.fromarray(steps.astype(np.uint8)).save(path, format="PNG")
         return path
-    ijk = itk_order((steps / 255).astype(np.float32), raster)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(ijk.T, dtype=np.float32))  # numpy wants (k, j, i)
-    sitk.WriteImage(geometry.apply(image), str(path), useCompression=True)
-    return path
+    return write_nifti((steps / 255).astype(np.float32), geometry, raster, path, dtype=np.float32)
 
 
 def write_png_mask(label: np.ndarray, segments: list[str], path: Path) -> Path:

@@ -22,7 +22,7 @@ from scripts.prepare.duplicates import NEAR_THRESHOLD
 from scripts.prepare.msd import collect_msd, collect_nnunet
 from scripts.prepare.pipeline import REPORT_FILE, Options, build
 from scripts.prepare.plain_csv import collect_csv
-from scripts.prepare.reviewed import collect_reviewed, merge_datalists
+from scripts.prepare.reviewed import collect_reviewed, merge_datalists, provenance_counts
 
 
 def _names(text: str) -> list[str]:
@@ -193,8 +193,6 @@ def _print_summary(args: argparse.Namespace, report: dict) -> None:
     if len(report["warnings"]) > 5:
         print(f"... {len(report['warnings']) - 5} more warning(s) in {args.out / REPORT_FILE}")
     if args.format == "reviewed":
-        from scripts.prepare.reviewed import provenance_counts
-
         last = args.out / report["datalists"][-1]["file"]
         counts = provenance_counts(json.loads(last.read_text(encoding="utf-8")))
         print("provenance: " + "; ".join(f"{k} " + ", ".join(f"{p} {n}" for p, n in sorted(v.items()))

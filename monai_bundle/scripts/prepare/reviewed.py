@@ -42,9 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from scripts.prepare.common import Collection, PrepareError, Sample, class_lookup, path_for_datalist
-from scripts.prepare.imageio import is_raster, read_image, save_png
+from scripts.prepare.imageio import read_image, save_png
 
-PROVENANCES = ("accepted", "edited", "overridden", "rejected")
 DECISIONS = ("pending", "accepted", "edited", "rejected", "overridden")
 REJECTED_KEY = "rejected"
 MERGED_NAME = "merged.json"
@@ -302,8 +301,6 @@ def collect_reviewed(source: Path, out: Path, channels: list[str] | None = None,
         else:
             sample.split = "training" if merge is not None else None
             col.samples.append(sample)
-    if is_raster(first) and dims != 2:
-        raise PrepareError(f"{first}: a PNG/JPG study must be 2D")
     return col
 
 
