@@ -49,3 +49,12 @@ def test_long_local_codes_fit_and_stay_apart():
 def test_empty_class_name_refused():
     with pytest.raises(ValueError, match="class name must not be empty"):
         class_code(" ")
+
+
+@pytest.mark.parametrize("name", ["no_tumor", "No Tumour", "notumor", "Normal", "healthy", "no-lesion", "No lesion"])
+def test_tumor_free_names_agree_between_metrics_and_dicom(name):
+    # the contradiction rule and the metrics (tasks.tumor_free_class) and the SR's coded diagnosis
+    # must read the same class names as tumour-free
+    from scripts.tasks import tumor_free_class
+    assert tumor_free_class(["glioma", name]) == 1
+    assert class_code(name).value == "17621005"

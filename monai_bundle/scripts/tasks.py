@@ -37,7 +37,7 @@ MISSING_CLASS = -1
 
 
 #: class names that mean "no lesion here" (BRISC's no_tumor, BUSI's normal), compared case- and separator-blind
-TUMOR_FREE_NAMES = ("no_tumor", "no_tumour", "normal", "healthy", "no_lesion")
+TUMOR_FREE_NAMES = ("no_tumor", "no_tumour", "notumor", "normal", "healthy", "no_lesion")
 
 
 def tumor_free_class(classes: list[str] | tuple[str, ...]) -> int | None:

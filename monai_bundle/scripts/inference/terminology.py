@@ -16,6 +16,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from scripts.tasks import TUMOR_FREE_NAMES
+
 
 @dataclass(frozen=True)
 class Code:
@@ -55,7 +57,7 @@ _FALLBACK_COLORS = ((60, 120, 255), (0, 200, 120), (200, 0, 200), (255, 140, 0))
 # multiforme, not glioma.
 NORMAL = Code("17621005", "SCT", "Normal")
 _CLASS_CODES: tuple[tuple[tuple[str, ...], Code], ...] = (
-    (("no_tumor", "no_tumour", "notumor", "normal", "healthy"), NORMAL),
+    (TUMOR_FREE_NAMES, NORMAL),  # the names the metrics and the contradiction rule read as tumour-free
     (("glioma",), Code("393564001", "SCT", "Glioma")),
     (("mening",), Code("302820008", "SCT", "Intracranial meningioma")),
     (("pituitar",), Code("254956000", "SCT", "Pituitary adenoma")),
