@@ -697,16 +697,17 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
         return worklists.Worklist.open(csvPath)
 
     @staticmethod
-    def loadStudyVolume(kind, path):
+    def loadStudyVolume(kind, path, seriesUID=None):
         """Load a worklist study's volume: a file with ``slicer.util.loadVolume``; a DICOM folder imported into
-        Slicer's DICOM database and its largest series loaded (so DICOM SEG and SR export work)."""
+        Slicer's DICOM database and the series the CLI read (``seriesUID``; without it the largest) loaded
+        (so DICOM SEG and SR export work)."""
         if kind == "file":
             return slicer.util.loadVolume(str(path))
         from DICOMLib import DICOMUtils
         if not DICOMUtils.importDicom(str(path)):
             raise RuntimeError(f"{path}: the DICOM files could not be imported into Slicer's DICOM database")
         files = [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
-        uid = worklists.series_to_load({f: slicer.dicomDatabase.seriesForFile(f) for f in files})
+        uid = worklists.series_to_load({f: slicer.dicomDatabase.seriesForFile(f) for f in files}, seriesUID)
         nodes = [slicer.mrmlScene.GetNodeByID(i) for i in DICOMUtils.loadSeriesByUID([uid])]
         volumes = [n for n in nodes if n is not None and n.IsA("vtkMRMLScalarVolumeNode") and not n.IsA("vtkMRMLLabelMapVolumeNode")]
         if not volumes:
@@ -720,7 +721,8 @@ class MultiTaskUNetLogic(ScriptedLoadableModuleLogic):
         from MultiTaskUNetLib.results import read_result
         study = worklist.current
         result = read_result(study.result_path)
-        volume = self.loadStudyVolume(*worklists.study_input(result, worklist.csv_path.parent))
+        volume = self.loadStudyVolume(*worklists.study_input(result, worklist.csv_path.parent),
+                                      worklists.result_series_uid(result))
         saved, review = worklist.saved_segmentation(study.name), worklist.review(study.name)
         name = f"{study.name} MultiTaskUNet"
         try:

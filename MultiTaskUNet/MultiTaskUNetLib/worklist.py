@@ -146,12 +146,20 @@ def study_input(result: Any, folder: str | os.PathLike) -> tuple[str, Path]:
                         f"{', '.join(str(c) for c in candidates)}); run the CLI with absolute paths")
 
 
-def series_to_load(series_of_files: dict[str, str]) -> str:
+def result_series_uid(result: Any) -> str | None:
+    """The SeriesInstanceUID the CLI read for the study (the result's ``source``), or None: a result
+    written before the CLI recorded it, or a non-DICOM input."""
+    source = result.raw.get("source") or {}
+    return str(source.get("series_instance_uid") or "") or None
+
+
+def series_to_load(series_of_files: dict[str, str], series_uid: str | None = None) -> str:
     """The series to load from a DICOM folder, ``{file: series UID}`` (UID '' when not in the database):
-    the one with the most files, as the CLI chooses when a folder holds several.
+    ``series_uid``, the one the CLI read (:func:`result_series_uid`), when given; else the one with the most
+    files, as the CLI chooses when a folder holds several.
 
     Raises:
-        WorklistError: no file of the folder is in the DICOM database.
+        WorklistError: no file of the folder is in the DICOM database, or ``series_uid`` is not among them.
     """
     counts: dict[str, int] = {}
     for uid in series_of_files.values():
@@ -159,6 +167,11 @@ def series_to_load(series_of_files: dict[str, str]) -> str:
             counts[uid] = counts.get(uid, 0) + 1
     if not counts:
         raise WorklistError("no DICOM series was imported from the study's folder")
+    if series_uid:
+        if series_uid not in counts:
+            raise WorklistError(f"the series the result was computed on ({series_uid}) is not in the study's folder "
+                                f"(it holds {', '.join(sorted(counts))})")
+        return series_uid
     return max(sorted(counts), key=lambda uid: counts[uid])
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
@@ -93,6 +95,10 @@ def test_dicom_seg_output_of_a_real_ct(predictor2d, tmp_path):
     assert pred.paths["segmentation"].name == "CT5N_seg.dcm" and pred.label.shape == (16, 16, 5)
     assert pred.result["segmentation"]["format"] == "dicom-seg"
     assert pred.paths["sr"].name == "CT5N_sr.dcm" and pred.result["outputs"]["sr"] == str(pred.paths["sr"])
+    # the series read is named, so a viewer (the Slicer worklist) loads that one and not its own guess
+    first = pydicom.dcmread(sorted(p for p in Path(CT_SERIES).rglob("*") if p.is_file())[0], stop_before_pixels=True)
+    assert pred.result["source"] == {"study_instance_uid": first.StudyInstanceUID,
+                                     "series_instance_uid": first.SeriesInstanceUID}
 
 
 def test_3d_model_sliding_window_equals_the_threshold(predictor3d, tmp_path):

@@ -280,7 +280,7 @@ def test_worklist_study_opened_reviewed_left_and_resumed(module, scene, tmp_path
     csv_path = _one_study_worklist(tmp_path / "out", volume_file, fake_bundle("ok"))
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: None, raising=False)
     logic = module.MultiTaskUNetLogic()
-    monkeypatch.setattr(logic, "loadStudyVolume", lambda kind, path: mrml.read_volume(scene, path, "input"))
+    monkeypatch.setattr(logic, "loadStudyVolume", lambda kind, path, series_uid=None: mrml.read_volume(scene, path, "input"))
 
     wl = logic.openWorklist(csv_path)
     volume, seg = logic.openWorklistStudy(wl)
@@ -335,7 +335,7 @@ def test_worklist_study_with_an_uncertainty_map_shows_it_and_leaves_nothing(modu
     layers = []
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: layers.append(kw), raising=False)
     logic = module.MultiTaskUNetLogic()
-    monkeypatch.setattr(logic, "loadStudyVolume", lambda kind, path: mrml.read_volume(scene, path, "input"))
+    monkeypatch.setattr(logic, "loadStudyVolume", lambda kind, path, series_uid=None: mrml.read_volume(scene, path, "input"))
 
     volume, seg = logic.openWorklistStudy(logic.openWorklist(csv_path))
     shown = mrml.linked_uncertainty_map(seg)

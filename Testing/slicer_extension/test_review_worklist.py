@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from MultiTaskUNetLib.results import parse_result
-from MultiTaskUNetLib.worklist import (SHORTCUTS, Worklist, WorklistError, read_worklist, series_to_load, state_path,
-                                       study_input)
+from MultiTaskUNetLib.worklist import (SHORTCUTS, Worklist, WorklistError, read_worklist, result_series_uid, series_to_load,
+                                       state_path, study_input)
 
 
 def _result(p_top: float, voxels: int = 40) -> dict:
@@ -156,6 +156,17 @@ def test_series_to_load_is_the_largest():
     assert series_to_load({"a": "1.2", "b": "1.3", "c": "1.3", "d": ""}) == "1.3"
     with pytest.raises(WorklistError, match="no DICOM series was imported"):
         series_to_load({"a": ""})
+
+
+def test_series_to_load_is_the_one_the_result_names():
+    files = {"a": "1.2", "b": "1.3", "c": "1.3"}
+    assert series_to_load(files, "1.2") == "1.2"
+    with pytest.raises(WorklistError, match=r"the series the result was computed on \(1.9\) is not in the study's folder"):
+        series_to_load(files, "1.9")
+    data = _result(0.9)
+    assert result_series_uid(parse_result(data, Path("a_result.json"))) is None
+    data["source"] = {"study_instance_uid": "1.1", "series_instance_uid": "1.2"}
+    assert result_series_uid(parse_result(data, Path("a_result.json"))) == "1.2"
 
 
 def test_shortcuts_are_distinct_and_not_slicers_own():

@@ -283,7 +283,7 @@ class Predictor:
             segments.append({"name": name, "value": value, "voxels": voxels, "volume_ml": volume})
         diag = engine.diagnosis(logits, self.card["classes"], self.card.get("temperature"))
         tumor = sum(s["voxels"] for s in segments)
-        return {
+        out: dict[str, Any] = {
             "input": str(study.path), "diagnosis": diag,
             "segmentation": {"path": None, "format": None, "segments": segments},
             "model": {"name": self.card.get("name", "MultiTaskUNet"), "version": self.card.get("version", "0"),
@@ -291,6 +291,11 @@ class Predictor:
             "device": str(device), "tta": self.settings.tta, "timings_s": {},
             "warnings": study.warnings + warnings + engine.consistency_warnings(diag, tumor, self.card.get("no_tumor_class")),
         }
+        if study.dicom:  # the series read (a folder may hold several): a viewer loads this one, not its own guess
+            first = study.dicom[0]
+            out["source"] = {"study_instance_uid": str(first.get("StudyInstanceUID", "")) or None,
+                             "series_instance_uid": str(first.get("SeriesInstanceUID", "")) or None}
+        return out
 
     def _write(self, study: Study, label: np.ndarray, result: dict[str, Any], folder: Path, seg_format: str,
                view: DisplayView | None, overlay: bool, name: str | None,
