@@ -23,10 +23,13 @@ setup: $(STAMP)
 
 # Debian packages the tests need: chromium drives the web demo's browser test (playwright never
 # downloads a browser), cmake + a compiler configure the Slicer extension's CMake files, dicom3tools'
-# dciodvfy validates the DICOM SEG and SR the inference writes
-SYSTEM_PACKAGES := chromium cmake g++ dicom3tools
+# dciodvfy validates the DICOM SEG and SR the inference writes, Orthanc with its DICOMweb plugin is the
+# PACS the DICOMweb tests read studies from and push results to (started by the tests themselves)
+SYSTEM_PACKAGES := chromium cmake g++ dicom3tools orthanc orthanc-dicomweb
+ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 system-deps:
-	@missing=""; for c in chromium cmake g++ dciodvfy; do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	@missing=""; for c in chromium cmake g++ dciodvfy Orthanc; do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	[ -f $(ORTHANC_DICOMWEB) ] || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); fi
 
 train: setup

@@ -1,4 +1,5 @@
-"""Fixtures of the inference tests (helpers in ``infer_helpers.py``, a name no other test folder uses)."""
+"""Fixtures of the inference tests (helpers in ``infer_helpers.py`` and ``pacs_helpers.py``, names no
+other test folder uses)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from infer_helpers import make_bundle
+from pacs_helpers import Orthanc
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +35,17 @@ def predictor3d(bundle3d):
     return Predictor.from_bundle(bundle3d, device="cpu")
 
 
+@pytest.fixture(scope="session")
+def orthanc():
+    """A real Orthanc + DICOMweb plugin with HTTP basic auth (AuthenticationEnabled, RegisteredUsers)."""
+    server = Orthanc("basic").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def orthanc_token():
+    """A real Orthanc + DICOMweb plugin that wants a bearer token and refuses DICOM SR instances."""
+    server = Orthanc("token").start()
+    yield server
+    server.stop()

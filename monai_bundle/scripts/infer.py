@@ -3,9 +3,18 @@
     python -m scripts.infer INPUT [INPUT ...] --out DIR [--bundle DIR] [--checkpoint FILE] [--card FILE]
            [--format auto|png|nifti|seg.nrrd|dicom-seg] [--device auto|cpu|cuda] [--series-uid UID]
            [--axis N] [--no-overlay] [--tta | --no-tta] [--uncertainty-map] [--progress]
+           [--push DICOMWEB-ROOT] [--resume]
 
 An INPUT is an image file (PNG/JPG, NIfTI, NRRD/MHA, DICOM), a DICOM series folder, a zip of a
-DICOM series, or a folder of studies (searched for image files, zips and DICOM folders). Per study,
+DICOM series, a folder of studies (searched for image files, zips and DICOM folders), a DICOMweb
+study or series URL (``http://HOST/dicom-web/studies/<UID>[/series/<UID>]``, retrieved with WADO-RS
+into a temporary folder that is removed after the study) or a manifest ``.csv`` of such inputs, one a
+row. ``--push`` stores each study's DICOM SEG and SR on a DICOMweb server (STOW-RS); a study whose
+push fails is a failed study. Credentials come from the environment only: ``MTUNET_DICOMWEB_TOKEN``
+(bearer) or ``MTUNET_DICOMWEB_USER`` + ``MTUNET_DICOMWEB_PASSWORD`` (basic auth);
+``MTUNET_DICOMWEB_TIMEOUT`` (s) and ``MTUNET_DICOMWEB_RETRIES`` tune the network
+(:mod:`scripts.inference.dicomweb`). ``--resume`` skips the studies whose results are already in
+``--out``. Per study,
 in ``--out``: the label map ``<name>_seg.png`` (PNG/JPG input, on the image's pixel grid: 0/255 for
 one segment, else the segment values) or ``<name>_seg.nii.gz`` (other input; ``--format`` picks
 ``.seg.nrrd``, DICOM SEG ``.dcm`` or NIfTI for any input), ``<name>_result.json``, ``<name>_overlay.png``;
@@ -44,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog="DICOM folders with several series: the one with the most instances is read "
                                         "(localizers last) unless --series-uid names one. Slices that are not "
                                         "parallel or not evenly spaced are refused.")
-    ap.add_argument("inputs", nargs="+", type=Path, help="image files, DICOM series folders or folders of studies")
+    ap.add_argument("inputs", nargs="+", help="image files, DICOM series folders, folders of studies, DICOMweb study "
+                                              "or series URLs, or manifest .csv files of them")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--bundle", type=Path, default=Path(scripts.bundle_root()), help="bundle root")
     ap.add_argument("--checkpoint", type=Path, help="weights (default: BUNDLE/models/model.pt)")
@@ -64,19 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--uncertainty-map", action="store_true",
                     help="also write <name>_uncertainty.png (PNG/JPG input) or .nii.gz: the voxel-wise disagreement "
                          "of the image and its mirror (needs TTA)")
+    ap.add_argument("--push", metavar="DICOMWEB-ROOT",
+                    help="store each study's DICOM SEG and SR on this DICOMweb server with STOW-RS, e.g. "
+                         "http://pacs:8042/dicom-web (implies --format dicom-seg); credentials from "
+                         "MTUNET_DICOMWEB_TOKEN or MTUNET_DICOMWEB_USER + MTUNET_DICOMWEB_PASSWORD")
+    ap.add_argument("--resume", action="store_true",
+                    help="skip the studies whose <name>_result.json is already in --out (with --push: whose "
+                         "result records a push to that server)")
     return ap
 
 
 def summary_table(outcomes: list[Outcome], ranked: list[dict] | None = None, worklist: Path | None = None) -> str:
-    """One line per study: name, status, diagnosis (probability), tumor volume, review priority, seconds;
+    """One line per study: name, status (ok, FAILED, or kept: resumed from an earlier run), diagnosis
+    (probability), tumor volume, review priority, seconds;
     then the studies to review first (the top of the worklist's ``ranked`` rows, written to ``worklist``)."""
     rows = [("study", "status", "diagnosis", "p", "tumor", "priority", "seconds")]
     for o in outcomes:
         if o.ok:
+            status = "kept" if o.resumed else "ok"
             diag, segs = o.result["diagnosis"], o.result["segmentation"]["segments"]
             ml = [s["volume_ml"] for s in segs if s["volume_ml"] is not None]
             tumor = f"{sum(ml):.2f} mL" if ml else f"{sum(s['voxels'] for s in segs)} px"
-            rows.append((o.input.name, "ok", diag["label"], f"{diag['probabilities'][diag['label']]:.2f}", tumor,
+            rows.append((o.input.name, status, diag["label"], f"{diag['probabilities'][diag['label']]:.2f}", tumor,
                          f"{o.result['review_priority']:.2f}", f"{o.seconds:.1f}"))
         else:
             rows.append((o.input.name, "FAILED", "-", "-", "-", "-", f"{o.seconds:.1f}"))
@@ -86,8 +105,9 @@ def summary_table(outcomes: list[Outcome], ranked: list[dict] | None = None, wor
     if top:
         first = ", ".join(f"{r['study']} ({r['review_priority']:.2f})" for r in top)
         lines.append(f"review first: {first}" + (f"; all ranked in {worklist}" if worklist else ""))
-    done = sum(o.ok for o in outcomes)
-    return "\n".join(lines + [f"{done} of {len(outcomes)} studies done"])
+    done, kept = sum(o.ok for o in outcomes), sum(o.resumed for o in outcomes)
+    tail = f" ({kept} kept from an earlier run)" if kept else ""
+    return "\n".join(lines + [f"{done} of {len(outcomes)} studies done{tail}"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         print("ERROR --uncertainty-map needs flip TTA: add --tta (or set tta in the bundle's configs/inference.json)",
               file=sys.stderr)
         return 1
-    runner = BatchRunner(predictor, args.inputs, args.out, seg_format=args.seg_format, series_uid=args.series_uid,
-                         axis=args.axis, overlay=not args.no_overlay, strict=False, uncertainty_map=args.uncertainty_map)
+    try:
+        runner = BatchRunner(predictor, args.inputs, args.out, seg_format=args.seg_format, series_uid=args.series_uid,
+                             axis=args.axis, overlay=not args.no_overlay, strict=False,
+                             uncertainty_map=args.uncertainty_map, push=args.push, resume=args.resume)
+    except (InputError, ValueError) as e:
+        print(f"ERROR {e}", file=sys.stderr)
+        return 1
     n = len(runner.studies)
     bar = tqdm(total=n, unit="study", file=sys.stderr, disable=args.progress or n < 2)
 

@@ -6,7 +6,8 @@ Used by the CLI (``scripts.infer``), the Slicer worker (the same CLI), the web d
 Modules: :mod:`.predictor` (the API), :mod:`.settings` (its knobs, read from
 ``configs/inference.json``), :mod:`.engine` (2D slice-wise / 3D sliding-window inference,
 the diagnosis rule, device and out-of-memory fallback), :mod:`.readers` and :mod:`.dicom` (input
-with its geometry), :mod:`.archive` (a zip of a DICOM series, unpacked safely), :mod:`.writers` and :mod:`.dicom_seg` (atomic outputs), :mod:`.batch` (many
+with its geometry), :mod:`.archive` (a zip of a DICOM series, unpacked safely), :mod:`.dicomweb` (DICOMweb study and series
+URLs in, the DICOM SEG and SR pushed out), :mod:`.writers` and :mod:`.dicom_seg` (atomic outputs), :mod:`.batch` (many
 studies), :mod:`.terminology` (segment codes and colours).
 """
 

@@ -178,6 +178,14 @@ class Predictor:
         t0 = time.perf_counter()
         report(0, "read")
         study = read_study(path, series_uid)
+        try:
+            return self._predict(study, path, seg_format, axis, overlay, report, output_dir, name, uncertainty_map, t0)
+        finally:  # the files of a zip or a DICOMweb study: removed now, whether the study succeeded or not
+            if study.workdir is not None:
+                study.workdir.cleanup()
+
+    def _predict(self, study: Study, path, seg_format: str, axis: int | None, overlay: bool, report: ProgressFn,
+                 output_dir, name: str | None, uncertainty_map: bool, t0: float) -> Prediction:
         if seg_format == "dicom-seg" and (study.dicom is None or study.multiframe):
             raise InputError(f"{path}: DICOM SEG output needs a DICOM series or single-frame DICOM input; "
                              "use nifti or seg.nrrd")

@@ -13,7 +13,9 @@ Axis conventions (``docs/contracts.md``):
   input's grid. A 4D file (X, Y, Z, T) becomes ``(T, X, Y, Z)``: its 4th axis is read as channels
   (MSD multi-sequence MRI); whether that count fits the model is checked by the Predictor.
 
-A zip of a DICOM series is unpacked safely and read as a folder (:mod:`scripts.inference.archive`).
+A zip of a DICOM series is unpacked safely and read as a folder (:mod:`scripts.inference.archive`);
+a DICOMweb study or series URL is retrieved into a temporary folder and read as one
+(:mod:`scripts.inference.dicomweb`).
 
 Every failure is an :class:`~scripts.inference.errors.InputError` naming the file and the problem.
 Refused besides unreadable files: a grid smaller than :data:`MIN_IMAGE_SIZE` voxels along either
@@ -86,7 +88,7 @@ class Study:
     """One input study as read.
 
     Attributes:
-        path: the file or folder given.
+        path: the file or folder given (a :class:`~scripts.inference.dicomweb.DicomWebUrl` for a URL).
         name: stem for the output files (``<name>_seg.nii.gz`` ...).
         image: ``(C, *spatial)`` float32 in the axis convention of the module docstring.
         geometry: placement of the spatial grid.
@@ -126,10 +128,11 @@ def study_name(path: Path) -> str:
 
 
 def read_study(path: str | Path, series_uid: str | None = None) -> Study:
-    """Read a PNG/JPG, NIfTI, NRRD/MHA, a DICOM file, a DICOM series folder or a zip of one.
+    """Read a PNG/JPG, NIfTI, NRRD/MHA, a DICOM file, a DICOM series folder or a zip of one, or a
+    DICOMweb study or series URL (:mod:`scripts.inference.dicomweb`).
 
     Args:
-        path: file or folder.
+        path: file, folder or ``http(s)://`` URL.
         series_uid: for a DICOM folder (or zip) holding several series, the SeriesInstanceUID to read.
 
     Returns:
@@ -138,8 +141,13 @@ def read_study(path: str | Path, series_uid: str | None = None) -> Study:
     Raises:
         InputError: missing path, unsupported type, unreadable / truncated file, a DICOM folder
             without a usable image series (see :mod:`scripts.inference.dicom`), an unsafe zip
-            (:mod:`scripts.inference.archive`), a grid too small or without a voxel size.
+            (:mod:`scripts.inference.archive`), a grid too small or without a voxel size; a DICOMweb
+            URL, server or study that cannot be used (names the URL and the HTTP status).
     """
+    from scripts.inference.dicomweb import is_url, read_url
+
+    if is_url(path):
+        return check_study(read_url(str(path), series_uid))
     return check_study(_read(Path(path), series_uid))
 
 
