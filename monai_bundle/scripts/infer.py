@@ -3,7 +3,7 @@
     python -m scripts.infer INPUT [INPUT ...] --out DIR [--bundle DIR] [--checkpoint FILE] [--card FILE]
            [--format auto|png|nifti|seg.nrrd|dicom-seg] [--device auto|cpu|cuda] [--series-uid UID]
            [--axis N] [--no-overlay] [--tta | --no-tta] [--uncertainty-map] [--progress]
-           [--push DICOMWEB-ROOT] [--resume]
+           [--push DICOMWEB-ROOT] [--resume] [--engine local|ray [--workers N] [--address ADDR] [--threads N]]
 
 An INPUT is an image file (PNG/JPG, NIfTI, NRRD/MHA, DICOM), a DICOM series folder, a zip of a
 DICOM series, a folder of studies (searched for image files, zips and DICOM folders), a DICOMweb
@@ -14,7 +14,9 @@ push fails is a failed study. Credentials come from the environment only: ``MTUN
 (bearer) or ``MTUNET_DICOMWEB_USER`` + ``MTUNET_DICOMWEB_PASSWORD`` (basic auth);
 ``MTUNET_DICOMWEB_TIMEOUT`` (s) and ``MTUNET_DICOMWEB_RETRIES`` tune the network
 (:mod:`scripts.inference.dicomweb`). ``--resume`` skips the studies whose results are already in
-``--out``. Per study,
+``--out``. ``--engine ray`` spreads the studies over Ray actors, each holding one Predictor: a local
+Ray instance for the run, or the cluster at ``--address`` (:mod:`scripts.inference.distributed`); the
+files, the progress and the summary are those of the single-process run. Per study,
 in ``--out``: the label map ``<name>_seg.png`` (PNG/JPG input, on the image's pixel grid: 0/255 for
 one segment, else the segment values) or ``<name>_seg.nii.gz`` (other input; ``--format`` picks
 ``.seg.nrrd``, DICOM SEG ``.dcm`` or NIfTI for any input), ``<name>_result.json``, ``<name>_overlay.png``;
@@ -81,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true",
                     help="skip the studies whose <name>_result.json is already in --out (with --push: whose "
                          "result records a push to that server)")
+    ap.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local: the studies one after the other in this process; ray: spread over Ray actors "
+                         "(a local Ray instance, or the cluster at --address)")
+    ap.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, else one per --threads CPUs)")
+    ap.add_argument("--address", help="a running Ray cluster to join (HOST:PORT or ray://HOST:PORT); its nodes must "
+                                      "see the bundle, the inputs and --out at the same paths")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per Ray actor (default 1)")
     return ap
 
 
@@ -112,9 +121,13 @@ def summary_table(outcomes: list[Outcome], ranked: list[dict] | None = None, wor
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        predictor = Predictor.from_bundle(args.bundle, device=args.device, checkpoint=args.checkpoint, card=args.card,
-                                          tta=args.tta)
+    ray = args.engine == "ray"
+    if not ray and (args.workers is not None or args.address is not None):
+        print("ERROR --workers and --address need --engine ray", file=sys.stderr)
+        return 1
+    try:  # with Ray the workers load their own; this one (on the CPU) checks the bundle and gives its card
+        predictor = Predictor.from_bundle(args.bundle, device="cpu" if ray else args.device,
+                                          checkpoint=args.checkpoint, card=args.card, tta=args.tta)
     except (InputError, ValueError) as e:
         print(f"ERROR {e}", file=sys.stderr)
         return 1
@@ -122,10 +135,18 @@ def main(argv: list[str] | None = None) -> int:
         print("ERROR --uncertainty-map needs flip TTA: add --tta (or set tta in the bundle's configs/inference.json)",
               file=sys.stderr)
         return 1
+    options = dict(seg_format=args.seg_format, series_uid=args.series_uid, axis=args.axis, overlay=not args.no_overlay,
+                   strict=False, uncertainty_map=args.uncertainty_map, push=args.push, resume=args.resume)
     try:
-        runner = BatchRunner(predictor, args.inputs, args.out, seg_format=args.seg_format, series_uid=args.series_uid,
-                             axis=args.axis, overlay=not args.no_overlay, strict=False,
-                             uncertainty_map=args.uncertainty_map, push=args.push, resume=args.resume)
+        if ray:
+            from scripts.inference.distributed import PredictorSpec, RayBatchRunner
+
+            spec = PredictorSpec(str(args.bundle), args.checkpoint and str(args.checkpoint),
+                                 args.card and str(args.card), overrides={"device": args.device, "tta": args.tta})
+            runner = RayBatchRunner(spec, args.inputs, args.out, workers=args.workers, address=args.address,
+                                    threads=args.threads, **options)
+        else:
+            runner = BatchRunner(predictor, args.inputs, args.out, **options)
     except (InputError, ValueError) as e:
         print(f"ERROR {e}", file=sys.stderr)
         return 1
