@@ -78,10 +78,12 @@ class Demo:
         n = webdemo.num_slices(label)
         slider = gr.Slider(minimum=0, maximum=max(n - 1, 1), value=index, step=1, visible=n > 1)
         files = [str(pred.paths[key]) for key in ("segmentation", "result", "uncertainty_map") if key in pred.paths]
-        log.info("run: diagnosis %s", pred.result["diagnosis"]["label"])
+        from scripts.inference.result import read_result
+
+        result = read_result(pred.paths["result"])  # the file the user downloads, read through the result contract
+        log.info("run: diagnosis %s", result.diagnosis.label)
         return (webdemo.render_overlay(image, label, index, opacity), slider,
-                webdemo.probabilities(pred.result), webdemo.summary_markdown(pred.result, pred.label.ndim),
-                files, view, "Done.")
+                webdemo.probabilities(result), webdemo.summary_markdown(result), files, view, "Done.")
 
     @staticmethod
     def redraw(view: dict | None, index: float, opacity: float, uncertainty: bool = False) -> Any:

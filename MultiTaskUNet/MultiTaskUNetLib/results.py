@@ -1,39 +1,71 @@
 """Read and check one study's result JSON (``<stem>_result.json``, written by the bundle's ``scripts.inference.Predictor``).
 
+The contract is the bundle's: ``configs/result.schema.json``, checked and typed by the bundle's
+``scripts/inference/result.py``, which the CLI and the web demo read results through too. This
+module loads that file from the bundle installed with the extension (``monai_bundle/`` beside
+``MultiTaskUNetLib``, :func:`MultiTaskUNetLib.bundles.default_bundle_dir`) as a module of its own:
+it needs only the standard library, so Slicer's Python runs it without torch and without the
+bundle's ``scripts`` package on its path. The installed bundle, not the one the user picked, so that
+reader and schema always come from the same release as this module.
+
 The module shows the diagnosis with every class probability, imports the label map named in the
-result, and keeps the result as node attributes so it survives saving the scene.
+result (each segment with the terminology and colour the result gives it), and keeps the result as
+node attributes so it survives saving the scene.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Optional
+
+from MultiTaskUNetLib.bundles import default_bundle_dir
 
 #: prefix of every node attribute this module writes (Slicer convention: ``<Module>.<Name>``)
 ATTRIBUTE_PREFIX = "MultiTaskUNet."
+#: the bundle's typed result module, relative to the bundle root
+CONTRACT_FILE = Path("scripts") / "inference" / "result.py"
 
 
-class ResultError(ValueError):
-    """A result file is missing, unreadable or does not follow the Result contract."""
+def _load_contract() -> ModuleType:
+    """The bundle's ``scripts/inference/result.py``, loaded by file from the installed bundle.
+
+    Raises:
+        ImportError: no bundle is installed beside the module (a broken install).
+    """
+    name = f"{__package__ or 'MultiTaskUNetLib'}._bundle_result"
+    if name in sys.modules:
+        return sys.modules[name]
+    bundle = default_bundle_dir(Path(__file__).resolve().parents[1])
+    if bundle is None or not (bundle / CONTRACT_FILE).is_file():
+        raise ImportError(f"{Path(__file__).resolve().parents[1]}: the MONAI bundle installed with MultiTaskUNet "
+                          f"(monai_bundle/{CONTRACT_FILE.as_posix()}) is missing; reinstall the extension")
+    spec = importlib.util.spec_from_file_location(name, bundle / CONTRACT_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
-@dataclass(frozen=True)
-class SegmentInfo:
-    """One segment of the label map: its name, voxel value and size."""
-
-    name: str
-    value: int
-    voxels: int
-    volume_ml: Optional[float]
+contract = _load_contract()
+#: a result file that is missing, unreadable or breaks the contract (the bundle's ``ResultError``)
+ResultError = contract.ResultError
+#: one segment of a result: name, label value, voxels, volume_ml, terminology, color (the bundle's ``Segment``)
+SegmentInfo = contract.Segment
 
 
 @dataclass(frozen=True)
 class StudyResult:
-    """A parsed result file. ``probabilities`` keeps the model's class order."""
+    """A parsed result file, as the module uses it. ``probabilities`` keeps the model's class order."""
 
     path: Path
     diagnosis: str
@@ -52,6 +84,10 @@ class StudyResult:
     segmentation_uncertainty: Optional[float] = None
     #: the voxel-wise uncertainty map on the input's grid, when the worker wrote one
     uncertainty_map_path: Optional[Path] = None
+    #: the study as the worker was given it (file, DICOM folder, zip or URL); '' when not recorded
+    input: str = ""
+    #: the DICOM series the worker read; None for other input and for results written before it was recorded
+    series_instance_uid: Optional[str] = None
 
     @property
     def classes(self) -> list[str]:
@@ -67,81 +103,33 @@ class StudyResult:
         return f"{self.diagnosis} ({self.probabilities[self.diagnosis]:.0%})"
 
 
-def _need(mapping: Any, key: str, where: str, path: Path) -> Any:
-    if not isinstance(mapping, dict) or key not in mapping:
-        raise ResultError(f"{path}: result lacks '{where}{key}'")
-    return mapping[key]
-
-
-def _probabilities(diag: dict, path: Path) -> dict[str, float]:
-    probs = _need(diag, "probabilities", "diagnosis.", path)
-    if not isinstance(probs, dict) or not probs:
-        raise ResultError(f"{path}: 'diagnosis.probabilities' must be a non-empty object")
-    out: dict[str, float] = {}
-    for name, p in probs.items():
-        if not isinstance(p, (int, float)) or math.isnan(p) or not 0.0 <= p <= 1.0:
-            raise ResultError(f"{path}: probability of {name!r} is {p!r}, not a number in 0..1")
-        out[str(name)] = float(p)
-    if abs(sum(out.values()) - 1.0) > 1e-3:
-        raise ResultError(f"{path}: class probabilities sum to {sum(out.values()):.4f}, not 1")
-    return out
-
-
-def _segments(seg: dict, path: Path) -> tuple[SegmentInfo, ...]:
-    items = _need(seg, "segments", "segmentation.", path)
-    if not isinstance(items, list):
-        raise ResultError(f"{path}: 'segmentation.segments' must be a list")
-    out = []
-    for i, s in enumerate(items):
-        name, value = _need(s, "name", f"segmentation.segments[{i}].", path), _need(s, "value", f"segmentation.segments[{i}].", path)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 255:
-            raise ResultError(f"{path}: segment {name!r} has label value {value!r}; expected an integer 1..255")
-        vol = s.get("volume_ml")
-        out.append(SegmentInfo(name=str(name), value=value, voxels=int(s.get("voxels", 0)),
-                               volume_ml=None if vol is None else float(vol)))
-    values = [s.value for s in out]
-    if len(set(values)) != len(values):
-        raise ResultError(f"{path}: segment label values repeat: {values}")
-    return tuple(out)
-
-
 def _resolved(value: Any, path: Path) -> Path:
     p = Path(str(value))
     return p if p.is_absolute() else path.parent / p
 
 
-def _uncertainty(seg: dict, path: Path) -> Optional[float]:
-    value = seg.get("uncertainty")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ResultError(f"{path}: 'segmentation.uncertainty' is {value!r}, not null or a number in 0..1")
-    return float(value)
+def _study(r: Any, data: dict[str, Any], path: Path) -> StudyResult:
+    """The module's view of the bundle's typed result ``r``; relative paths resolve next to ``path``."""
+    model = r.model or contract.Model("", "", "")
+    u_map = r.outputs.uncertainty_map if r.outputs is not None else None
+    return StudyResult(
+        path=path, diagnosis=r.diagnosis.label, diagnosis_index=r.diagnosis.position,
+        probabilities=dict(r.diagnosis.probabilities), segmentation_path=_resolved(r.segmentation.path, path),
+        segmentation_format=r.segmentation.format or "nifti", segments=r.segmentation.segments,
+        model_name=model.name, model_version=model.version, model_sha256=model.sha256, device=r.device or "",
+        warnings=r.warnings or (), raw=data, segmentation_uncertainty=r.segmentation.uncertainty,
+        uncertainty_map_path=None if u_map is None else _resolved(u_map, path), input=r.input or "",
+        series_instance_uid=(r.source.series_instance_uid or None) if r.source is not None else None)
 
 
 def parse_result(data: dict[str, Any], path: str | os.PathLike) -> StudyResult:
     """Check a result dictionary against the contract; relative paths resolve next to ``path``.
 
     Raises:
-        ResultError: a required field is missing or inconsistent (message names ``path``).
+        ResultError: the result breaks the contract (the message names ``path`` and the fields).
     """
     path = Path(path)
-    diag = _need(data, "diagnosis", "", path)
-    probs = _probabilities(diag, path)
-    label = str(_need(diag, "label", "diagnosis.", path))
-    if label not in probs:
-        raise ResultError(f"{path}: diagnosis {label!r} is not one of the classes {list(probs)}")
-    seg = _need(data, "segmentation", "", path)
-    seg_path = _resolved(_need(seg, "path", "segmentation.", path), path)
-    u_map = (data.get("outputs") or {}).get("uncertainty_map")
-    model = data.get("model") or {}
-    return StudyResult(
-        path=path, diagnosis=label, diagnosis_index=int(diag.get("index", list(probs).index(label))),
-        probabilities=probs, segmentation_path=seg_path, segmentation_format=str(seg.get("format", "nifti")),
-        segments=_segments(seg, path), model_name=str(model.get("name", "")), model_version=str(model.get("version", "")),
-        model_sha256=str(model.get("sha256", "")), device=str(data.get("device", "")),
-        warnings=tuple(str(w) for w in data.get("warnings", [])), raw=data,
-        segmentation_uncertainty=_uncertainty(seg, path), uncertainty_map_path=None if u_map is None else _resolved(u_map, path))
+    return _study(contract.parse_result(data, path), data, path)
 
 
 def read_result(path: str | os.PathLike) -> StudyResult:
@@ -152,13 +140,8 @@ def read_result(path: str | os.PathLike) -> StudyResult:
             uncertainty map it names) is missing.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ResultError(f"{path}: result file not found") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ResultError(f"{path}: result file is not valid JSON ({e})") from e
-    result = parse_result(data, path)
+    r = contract.read_result(path)
+    result = _study(r, r.raw, path)
     if not result.segmentation_path.exists():
         raise ResultError(f"{path}: segmentation file {result.segmentation_path} does not exist")
     if result.uncertainty_map_path is not None and not result.uncertainty_map_path.exists():
@@ -197,4 +180,5 @@ def result_from_attributes(attributes: dict[str, str]) -> StudyResult:
         data = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ResultError(f"node attributes: '{ATTRIBUTE_PREFIX}Result' is not valid JSON ({e})") from e
-    return parse_result(data, Path(str(data.get("input", "scene"))).with_name("result.json"))
+    where = data.get("input") if isinstance(data, dict) else None
+    return parse_result(data, Path(str(where or "scene")).with_name("result.json"))

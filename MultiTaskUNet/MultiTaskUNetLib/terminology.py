@@ -5,15 +5,17 @@ one string per segment::
 
     <context>~<category>~<type>~<type modifier>~<anatomic context>~<region>~<region modifier>
 
-where each coded term is ``scheme^value^meaning`` (empty: ``^^``). Segment names from the model are
-mapped to codes by keyword (``tumor`` -> Neoplasm); an unknown name still gets a valid entry
-(``Tissue``) so export works, and the caller can tell (``known`` is False).
+where each coded term is ``scheme^value^meaning`` (empty: ``^^``). The worker writes each segment's
+entry and colour into the result (the bundle's ``scripts/inference/terminology.py`` is the one table);
+:func:`segment_terminologies` takes them from there. Only results written before the worker did so
+fall back to this module's keyword rule (``tumor`` -> Neoplasm; an unknown name still gets a valid
+entry, ``Tissue``, so export works, and the caller can tell: ``known`` is False).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 SEGMENTATION_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -45,7 +47,9 @@ def _rgb(r: int, g: int, b: int) -> tuple[float, float, float]:
     return (r / 255.0, g / 255.0, b / 255.0)
 
 
-# keyword in the segment name -> (type code, display color); first match wins, so the specific words
+# FALLBACK ONLY, for results written before the worker put each segment's terminology and colour into the
+# result (the bundle's configs/result.schema.json); results of the current worker never come here.
+# Keyword in the segment name -> (type code, display color); first match wins, so the specific words
 # come first. Same codes and colors as the bundle's scripts/inference/terminology.py (the overlay and
 # .seg.nrrd the worker writes); Testing/slicer_extension/test_lib_terminology.py checks that the two agree.
 _KEYWORDS: tuple[tuple[tuple[str, ...], Code, tuple[float, float, float]], ...] = (
@@ -118,10 +122,54 @@ def terminology_for_segment(name: str, value: int = 1, anatomic_region: Optional
 
 
 def terminologies(segments: Iterable[tuple[str, int]], anatomic_region: Optional[Code] = None) -> dict[int, SegmentTerminology]:
-    """``{label value: terminology}`` for ``(name, value)`` pairs, e.g. a result's segments."""
+    """``{label value: terminology}`` for ``(name, value)`` pairs by the keyword rule (results without terminology)."""
     return {value: terminology_for_segment(name, value, anatomic_region) for name, value in segments}
+
+
+def from_slicer_string(name: str, text: str, color: str, anatomic_region: Optional[Code] = None) -> SegmentTerminology:
+    """The terminology a result gives a segment: its Slicer terminology string and ``#rrggbb`` colour.
+    ``anatomic_region``, when given, replaces the string's (empty, from the worker) anatomic region.
+
+    Raises:
+        ValueError: ``text`` is not a Slicer terminology string, or ``color`` not ``#rrggbb``.
+    """
+    codes = parse_slicer_string(text)
+    if codes["category"] is None or codes["type"] is None:
+        raise ValueError(f"terminology {text!r}: no category or type")
+    return SegmentTerminology(name=name, color=hex_to_color(color), category=codes["category"], type=codes["type"],
+                              type_modifier=codes["type_modifier"],
+                              anatomic_region=anatomic_region or codes["anatomic_region"], known=codes["type"] != TISSUE)
+
+
+def segment_terminologies(segments: Iterable[Any], anatomic_region: Optional[Code] = None) -> dict[int, SegmentTerminology]:
+    """``{label value: terminology}`` of a result's segments (``name``, ``value``, ``terminology``, ``color``):
+    as the result gives them; by the keyword rule for a segment without them (a result written before
+    the worker wrote terminology).
+
+    Raises:
+        ValueError: a segment's terminology or colour is malformed.
+    """
+    out = {}
+    for s in segments:
+        if s.terminology is not None and s.color is not None:
+            out[s.value] = from_slicer_string(s.name, s.terminology, s.color, anatomic_region)
+        else:
+            out[s.value] = terminology_for_segment(s.name, s.value, anatomic_region)
+    return out
 
 
 def color_to_hex(color: tuple[float, float, float]) -> str:
     """``#rrggbb`` for a 0..1 RGB color (panel swatches, reports)."""
     return "#" + "".join(f"{round(min(1.0, max(0.0, c)) * 255):02x}" for c in color)
+
+
+def hex_to_color(text: str) -> tuple[float, float, float]:
+    """The 0..1 RGB color of ``#rrggbb`` (a result's segment colour).
+
+    Raises:
+        ValueError: not ``#`` and six hex digits.
+    """
+    digits = text[1:] if text.startswith("#") else ""
+    if len(digits) != 6 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        raise ValueError(f"color {text!r} is not #rrggbb")
+    return _rgb(int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16))

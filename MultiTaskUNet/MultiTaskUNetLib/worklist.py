@@ -132,7 +132,7 @@ def study_input(result: Any, folder: str | os.PathLike) -> tuple[str, Path]:
     if result.segmentation_format == "dicom-seg":
         raise WorklistError(f"{result.path}: the segmentation is a DICOM SEG, which the worklist cannot open for "
                             "review; run the CLI with its default format (NIfTI) or --format seg.nrrd")
-    value = str(result.raw.get("input", ""))
+    value = result.input
     if "://" in value or value.lower().endswith(".zip"):
         raise WorklistError(f"{result.path}: the input {value} is a zip or a URL; import the study through the "
                             "DICOM module first")
@@ -149,8 +149,7 @@ def study_input(result: Any, folder: str | os.PathLike) -> tuple[str, Path]:
 def result_series_uid(result: Any) -> str | None:
     """The SeriesInstanceUID the CLI read for the study (the result's ``source``), or None: a result
     written before the CLI recorded it, or a non-DICOM input."""
-    source = result.raw.get("source") or {}
-    return str(source.get("series_instance_uid") or "") or None
+    return result.series_instance_uid
 
 
 def series_to_load(series_of_files: dict[str, str], series_uid: str | None = None) -> str:

@@ -14,7 +14,7 @@ from MultiTaskUNetLib.exports import export_paths, segment_algorithm, write_revi
 from MultiTaskUNetLib.results import ATTRIBUTE_PREFIX, StudyResult, result_attributes, result_from_attributes
 from MultiTaskUNetLib.review import ReviewError, ReviewRecord, label_digest
 from MultiTaskUNetLib.structured_report import ReportWriter
-from MultiTaskUNetLib.terminology import Code, terminologies
+from MultiTaskUNetLib.terminology import Code, segment_terminologies
 from MultiTaskUNetMRML.segmentation import (attach_to_reference, export_dicom_seg, export_label_map, exported_segments,
                                             get_attributes, import_label_map, label_map_array, place_under_study, read_segmentation,
                                             set_attributes, set_segment_algorithm, write_segmentation)
@@ -32,7 +32,7 @@ def import_study(scene, result: StudyResult, reference, name: Optional[str] = No
     Raises:
         ValueError: the label map cannot be imported (see :func:`import_label_map`).
     """
-    terms = terminologies(((s.name, s.value) for s in result.segments), anatomic_region)
+    terms = segment_terminologies(result.segments, anatomic_region)  # as the worker wrote them into the result
     name = name or f"{reference.GetName()} MultiTaskUNet"
     seg = import_label_map(scene, result.segmentation_path, reference, terms, name, segmentation_node)
     set_segment_algorithm(seg, *segment_algorithm(False, result.model_name, result.model_version))

@@ -19,6 +19,11 @@ from scripts.model_card import build_network
 from scripts.transforms import normalize_intensity
 
 
+#: the Slicer terminology entry of a "tumor" segment (scripts.inference.terminology), as the result carries it
+NEOPLASM_TAG = ("Segmentation category and type - DICOM master list~SCT^49755003^Morphologically Altered Structure"
+                "~SCT^108369006^Neoplasm~^^~Anatomic codes - DICOM master list~^^~^^")
+
+
 def _save_nifti(arr_ijk: np.ndarray, path, spacing=(2.0, 2.0, 2.5), origin=(-90.0, -126.0, -72.0), direction=None):
     image = sitk.GetImageFromArray(np.ascontiguousarray(arr_ijk.T))
     image.SetSpacing(spacing)
@@ -54,7 +59,8 @@ def test_png_result_json_and_files(predictor2d, bundle2d, tmp_path):
     assert r["diagnosis"]["index"] == ["glioma", "meningioma", "no_tumor", "pituitary"].index(r["diagnosis"]["label"])
     assert sum(r["diagnosis"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     assert r["segmentation"] == {"path": str(tmp_path / "out" / "scan_seg.png"), "format": "png",
-                                 "segments": [{"name": "tumor", "value": 1, "voxels": int(expected.sum()), "volume_ml": None}],
+                                 "segments": [{"name": "tumor", "value": 1, "voxels": int(expected.sum()), "volume_ml": None,
+                                               "terminology": NEOPLASM_TAG, "color": "#e62828"}],
                                  "uncertainty": None}  # null: no flip TTA, nothing to measure it from
     assert r["model"] == {"name": "TinyThreshold", "version": "0.0.1",
                           "sha256": hashlib.sha256((bundle2d / "models" / "model.pt").read_bytes()).hexdigest()}

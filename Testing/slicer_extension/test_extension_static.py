@@ -3,6 +3,7 @@ and the rules of the module (no Slicer imports in the Lib, nothing installed at 
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -98,6 +99,42 @@ def test_extension_configures_against_a_stub_slicer(tmp_path):
     assert (installed / "scripts" / "inference" / "predictor.py").is_file()
     assert not (installed / "data").exists() and not list(installed.rglob("__pycache__"))
     assert not (installed / "models").exists()  # no weights, ever: users add a model in the module
+    assert (installed / "configs" / "result.schema.json").is_file() and (installed / "scripts" / "inference" / "result.py").is_file()
+    _lib_reads_results_with_the_installed_files(installed.parent, tmp_path)
+
+
+def _lib_reads_results_with_the_installed_files(modules: Path, tmp_path: Path) -> None:
+    """The Lib beside the installed bundle (as Slicer installs them) reads a result through the bundle's
+    contract in a Python without torch, numpy, Slicer or the bundle's ``scripts`` package."""
+    import shutil
+
+    shutil.copytree(MODULE / "MultiTaskUNetLib", modules / "MultiTaskUNetLib",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    tag = ("Segmentation category and type - DICOM master list~SCT^49755003^Morphologically Altered Structure"
+           "~SCT^108369006^Neoplasm~^^~Anatomic codes - DICOM master list~^^~^^")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "a_seg.nii.gz").write_bytes(b"read by Slicer, not here")
+    result = {"input": "a.nrrd", "diagnosis": {"label": "glioma", "index": 0, "probabilities": {"glioma": 0.75, "no_tumor": 0.25}},
+              "segmentation": {"path": "a_seg.nii.gz", "format": "nifti", "segments": [
+                  {"name": "tumor", "value": 1, "voxels": 3, "volume_ml": 0.01, "terminology": tag, "color": "#e62828"}]},
+              "model": {"name": "M", "version": "1", "sha256": "0" * 64}}
+    (study / "a_result.json").write_text(json.dumps(result), encoding="utf-8")
+    code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('slicer', 'qt', 'vtk', 'ctk', 'torch', 'monai', 'numpy', 'scripts'):\n"
+            "            raise ImportError('blocked ' + name)\nsys.meta_path.insert(0, Block())\n"
+            f"sys.path.insert(0, {str(modules)!r})\n"
+            "from MultiTaskUNetLib import results, terminology\n"
+            f"r = results.read_result({str(study / 'a_result.json')!r})\n"
+            "print(results.contract.__file__)\n"
+            "print(terminology.segment_terminologies(r.segments)[1].to_slicer_string() == r.segments[0].terminology)\n"
+            "bad = dict(r.raw, device=3)\n"
+            "try:\n    results.parse_result(bad, 'b_result.json')\nexcept results.ResultError as e:\n    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-B", "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(modules / "monai_bundle" / "scripts" / "inference" / "result.py"), "True",
+                                        "b_result.json: 'device' must be a string, not 3"]
 
 
 def test_no_weights_are_ever_shipped():
@@ -196,13 +233,13 @@ def test_lib_is_free_of_slicer_qt_vtk_ctk():
     for path in (MODULE / "MultiTaskUNetLib").glob("*.py"):
         assert not _imports(path) & {"slicer", "qt", "vtk", "ctk", "MultiTaskUNetMRML"}, path.name
     blocker = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
-               "        if name.split('.')[0] in ('slicer', 'qt', 'vtk', 'ctk', 'torch', 'monai'):\n"
+               "        if name.split('.')[0] in ('slicer', 'qt', 'vtk', 'ctk', 'torch', 'monai', 'scripts'):\n"
                "            raise ImportError('blocked ' + name)\nsys.meta_path.insert(0, Block())\n"
                f"sys.path.insert(0, {str(MODULE)!r})\nimport importlib, pkgutil, MultiTaskUNetLib\n"
                "for m in pkgutil.iter_modules(MultiTaskUNetLib.__path__):\n"
                "    importlib.import_module('MultiTaskUNetLib.' + m.name)\nprint('ok')\n")
     done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True)
-    assert done.stdout.strip() == "ok", done.stderr  # importable without Slicer, torch or MONAI
+    assert done.stdout.strip() == "ok", done.stderr  # importable without Slicer, torch, MONAI or the bundle's package
 
 
 def _module_level_calls(tree: ast.Module) -> list[str]:

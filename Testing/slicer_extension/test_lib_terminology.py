@@ -2,8 +2,9 @@
 
 import pytest
 
-from MultiTaskUNetLib.terminology import (ABNORMAL, BRAIN, NEOPLASM, TISSUE, Code, color_to_hex, parse_slicer_string,
-                                          terminologies, terminology_for_segment)
+from MultiTaskUNetLib.terminology import (ABNORMAL, BRAIN, NEOPLASM, TISSUE, Code, color_to_hex, hex_to_color,
+                                          parse_slicer_string, segment_terminologies, terminologies,
+                                          terminology_for_segment)
 
 
 @pytest.mark.parametrize("name, code_value, meaning", [
@@ -79,3 +80,48 @@ def test_same_codes_and_colors_as_the_bundle(name, value):
         (bundle.category.value, bundle.category.scheme, bundle.category.meaning)
     assert (ours.type.value, ours.type.scheme, ours.type.meaning) == (bundle.type.value, bundle.type.scheme, bundle.type.meaning)
     assert tuple(round(c * 255) for c in ours.color) == bundle.color
+
+
+# ---------------------------------------------------------------- from the result (the worker's table)
+
+
+def _segment(name, value, terminology=None, color=None):
+    from MultiTaskUNetLib.results import SegmentInfo
+
+    return SegmentInfo(name, value, 10, 0.5, terminology, color)
+
+
+@pytest.mark.parametrize("name, value", [("tumor", 1), ("peritumoral edema", 2), ("label_5", 5)])
+def test_terms_from_the_result_are_the_workers(name, value):
+    """A result of the current worker carries each segment's string and colour (the bundle's table): taken as they are."""
+    from scripts.inference.terminology import hex_color, segment_term, slicer_terminology_tag
+
+    bundle = segment_term(name, value)
+    term = segment_terminologies([_segment(name, value, slicer_terminology_tag(bundle), hex_color(bundle.color))])[value]
+    assert term.to_slicer_string() == slicer_terminology_tag(bundle) and term.name == name
+    assert color_to_hex(term.color) == hex_color(bundle.color)
+    assert term.known == (bundle.type.meaning != "Tissue")
+
+
+def test_the_result_wins_over_the_keyword_rule():
+    """What the worker wrote is used, also where this module's fallback rule would say otherwise."""
+    edema = "Segmentation category and type - DICOM master list~SCT^49755003^Morphologically Altered Structure" \
+            "~SCT^79654002^Edema~^^~Anatomic codes - DICOM master list~^^~^^"
+    term = segment_terminologies([_segment("tumor", 1, edema, "#00ff00")], anatomic_region=BRAIN)[1]
+    assert term.type == Code("SCT", "79654002", "Edema") and term.color == (0.0, 1.0, 0.0)
+    assert parse_slicer_string(term.to_slicer_string())["anatomic_region"] == BRAIN  # the module's region added
+
+
+def test_results_written_before_the_terms_fall_back_to_the_keyword_rule():
+    terms = segment_terminologies([_segment("tumor", 1), _segment("whatever", 2)])
+    assert terms[1] == terminology_for_segment("tumor", 1) and terms[2] == terminology_for_segment("whatever", 2)
+
+
+@pytest.mark.parametrize("text", ["e62828", "#e6282", "#gg0000", ""])
+def test_bad_hex_colors(text):
+    with pytest.raises(ValueError, match="is not #rrggbb"):
+        hex_to_color(text)
+
+
+def test_hex_round_trip():
+    assert hex_to_color("#e62828") == (230 / 255, 40 / 255, 40 / 255) and color_to_hex(hex_to_color("#E62828")) == "#e62828"

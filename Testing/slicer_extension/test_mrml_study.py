@@ -51,6 +51,28 @@ def test_import_study_stores_result_and_pending_review(study):
     assert seg.GetAttribute("MultiTaskUNet.ReviewDecision") == "pending"
 
 
+def test_segments_are_named_coded_and_coloured_as_the_result_says(scene, tmp_path, fake_bundle, volume_file):
+    """The worker writes each segment's terminology and colour into the result and the import takes them;
+    the Lib's keyword rule is only the fallback for a result without them (written before they were added)."""
+    from MultiTaskUNetLib.terminology import terminology_for_segment
+
+    job = InferenceJob(sys.executable, volume_file, tmp_path / "out", fake_bundle("ok"), device="cpu")
+    job.start()
+    assert job.wait(timeout=120) is JobState.SUCCEEDED, job.error
+    path = job.result_paths[0]
+    ref = mrml.read_volume(scene, volume_file, "input")
+    old = mrml.import_study(scene, read_result(path), ref, "old").GetSegmentation().GetNthSegment(0)
+    assert mrml.segment_terminology(old) == terminology_for_segment("tumor", 1).to_slicer_string()  # the fallback
+    edema = ("Segmentation category and type - DICOM master list~SCT^49755003^Morphologically Altered Structure"
+             "~SCT^79654002^Edema~^^~Anatomic codes - DICOM master list~^^~^^")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["segmentation"]["segments"][0].update(terminology=edema, color="#00ff00")
+    path.write_text(json.dumps(data), encoding="utf-8")
+    new = mrml.import_study(scene, read_result(path), ref, "new").GetSegmentation().GetNthSegment(0)
+    assert new.GetName() == "tumor" and mrml.segment_terminology(new) == edema
+    assert new.GetColor() == pytest.approx((0.0, 1.0, 0.0))
+
+
 def test_attributes_survive_saving_the_scene(scene, study, tmp_path):
     ref, seg, _ = study
     record = mrml.get_review(seg)

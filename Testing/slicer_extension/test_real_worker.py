@@ -17,7 +17,7 @@ import MultiTaskUNetMRML as mrml
 from MultiTaskUNetLib import tiny_bundle
 from MultiTaskUNetLib.job import InferenceJob, JobState
 from MultiTaskUNetLib.results import read_result
-from MultiTaskUNetLib.terminology import parse_slicer_string
+from MultiTaskUNetLib.terminology import hex_to_color, parse_slicer_string
 
 from extension_helpers import DIRECTION, ORIGIN
 
@@ -73,6 +73,9 @@ def test_real_result_imported_as_segmentation(scene, run, tmp_path):
     segment = segmentation.GetNthSegment(0)
     assert segment.GetName() == "tumor"
     assert parse_slicer_string(mrml.segment_terminology(segment))["type"].meaning == "Neoplasm"
+    # as the worker wrote them into the result (the bundle's one terminology table)
+    assert mrml.segment_terminology(segment) == result.segments[0].terminology
+    assert segment.GetColor() == pytest.approx(hex_to_color(result.segments[0].color))
     assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is ref
     worker_label = sitk.GetArrayFromImage(sitk.ReadImage(str(result.segmentation_path)))
     np.testing.assert_array_equal(mrml.label_map_array(scene, seg, ref), worker_label)

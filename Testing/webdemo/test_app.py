@@ -110,6 +110,23 @@ def test_progress_comes_from_the_predictor(tiny_bundle: Path, tmp_path: Path) ->
     assert overlay.shape[2] == 3 and view["label"].shape == (32, 32)
 
 
+def test_the_page_shows_the_result_file_read_through_the_contract(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Diagnosis and summary come from the ``_result.json`` offered for download, read by
+    ``scripts.inference.result`` (the reader of the CLI and the Slicer module): pixels for a 2D image,
+    which has no area in mm² to show, millilitres for a volume."""
+    from scripts import webdemo
+    from scripts.inference import Predictor, read_result
+
+    demo = app.Demo(Predictor.from_bundle(tiny_bundle, device="cpu"), "", tmp_path)
+    for example, size in (("example_glioma.png", "area {} pixels"), ("example_glioma_volume.nii.gz", "mL ({} voxels)")):
+        _, _, probs, summary, files, _, status = demo.run(str(tiny_bundle / app.EXAMPLES / example), 0.4,
+                                                          progress=Recorder())
+        result = read_result(next(f for f in files if f.endswith("_result.json")))
+        assert status == "Done." and summary == webdemo.summary_markdown(result)
+        assert probs == result.diagnosis.probabilities
+        assert size.format(result.segmentation.tumor_voxels) in summary and "mm²" not in summary
+
+
 def test_with_tta_the_run_keeps_the_uncertainty_map_and_redraw_shows_it(tiny_bundle: Path, tmp_path: Path) -> None:
     from scripts import webdemo
     from scripts.inference import Predictor

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from scripts import webdemo
+from scripts.inference.result import Result, ResultError, parse_result
 from scripts.webdemo import UploadError
 
 
@@ -177,21 +178,34 @@ RESULT = {
 }
 
 
+def typed(data: dict) -> Result:
+    """A result as the page reads it: through the result contract (scripts.inference.result)."""
+    return parse_result(data, "x_result.json")
+
+
 def test_probabilities() -> None:
-    assert webdemo.probabilities(RESULT) == RESULT["diagnosis"]["probabilities"]
+    assert webdemo.probabilities(typed(RESULT)) == RESULT["diagnosis"]["probabilities"]
 
 
-def test_summary_of_an_image_gives_area() -> None:
-    text = webdemo.summary_markdown(RESULT, spatial_dims=2)
+def test_summary_of_an_image_gives_its_pixels() -> None:
+    """A 2D image's result has pixels and no volume (volume_ml null); the page says what the result has."""
+    image = {**RESULT, "segmentation": {**RESULT["segmentation"],
+                                        "segments": [{"name": "tumor", "value": 1, "voxels": 321, "volume_ml": None}]}}
+    text = webdemo.summary_markdown(typed(image))
     assert "**Diagnosis: meningioma** (75.0 %)" in text and "tumor: area 321 pixels" in text
     assert "mm²" not in text and "mL" not in text
     assert "1.75 s (read, infer, write)" in text and "on cpu" in text and "⚠ slices unevenly spaced" in text
-    with_mm = {**RESULT, "segmentation": {"segments": [{"name": "tumor", "value": 1, "voxels": 321, "area_mm2": 80.25}]}}
-    assert "area 321 pixels (80.2 mm²)" in webdemo.summary_markdown(with_mm, spatial_dims=2)
 
 
 def test_summary_of_a_volume_gives_millilitres() -> None:
-    assert "tumor: volume 4.25 mL (321 voxels)" in webdemo.summary_markdown(RESULT, spatial_dims=3)
+    assert "tumor: volume 4.25 mL (321 voxels)" in webdemo.summary_markdown(typed(RESULT))
+
+
+def test_summary_refuses_a_result_that_breaks_the_contract() -> None:
+    broken = {**RESULT, "segmentation": {**RESULT["segmentation"], "segments": [{"name": "tumor", "value": 1,
+                                                                                  "voxels": "many"}]}}
+    with pytest.raises(ResultError, match=r"x_result\.json: 'segmentation\.segments\[0\]\.voxels' must be an integer"):
+        webdemo.summary_markdown(typed(broken))
 
 
 # ---------------------------------------------------------------- uncertainty map
@@ -222,8 +236,8 @@ def test_uncertainty_map_is_shown_as_the_label_is() -> None:
 
 
 def test_summary_says_whether_the_segmentation_uncertainty_was_measured() -> None:
-    measured = {**RESULT, "segmentation": {**RESULT["segmentation"], "uncertainty": 0.123}}
-    assert "segmentation uncertainty (flip TTA): 0.12 of 1" in webdemo.summary_markdown(measured, spatial_dims=3)
-    off = {**RESULT, "segmentation": {**RESULT["segmentation"], "uncertainty": None}}
-    assert "segmentation uncertainty: not measured (flip TTA off)" in webdemo.summary_markdown(off, spatial_dims=3)
-    assert "uncertainty" not in webdemo.summary_markdown(RESULT, spatial_dims=3)  # an older result: nothing said
+    measured = {**RESULT, "tta": True, "segmentation": {**RESULT["segmentation"], "uncertainty": 0.123}}
+    assert "segmentation uncertainty (flip TTA): 0.12 of 1" in webdemo.summary_markdown(typed(measured))
+    off = {**RESULT, "tta": False, "segmentation": {**RESULT["segmentation"], "uncertainty": None}}
+    assert "segmentation uncertainty: not measured (flip TTA off)" in webdemo.summary_markdown(typed(off))
+    assert "uncertainty" not in webdemo.summary_markdown(typed(RESULT))  # an older result: nothing said

@@ -45,6 +45,7 @@ if __package__ in (None, ""):  # run as a file (python monai_bundle/scripts/infe
 import scripts  # noqa: E402
 from scripts.inference import SEG_SUFFIXES, BatchRunner, InputError, Outcome, Predictor  # noqa: E402
 from scripts.inference.predictor import AUTO_FORMAT  # noqa: E402
+from scripts.inference.result import parse_result  # noqa: E402
 from scripts.inference.worklist import ranked_rows, write_rows  # noqa: E402
 
 REVIEW_FIRST = 3  # studies the summary names to review first
@@ -101,11 +102,11 @@ def summary_table(outcomes: list[Outcome], ranked: list[dict] | None = None, wor
     for o in outcomes:
         if o.ok:
             status = "kept" if o.resumed else "ok"
-            diag, segs = o.result["diagnosis"], o.result["segmentation"]["segments"]
-            ml = [s["volume_ml"] for s in segs if s["volume_ml"] is not None]
-            tumor = f"{sum(ml):.2f} mL" if ml else f"{sum(s['voxels'] for s in segs)} px"
-            rows.append((o.input.name, status, diag["label"], f"{diag['probabilities'][diag['label']]:.2f}", tumor,
-                         f"{o.result['review_priority']:.2f}", f"{o.seconds:.1f}"))
+            r = parse_result(o.result, o.paths.get("result") or o.input.name)  # the contract: configs/result.schema.json
+            seg, diag = r.segmentation, r.diagnosis
+            tumor = f"{seg.tumor_ml:.2f} mL" if seg.tumor_ml is not None else f"{seg.tumor_voxels} px"
+            priority = "-" if r.review_priority is None else f"{r.review_priority:.2f}"  # None: an older result
+            rows.append((o.input.name, status, diag.label, f"{diag.probability:.2f}", tumor, priority, f"{o.seconds:.1f}"))
         else:
             rows.append((o.input.name, "FAILED", "-", "-", "-", "-", f"{o.seconds:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -162,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         if o.ok and args.progress:
             print(f"RESULT {o.paths['result']}", flush=True)
         elif o.ok and n == 1:
-            d = o.result["diagnosis"]
-            print(f"{d['label']} ({d['probabilities'][d['label']]:.2f}); files in {args.out}")
+            d = parse_result(o.result, o.paths["result"]).diagnosis
+            print(f"{d.label} ({d.probability:.2f}); files in {args.out}")
 
     outcomes = runner.run(progress, on_outcome)
     bar.close()

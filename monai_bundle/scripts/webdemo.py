@@ -15,11 +15,14 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scripts.atomic import atomic_path
+
+if TYPE_CHECKING:  # the page reads results through scripts.inference.result (its import loads the whole API)
+    from scripts.inference.result import Result
 
 #: file endings the demo accepts (a DICOM series comes as a zip of its files)
 SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".nrrd", ".dcm", ".zip")
@@ -209,35 +212,36 @@ def _outline(lab: np.ndarray) -> np.ndarray:
     return edge & (lab > 0)
 
 
-def probabilities(result: dict[str, Any]) -> dict[str, float]:
-    """``{class name: probability}`` of a Result JSON, for ``gr.Label``."""
-    return {str(k): float(v) for k, v in result["diagnosis"]["probabilities"].items()}
+def probabilities(result: Result) -> dict[str, float]:
+    """``{class name: probability}`` of a result, for ``gr.Label``."""
+    return dict(result.diagnosis.probabilities)
 
 
-def summary_markdown(result: dict[str, Any], spatial_dims: int) -> str:
+def summary_markdown(result: Result) -> str:
     """What a person reads beside the image: diagnosis, tumor size, model, device and warnings.
 
     Args:
-        result: a study's result JSON (``Prediction.result`` of :class:`scripts.inference.Predictor`).
-        spatial_dims: 2 for an image (size as area), 3 for a volume (size in mL).
+        result: a study's result as the contract reads it (:func:`scripts.inference.result.read_result`
+            of the ``<name>_result.json`` the Predictor wrote). A segment's size is what the result holds:
+            its volume in mL and voxels for a volume, its pixels for a 2D image (which has no volume).
     """
-    diag = result["diagnosis"]
-    lines = [f"**Diagnosis: {diag['label']}** ({100 * probabilities(result)[diag['label']]:.1f} %)", ""]
-    for seg in result["segmentation"]["segments"]:
-        if spatial_dims == 2:
-            mm2 = f" ({seg['area_mm2']:.1f} mm²)" if seg.get("area_mm2") is not None else ""
-            lines.append(f"- {seg['name']}: area {seg['voxels']} pixels{mm2}")
+    diag = result.diagnosis
+    lines = [f"**Diagnosis: {diag.label}** ({100 * diag.probability:.1f} %)", ""]
+    for seg in result.segmentation.segments:
+        if seg.volume_ml is not None:
+            lines.append(f"- {seg.name}: volume {seg.volume_ml:.2f} mL ({seg.voxels} voxels)")
         else:
-            lines.append(f"- {seg['name']}: volume {seg['volume_ml']:.2f} mL ({seg['voxels']} voxels)")
-    if "uncertainty" in result["segmentation"]:
-        u = result["segmentation"]["uncertainty"]
-        lines.append("- segmentation uncertainty: not measured (flip TTA off)" if u is None
-                     else f"- segmentation uncertainty (flip TTA): {u:.2f} of 1")
-    model = result.get("model", {})
-    times = result.get("timings_s", {})
-    lines += ["", f"Model {model.get('name', '?')} {model.get('version', '')} on {result.get('device', '?')}, "
-              f"{sum(float(t) for t in times.values()):.2f} s (read, infer, write)"]
-    lines += [f"- ⚠ {w}" for w in result.get("warnings", [])]
+            lines.append(f"- {seg.name}: area {seg.voxels} pixels")
+    u = result.segmentation.uncertainty
+    if u is not None:
+        lines.append(f"- segmentation uncertainty (flip TTA): {u:.2f} of 1")
+    elif result.tta is False:  # tta absent (None): a result older than the measurement, nothing to say
+        lines.append("- segmentation uncertainty: not measured (flip TTA off)")
+    model, times = result.model, result.timings_s or {}
+    model_text = f"{model.name} {model.version}" if model is not None else "?"
+    lines += ["", f"Model {model_text} on {result.device or '?'}, "
+              f"{sum(times.values()):.2f} s (read, infer, write)"]
+    lines += [f"- ⚠ {w}" for w in result.warnings or ()]
     return "\n".join(lines)
 
 

@@ -8,7 +8,8 @@ Modules: :mod:`.predictor` (the API), :mod:`.settings` (its knobs, read from
 the diagnosis rule, device and out-of-memory fallback), :mod:`.readers` and :mod:`.dicom` (input
 with its geometry), :mod:`.archive` (a zip of a DICOM series, unpacked safely), :mod:`.dicomweb` (DICOMweb study and series
 URLs in, the DICOM SEG and SR pushed out), :mod:`.writers` and :mod:`.dicom_seg` (atomic outputs), :mod:`.batch` (many
-studies), :mod:`.terminology` (segment codes and colours).
+studies), :mod:`.terminology` (segment codes and colours), :mod:`.result` (the result JSON's
+contract: ``configs/result.schema.json`` and the typed :class:`~.result.Result` every reader reads it through).
 """
 
 from scripts.inference.batch import BatchRunner, Outcome, expand_inputs
@@ -16,7 +17,9 @@ from scripts.inference.engine import resolve_device
 from scripts.inference.errors import InputError
 from scripts.inference.predictor import SEG_SUFFIXES, Prediction, Predictor
 from scripts.inference.readers import Geometry, Study, read_study
+from scripts.inference.result import Result, ResultError, parse_result, read_result
 from scripts.inference.settings import InferenceSettings, load_settings
 
 __all__ = ["BatchRunner", "Geometry", "InferenceSettings", "InputError", "Outcome", "Prediction", "Predictor",
-           "SEG_SUFFIXES", "Study", "expand_inputs", "load_settings", "read_study", "resolve_device"]
+           "Result", "ResultError", "SEG_SUFFIXES", "Study", "expand_inputs", "load_settings", "parse_result",
+           "read_result", "read_study", "resolve_device"]

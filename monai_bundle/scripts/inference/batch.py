@@ -33,6 +33,7 @@ from scripts.inference.dicomweb import DicomWebUrl, check_root, is_url, parse_ur
 from scripts.inference.errors import InputError
 from scripts.inference.predictor import Predictor
 from scripts.inference.readers import DICOM_SUFFIXES, RASTER_SUFFIXES, VOLUME_SUFFIXES, ZIP_SUFFIXES, study_name
+from scripts.inference.result import validate_result
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = RASTER_SUFFIXES + VOLUME_SUFFIXES + ZIP_SUFFIXES
@@ -157,6 +158,7 @@ def previous_outcome(study: Path, name: str, output_dir: Path, push: str | None 
     path = output_dir / f"{name}_result.json"
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
+        validate_result(result, path)  # one that breaks the contract (configs/result.schema.json) is run again
         seg = Path(result["segmentation"]["path"])
         outputs = {key: Path(value) for key, value in (result.get("outputs") or {}).items()}
     except (OSError, ValueError, KeyError, TypeError):

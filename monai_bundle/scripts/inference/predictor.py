@@ -9,7 +9,8 @@ per-image percentiles for cards without one -- over the whole image/volume: a 2D
 volume sees its slices normalised together, so that slices outside the anatomy stay dark instead
 of having their noise stretched to full contrast), runs the network
 (:mod:`.engine`: 2D slice-wise or 3D sliding window, the diagnosis rule, device and memory) and
-writes the label map, the result JSON and an overlay PNG atomically (:mod:`.writers`). The label map
+writes the label map, the result JSON (checked against ``configs/result.schema.json`` first: :mod:`.result`;
+each segment with its terminology and colour, :mod:`.terminology`) and an overlay PNG atomically (:mod:`.writers`). The label map
 is a PNG mask on the image's pixel grid for PNG/JPG input and NIfTI otherwise (``seg_format="auto"``),
 or the format asked for. With flip TTA the result's ``segmentation.uncertainty`` says how much the image
 and its mirror disagree (:mod:`.uncertainty`; null without TTA), and ``uncertainty_map=True`` writes the
@@ -40,7 +41,9 @@ from scripts.inference import engine
 from scripts.inference.errors import InputError
 from scripts.inference.orientation import DisplayView, display_view
 from scripts.inference.readers import Study, read_study
+from scripts.inference.result import validate_result
 from scripts.inference.settings import InferenceSettings, config_file, load_settings
+from scripts.inference.terminology import hex_color, segment_term, slicer_terminology_tag
 from scripts.inference.uncertainty import FlipUncertainty
 from scripts.inference.worklist import annotate
 from scripts.inference.writers import (OutputSet, check_output_dir, write_json, write_nifti, write_overlay,
@@ -282,13 +285,16 @@ class Predictor:
 
     def _result(self, study: Study, label: np.ndarray, logits: torch.Tensor, device: torch.device,
                 warnings: list[str]) -> dict[str, Any]:
-        """The study's result JSON, ``<stem>_result.json`` (paths and timings filled in later)."""
+        """The study's result JSON, ``<stem>_result.json`` (paths and timings filled in later; the contract is
+        ``configs/result.schema.json``, :mod:`.result`)."""
         segments = []
         for value, name in enumerate(self.card["segments"][1:], start=1):
             # one comparison per segment: np.bincount would first widen the uint8 volume to int64
             voxels = int(np.count_nonzero(label == value))
             volume = None if study.raster or label.ndim == 2 else round(voxels * study.geometry.voxel_ml, 4)
-            segments.append({"name": name, "value": value, "voxels": voxels, "volume_ml": volume})
+            term = segment_term(name, value)  # the codes and colour of the overlay, the .seg.nrrd and the DICOM SEG
+            segments.append({"name": name, "value": value, "voxels": voxels, "volume_ml": volume,
+                             "terminology": slicer_terminology_tag(term), "color": hex_color(term.color)})
         diag = engine.diagnosis(logits, self.card["classes"], self.card.get("temperature"))
         tumor = sum(s["voxels"] for s in segments)
         out: dict[str, Any] = {
@@ -342,6 +348,7 @@ class Predictor:
             if u_map is not None:
                 write_uncertainty_map(u_map, study.geometry, study.raster, out.temp(names["uncertainty_map"]))
             result["timings_s"]["write"] = round(time.perf_counter() - start, 3)  # the JSON itself is negligible
+            validate_result(result, folder / names["result"])  # configs/result.schema.json: what every reader reads
             write_json(result, out.temp(names["result"]))
             out.commit()
         return {key: folder / file for key, file in names.items()}

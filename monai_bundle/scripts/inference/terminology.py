@@ -97,6 +97,11 @@ def segment_term(name: str, value: int) -> SegmentTerm:
     return SegmentTerm(TISSUE, TISSUE, _FALLBACK_COLORS[(value - 1) % len(_FALLBACK_COLORS)])
 
 
+def hex_color(rgb: tuple[int, int, int]) -> str:
+    """``#rrggbb`` of an sRGB colour 0..255 (a result's segment ``color``)."""
+    return "#" + "".join(f"{int(c):02x}" for c in rgb)
+
+
 def slicer_terminology_tag(term: SegmentTerm) -> str:
     """The ``TerminologyEntry`` value 3D Slicer stores in a ``.seg.nrrd`` segment's tags.
 
