@@ -125,6 +125,7 @@ def test_the_page_shows_the_result_file_read_through_the_contract(tiny_bundle: P
         assert status == "Done." and summary == webdemo.summary_markdown(result)
         assert probs == result.diagnosis.probabilities
         assert size.format(result.segmentation.tumor_voxels) in summary and "mm²" not in summary
+        assert "segmentation uncertainty: not measured (flip TTA off)" in summary  # tta false, uncertainty null
 
 
 def test_with_tta_the_run_keeps_the_uncertainty_map_and_redraw_shows_it(tiny_bundle: Path, tmp_path: Path) -> None:
