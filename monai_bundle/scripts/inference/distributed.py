@@ -113,7 +113,7 @@ class RayBatchRunner(BatchRunner):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports to any server
         if ray.is_initialized():
             return False
-        common = {"runtime_env": self._runtime_env(), "log_to_driver": False, "logging_level": logging.WARNING,
+        common = {"runtime_env": self._runtime_env(), "log_to_driver": False, "logging_level": logging.ERROR,
                   "configure_logging": True}
         if self.address:
             ray.init(address=self.address, **common)
