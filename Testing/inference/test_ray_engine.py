@@ -1,6 +1,7 @@
-"""The CLI's Ray engine on a real local 2-worker Ray cluster: the same files as the single-process run
+"""The CLI's Ray engine on real local 2-worker Ray clusters: the same files as the single-process run
 (inputs: a manifest CSV of PNGs, a NIfTI volume, a DICOM folder, a DICOMweb URL on a real Orthanc, a
-study that fails), --resume, and a worker killed mid-batch without a study lost or run twice."""
+study that fails) on a Ray instance the CLI starts, --resume on a running cluster joined with
+--address (``ray start --head``), and a worker killed mid-batch without a study lost or run twice."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ import torch
 from PIL import Image
 
 from infer_helpers import mni_volume, write_dicom_series
+from pacs_helpers import free_port
 from scripts.infer import main
+
+RAY_START_TIMEOUT_S = 120
 
 
 def _png(path: Path, seed: int, blank: bool = False) -> Path:
@@ -67,6 +71,39 @@ def _cli(capsys, *args):
 
 
 @pytest.fixture
+def ray_head(tmp_path):
+    """A running 2-CPU Ray cluster on 127.0.0.1 (``ray start --head --block``, free ports, no dashboard), as an
+    operator would start one; stopped by ending that command (never ``ray stop``: it ends every Ray on the machine)."""
+    port = free_port()
+    ports = {f"--{name}": str(free_port()) for name in ("ray-client-server-port", "dashboard-agent-listen-port",
+                                                         "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                                                         "metrics-export-port", "node-manager-port",
+                                                         "object-manager-port")}
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
+           "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "false",
+           "--object-store-memory", str(100 * 1024 * 1024), "--disable-usage-stats",
+           *[x for kv in ports.items() for x in kv]]
+    log = open(tmp_path / "ray-head.log", "w+", encoding="utf-8")
+    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + RAY_START_TIMEOUT_S
+        while "Ray runtime started" not in (tmp_path / "ray-head.log").read_text(encoding="utf-8"):
+            assert head.poll() is None, f"ray start failed:\n{(tmp_path / 'ray-head.log').read_text(encoding='utf-8')}"
+            assert time.monotonic() < deadline, f"ray start did not finish within {RAY_START_TIMEOUT_S} s"
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
+
+
+@pytest.fixture
 def one_thread():
     """The single-process run on one torch thread, as each Ray worker runs (--threads 1): the same arithmetic."""
     before = torch.get_num_threads()
@@ -76,7 +113,7 @@ def one_thread():
 
 
 def test_ray_engine_writes_what_the_single_process_run_writes(orthanc, bundle2d, tmp_path, capsys, monkeypatch,
-                                                              one_thread):
+                                                              one_thread, ray_head):
     for key, value in orthanc.env().items():
         monkeypatch.setenv(key, value)
     studies = tmp_path / "studies"
@@ -121,11 +158,12 @@ def test_ray_engine_writes_what_the_single_process_run_writes(orthanc, bundle2d,
     assert "black.png: the image is blank" in ray_err.strip().splitlines()[-1]
     assert not list(out.glob(".*"))  # no temporary file left
 
-    # --resume: only the study whose result is gone runs again (on the cluster), the rest are kept as they are
+    # --resume on a running cluster (--address): only the study whose result is gone runs again, the rest are kept
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     for p in out.glob("us1_*"):
         p.unlink()
-    code, resumed_out, err = _cli(capsys, *inputs, *common, "--engine", "ray", "--workers", "2", "--resume")
+    code, resumed_out, err = _cli(capsys, *inputs, *common, "--engine", "ray", "--workers", "2", "--resume",
+                                  "--address", ray_head)
     assert code == 1, err
     assert "6 of 7 studies done (5 kept from an earlier run)" in resumed_out
     assert [line.split()[:2] for line in resumed_out.splitlines() if line.startswith("us1.png")] == [["us1.png", "ok"]]

@@ -8,7 +8,8 @@ engines write the same files (byte for byte, apart from the timings in the resul
 run the network with the same number of threads). Outcomes come back in input order; progress and
 ``on_outcome`` are reported as studies finish.
 
-- **Cluster.** Without ``address`` a local Ray instance is started for the run (``num_cpus`` =
+- **Cluster.** Without ``address`` a new local Ray instance is started for the run, even when a cluster
+  already runs on this machine (``num_cpus`` =
   workers x threads, no dashboard, a small object store, 127.0.0.1) and stopped after it. With
   ``address`` (``ray://...`` or ``HOST:PORT`` of a running cluster) the run joins that cluster; its
   nodes must see the bundle code, the model, the inputs and ``--out`` at the same paths (a shared
@@ -119,8 +120,9 @@ class RayBatchRunner(BatchRunner):
             ray.init(address=self.address, **common)
         else:
             workers = self.workers or max(1, (os.cpu_count() or 1) // self.threads)
-            ray.init(num_cpus=workers * self.threads, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-                     _node_ip_address="127.0.0.1", **common)
+            # "local": a new instance even when a cluster already runs on this machine (ray.init() would join it)
+            ray.init(address="local", num_cpus=workers * self.threads, include_dashboard=False,
+                     object_store_memory=OBJECT_STORE_BYTES, _node_ip_address="127.0.0.1", **common)
         return True
 
     def _actors(self, ray, pending: int) -> list:
