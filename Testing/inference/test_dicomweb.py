@@ -1,7 +1,7 @@
 """DICOMweb in and out against a real Orthanc (Debian orthanc + orthanc-dicomweb, started by the fixtures):
 study and series URLs read with WADO-RS, the SEG and SR pushed back with STOW-RS and found on the server
 with their references, an unknown UID, a server that is down, wrong credentials, a series that is not
-an image, a push the server refuses halfway, --resume with --push."""
+an image, a push the server refuses halfway, --resume with --push, a re-push that adds nothing."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from infer_helpers import mni_volume, write_dicom_series
 from pacs_helpers import free_port
@@ -39,8 +40,12 @@ def pacs(orthanc, orthanc_token, predictor2d, tmp_path_factory):
         orthanc.upload(root / name)
     orthanc_token.upload(root / "b")
     pred = predictor2d.predict(root / "a", output_dir=root / "local", seg_format="dicom-seg", overlay=False)
-    sr = pydicom.dcmread(pred.paths["sr"], stop_before_pixels=True)
-    orthanc.request("/instances", pred.paths["sr"].read_bytes())
+    sr = pydicom.dcmread(pred.paths["sr"])  # another report than the CLI's (which would have the same UIDs)
+    sr.SeriesInstanceUID, sr.SOPInstanceUID = generate_uid(), generate_uid()
+    sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    orthanc.request("/instances", buffer.getvalue())
     return {"root": root, "studies": studies, "sr_series": str(sr.SeriesInstanceUID)}
 
 
@@ -118,6 +123,15 @@ def test_round_trip_reads_urls_and_pushes_seg_and_sr_back(pacs, orthanc, bundle2
                           "--bundle", bundle2d, "--device", "cpu", "--push", orthanc.dicomweb, "--resume")
     assert code == 0, err
     assert "2 of 2 studies done (2 kept from an earlier run)" in out
+    assert len(_series_on_server(orthanc, a_study, "SEG")) == 1 and len(_series_on_server(orthanc, a_study, "SR")) == 2
+
+    # run and pushed again from scratch (a re-run, a restarted worker): the same answer has the same UIDs,
+    # so the server still holds one SEG and one SR of it
+    code, out, err = _cli(capsys, _url(orthanc, a_study, a_series), "--out", tmp_path / "again", "--bundle", bundle2d,
+                          "--device", "cpu", "--push", orthanc.dicomweb)
+    assert code == 0, err
+    again = json.loads((tmp_path / "again" / f"{a_series}_result.json").read_text(encoding="utf-8"))
+    assert again["pushed"]["instances"] == [seg_uid, sr_uid]
     assert len(_series_on_server(orthanc, a_study, "SEG")) == 1 and len(_series_on_server(orthanc, a_study, "SR")) == 2
 
 
@@ -236,3 +250,16 @@ def test_connection_settings_from_the_environment_only(env, match):
         Connection.from_env(env)
     conn = Connection.from_env({"MTUNET_DICOMWEB_USER": "u", "MTUNET_DICOMWEB_PASSWORD": "p", "MTUNET_DICOMWEB_TIMEOUT": "5"})
     assert (conn.user, conn.password, conn.timeout, conn.retries) == ("u", "p", 5.0, 3)
+
+
+def test_content_uids_are_random_without_a_seed_and_follow_the_content_with_one():
+    from scripts.inference.dicom_seg import content_seed, content_uid
+
+    assert content_uid(None, "instance") != content_uid(None, "instance")
+    seed = content_seed("weights", [b"label", "1.2.3"])
+    assert content_uid(seed, "instance") == content_uid(content_seed("weights", [b"label", "1.2.3"]), "instance")
+    assert len({content_uid(seed, "instance"), content_uid(seed, "series"),
+                content_uid(content_seed("weights", [b"label2", "1.2.3"]), "instance")}) == 3
+    assert content_uid(seed, "instance").startswith("2.25.") and len(content_uid(seed, "instance")) <= 64
+    assert content_seed(None, [b"x"]) is None
+

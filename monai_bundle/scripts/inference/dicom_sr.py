@@ -47,7 +47,7 @@ from pydicom.sr.coding import Code as PydicomCode
 from pydicom.uid import generate_uid
 
 from scripts.atomic import atomic_path
-from scripts.inference.dicom_seg import pydicom_code
+from scripts.inference.dicom_seg import content_seed, content_uid, pydicom_code
 from scripts.inference.terminology import LOCAL_SCHEME, Code, class_code, segment_term
 
 SERIES_NUMBER = 1000  # SR series number: after the source series and the SEG (999) in viewers
@@ -144,7 +144,7 @@ def _observation_context(result: Mapping[str, Any], review: Review | None) -> hd
 
 
 def _diagnosis_group(result: Mapping[str, Any], sources: Sequence[Dataset], algorithm: hd.sr.AlgorithmIdentification,
-                     review: Review | None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+                     review: Review | None, seed: str | None = None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     diagnosis = result["diagnosis"]
     label = diagnosis["label"]
     evaluations = []
@@ -155,14 +155,14 @@ def _diagnosis_group(result: Mapping[str, Any], sources: Sequence[Dataset], algo
     probability = hd.sr.Measurement(name=PROBABILITY, value=float(diagnosis["probabilities"][label]),
                                     unit=codes.UCUM.NoUnits, algorithm_id=algorithm)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="diagnosis"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=content_uid(seed, "diagnosis"), identifier="diagnosis"),
         finding_type=pydicom_code(class_code(label)), algorithm_id=algorithm, qualitative_evaluations=evaluations or None,
         measurements=[probability],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources])
 
 
-def _segment_groups(result: Mapping[str, Any], seg: Dataset, algorithm: hd.sr.AlgorithmIdentification
-                    ) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+def _segment_groups(result: Mapping[str, Any], seg: Dataset, algorithm: hd.sr.AlgorithmIdentification,
+                    seed: str | None = None) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
     """One group per segment of the result, referencing the SEG's segment of the same number.
 
     Raises:
@@ -181,7 +181,7 @@ def _segment_groups(result: Mapping[str, Any], seg: Dataset, algorithm: hd.sr.Al
             measurements.append(hd.sr.Measurement(name=codes.SCT.Volume, value=float(segment["volume_ml"]),
                                                   unit=MILLILITER, algorithm_id=algorithm))
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(),
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=content_uid(seed, f"segment {number}"),
                                                          identifier=f"segment {number} {segment['name']}"),
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
@@ -192,7 +192,7 @@ def _segment_groups(result: Mapping[str, Any], seg: Dataset, algorithm: hd.sr.Al
 
 
 def build_report(result: Mapping[str, Any], seg: Dataset, sources: Sequence[Dataset],
-                 review: Review | None = None) -> hd.sr.Comprehensive3DSR:
+                 review: Review | None = None, uid_seed: str | None = None) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of one study (see the module docstring).
 
     Args:
@@ -200,6 +200,9 @@ def build_report(result: Mapping[str, Any], seg: Dataset, sources: Sequence[Data
         seg: the study's DICOM SEG (headers suffice), whose segment numbers are the label values.
         sources: headers of the source series' instances (the SEG's source images).
         review: the reviewer's decision and diagnosis; None for the model's answer alone.
+        uid_seed: None for random UIDs; else the report's UIDs follow from it, the SEG's UID, the
+            diagnosis, the segments and the review (:func:`scripts.inference.dicom_seg.content_uid`):
+            the same report written again gets the same UIDs.
 
     Raises:
         ValueError: no source instances, an invalid review, or a segment missing from the SEG.
@@ -210,19 +213,21 @@ def build_report(result: Mapping[str, Any], seg: Dataset, sources: Sequence[Data
     if review is not None:
         _check_review(review, classes)
     model = result["model"]
+    seed = content_seed(uid_seed, [str(seg.SOPInstanceUID), json.dumps(
+        [result["diagnosis"], result["segmentation"]["segments"], model, review and vars(review)], sort_keys=True)])
     algorithm = algorithm_identification(model["name"], model["version"])
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(result, review), procedure_reported=codes.SCT.ImagingProcedure,
-        imaging_measurements=[_diagnosis_group(result, sources, algorithm, review),
-                              *_segment_groups(result, seg, algorithm)])
+        imaging_measurements=[_diagnosis_group(result, sources, algorithm, review, seed),
+                              *_segment_groups(result, seg, algorithm, seed)])
     labels = [result["diagnosis"]["label"]] + ([review.diagnosis] if review and review.diagnosis else [])
     local = review is not None or any(class_code(c).scheme == LOCAL_SCHEME for c in labels)
     schemes = [CodingSchemeIdentificationItem(
         designator=LOCAL_SCHEME, name="MultiTaskUNet review and class codes",
         responsible_organization="MultiTaskUNet project")] if local else None
     return hd.sr.Comprehensive3DSR(
-        evidence=_evidence(sources, seg), content=report[0], series_instance_uid=hd.UID(),
-        series_number=SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
+        evidence=_evidence(sources, seg), content=report[0], series_instance_uid=content_uid(seed, "series"),
+        series_number=SERIES_NUMBER, sop_instance_uid=content_uid(seed, "instance"), instance_number=1,
         manufacturer="MultiTaskUNet", manufacturer_model_name=model["name"], software_versions=model["version"],
         device_serial_number="0", series_description=f"{model['name']} diagnosis",
         is_complete=True, is_final=review is not None and review.decision in REVIEW_DECISIONS,
@@ -230,14 +235,14 @@ def build_report(result: Mapping[str, Any], seg: Dataset, sources: Sequence[Data
 
 
 def write_dicom_sr(result: Mapping[str, Any], seg_path: str | os.PathLike, sources: Sequence[Dataset],
-                   path: str | os.PathLike, review: Review | None = None) -> Path:
+                   path: str | os.PathLike, review: Review | None = None, uid_seed: str | None = None) -> Path:
     """Write :func:`build_report` for the SEG at ``seg_path`` to ``path``, atomically.
 
     Raises:
         ValueError: see :func:`build_report`.
     """
     seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
-    report = build_report(result, seg, sources, review)
+    report = build_report(result, seg, sources, review, uid_seed)
     with atomic_path(path, suffix=".dcm") as tmp:
         report.save_as(tmp)
     return Path(path)

@@ -338,9 +338,10 @@ class Predictor:
                 from scripts.inference.dicom_seg import write_dicom_seg
                 from scripts.inference.dicom_sr import write_dicom_sr
 
+                # UIDs from the weights and the content: the same answer written twice is one object in a PACS
                 write_dicom_seg(label, study.dicom, self.card["segments"], result["model"]["name"],
-                                result["model"]["version"], seg_tmp, study.path)
-                write_dicom_sr(result, seg_tmp, study.dicom, out.temp(names["sr"]))
+                                result["model"]["version"], seg_tmp, study.path, uid_seed=self.sha256)
+                write_dicom_sr(result, seg_tmp, study.dicom, out.temp(names["sr"]), uid_seed=self.sha256)
             if overlay:
                 shown, shown_label, shown_axis = _overlay_input(study.image, label, view)
                 write_overlay(shown, shown_label, study.raster, shown_axis, self.card["segments"],
