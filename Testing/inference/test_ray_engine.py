@@ -1,7 +1,8 @@
 """The CLI's Ray engine on real local 2-worker Ray clusters: the same files as the single-process run
 (inputs: a manifest CSV of PNGs, a NIfTI volume, a DICOM folder, a DICOMweb URL on a real Orthanc, a
 study that fails) on a Ray instance the CLI starts, --resume on a running cluster joined with
---address (``ray start --head``), and a worker killed mid-batch without a study lost or run twice."""
+--address (``ray start --head``), and a worker killed mid-batch without a study lost or run twice
+(the CLI's Ray instance listening on 127.0.0.1 only)."""
 
 from __future__ import annotations
 
@@ -84,8 +85,8 @@ def ray_head(tmp_path):
            "--object-store-memory", str(100 * 1024 * 1024), "--disable-usage-stats",
            *[x for kv in ports.items() for x in kv]]
     log = open(tmp_path / "ray-head.log", "w+", encoding="utf-8")
-    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
-                            start_new_session=True)
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")  # 127.0.0.1 only
+    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + RAY_START_TIMEOUT_S
         while "Ray runtime started" not in (tmp_path / "ray-head.log").read_text(encoding="utf-8"):
@@ -186,6 +187,21 @@ def _actors(root: psutil.Process) -> list[psutil.Process]:
     return found
 
 
+def _listening(root: psutil.Process) -> list[str]:
+    """The addresses the processes under ``root`` (the CLI's local Ray instance) listen on."""
+    found = []
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            found += [c.laddr.ip for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:
+            pass
+    return found
+
+
+def _loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1") or ip.startswith("::ffff:127.")
+
+
 def test_a_worker_killed_mid_batch_loses_and_repeats_no_study(bundle_root, bundle2d, tmp_path):
     studies = tmp_path / "studies"
     studies.mkdir()
@@ -204,6 +220,7 @@ def test_a_worker_killed_mid_batch_loses_and_repeats_no_study(bundle_root, bundl
             actors = _actors(driver)
             if done >= 1 and len(actors) == 2:
                 assert done < n, "the batch ended before a worker could be killed: give it more studies"
+                assert _listening(driver) and all(_loopback(a) for a in _listening(driver)), _listening(driver)
                 killed = actors[0]
                 killed.send_signal(signal.SIGKILL)
                 break

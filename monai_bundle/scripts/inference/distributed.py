@@ -10,7 +10,8 @@ run the network with the same number of threads). Outcomes come back in input or
 
 - **Cluster.** Without ``address`` a new local Ray instance is started for the run, even when a cluster
   already runs on this machine (``num_cpus`` =
-  workers x threads, no dashboard, a small object store, 127.0.0.1) and stopped after it. With
+  workers x threads, no dashboard, a small object store, listening on 127.0.0.1 only: :data:`LOOPBACK_ONLY`)
+  and stopped after it. With
   ``address`` (``ray://...`` or ``HOST:PORT`` of a running cluster) the run joins that cluster; its
   nodes must see the bundle code, the model, the inputs and ``--out`` at the same paths (a shared
   filesystem) and have the same Python packages. DICOMweb inputs need only the server. The
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 MAX_RESTARTS = 3  # times Ray restarts a dead worker (and re-runs the study it was on)
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # a local cluster's object store: only small results travel through it
 CODE_ROOT = str(Path(__file__).resolve().parents[2])  # the bundle root, parent of the scripts package
+#: "0": Ray keeps a one-machine instance on 127.0.0.1 (its switch for Windows/macOS, where clusters are
+#: off by default); otherwise it replaces 127.0.0.1 by the machine's network address and listens there
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,6 @@ class RayBatchRunner(BatchRunner):
 
     def _start(self, ray) -> bool:
         """Connect to (or start) the cluster; True when this runner started Ray and must stop it."""
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports to any server
         if ray.is_initialized():
             return False
         common = {"runtime_env": self._runtime_env(), "log_to_driver": False, "logging_level": logging.ERROR,
@@ -163,6 +166,9 @@ class RayBatchRunner(BatchRunner):
         return self.finish([outcomes[i] for i in range(n)])
 
     def _run_on_ray(self, queue: list[int], finished: Callable[[int, Outcome], None]) -> None:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports to any server
+        if not self.address:  # read when ray is first imported: a local instance on 127.0.0.1 only (else Ray
+            os.environ.setdefault(LOOPBACK_ONLY, "0")  # puts it on this machine's network address)
         import ray
         from ray.exceptions import RayError
 
