@@ -217,8 +217,11 @@ def _status(response, connection: Connection) -> str:
 
 def _reason(error: BaseException) -> str:
     """The innermost cause of a connection error, in one short line (``Connection refused``)."""
-    while error.__context__ is not None or error.__cause__ is not None:
-        error = error.__cause__ or error.__context__
+    for _ in range(20):  # exception chains end; a cycle should not hang the message
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
     text = str(error)
     m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
     return m.group(1).strip() if m else (text.splitlines() or [type(error).__name__])[0][:200]
