@@ -267,3 +267,16 @@ def test_algorithm_identification_with_the_family_where_highdicom_has_it(monkeyp
 
     monkeypatch.setattr(hd.sr, "AlgorithmIdentification", WithoutFamily)
     assert _rows(algorithm_identification("Tiny", "0.0.1")) == ["Algorithm Name", "Algorithm Version"]
+
+
+def test_device_observer_uid_names_the_model_weights():
+    """One Device Observer UID per model (from the weights' SHA-256): SRs of one model share it, another
+    model's differ (pydicom's generate_uid(prefix=None, entropy_srcs=...) would give a random one)."""
+    from scripts.inference.dicom_sr import _observation_context
+
+    def device_uid(sha256):
+        items = _observation_context({"model": {"name": "MultiTaskUNet", "version": "1", "sha256": sha256}}, None)
+        return [item.UID for item in items if item.ValueType == "UIDREF"]
+
+    assert device_uid("ab" * 32) == device_uid("ab" * 32) != device_uid("cd" * 32)
+    assert len(device_uid("ab" * 32)) == 1 and device_uid("ab" * 32)[0].startswith("2.25.")

@@ -44,7 +44,6 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code as PydicomCode
-from pydicom.uid import generate_uid
 
 from scripts.atomic import atomic_path
 from scripts.inference.dicom_seg import content_seed, content_uid, pydicom_code
@@ -128,11 +127,11 @@ def _evidence(sources: Sequence[Dataset], seg: Dataset) -> list[Dataset]:
 
 def _observation_context(result: Mapping[str, Any], review: Review | None) -> hd.sr.ObservationContext:
     model = result["model"]
-    entropy = [model.get("sha256") or f"{model['name']} {model['version']}"]
+    weights = model.get("sha256") or f"{model['name']} {model['version']}"
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(prefix=None, entropy_srcs=entropy), name=model["name"],
+            uid=content_uid(weights, "device observer"), name=model["name"],  # one UID per model weights
             manufacturer_name="MultiTaskUNet", model_name=f"{model['name']} {model['version']}"))
     person = None
     if review is not None:
