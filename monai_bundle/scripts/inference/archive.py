@@ -96,26 +96,42 @@ def read_zip(path: Path, series_uid: str | None = None, max_bytes: int = MAX_ZIP
         InputError: an unsafe, oversized, empty or corrupt zip (:func:`extract_zip`), or no usable
             DICOM series in it; the message names the zip (``study.zip/...`` for its members).
     """
-    from scripts.inference.dicom import read_dicom_folder
     from scripts.inference.readers import study_name
 
-    workdir = tempfile.TemporaryDirectory(prefix="mtunet-zip-")
-    root = Path(workdir.name) / path.name  # messages that name only the folder then say "study.zip"
+    study = read_filled_folder(lambda root: extract_zip(path, root, max_bytes, max_files), path.name, str(path),
+                               "mtunet-zip-", series_uid)  # the folder named like the zip: messages say "study.zip"
+    study.path, study.name = path, study_name(path)
+    return study
+
+
+def read_filled_folder(fill, folder_name: str, shown: str, prefix: str, series_uid: str | None = None):
+    """The DICOM series that ``fill(folder)`` puts into a new temporary folder ``folder_name``, as a
+    :class:`~scripts.inference.readers.Study` whose ``workdir`` is that folder (removed with the study,
+    or at once when anything fails): a zip's members, a DICOMweb retrieval.
+
+    The messages of the input errors it raises, and the study's warnings, name ``shown`` (the zip, the
+    URL) instead of the temporary folder; an error of a more specific kind (a server's) is kept as raised.
+    """
+    from scripts.inference.dicom import read_dicom_folder
+
+    workdir = tempfile.TemporaryDirectory(prefix=prefix)
+    root = Path(workdir.name) / folder_name
 
     def named(text: str) -> str:
-        return text.replace(str(root), str(path))
+        return text.replace(str(root), shown)
 
     try:
         root.mkdir()
-        extract_zip(path, root, max_bytes, max_files)
+        fill(root)
         study = read_dicom_folder(root, series_uid)
     except InputError as e:
         workdir.cleanup()
+        if type(e) is not InputError:
+            raise
         raise InputError(named(str(e))) from e
     except BaseException:
         workdir.cleanup()
         raise
-    study.path, study.name = path, study_name(path)
     study.warnings = [named(w) for w in study.warnings]
     study.workdir = workdir  # removed when the study is
     return study

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -296,33 +295,14 @@ def read_url(url: str, series_uid: str | None = None):
         DicomWebError: a bad URL, credentials, server or study (see :func:`retrieve`); InputError: no
             usable image series among the files (the rules of :mod:`scripts.inference.dicom`), naming the URL.
     """
-    from scripts.inference.dicom import read_dicom_folder
+    from scripts.inference.archive import read_filled_folder
 
     ref = parse_url(url)
     connection = Connection.from_env()
-    workdir = tempfile.TemporaryDirectory(prefix="mtunet-dicomweb-")
     target = DicomWebUrl(url)
-    root = Path(workdir.name) / target.name
-
-    def named(text: str) -> str:
-        return text.replace(str(root), url)
-
-    try:
-        root.mkdir()
-        retrieve(ref, root, series_uid, connection)
-        study = read_dicom_folder(root, series_uid)
-    except DicomWebError:
-        workdir.cleanup()
-        raise
-    except InputError as e:
-        workdir.cleanup()
-        raise InputError(named(str(e))) from None
-    except BaseException:
-        workdir.cleanup()
-        raise
+    study = read_filled_folder(lambda root: retrieve(ref, root, series_uid, connection), target.name, url,
+                               "mtunet-dicomweb-", series_uid)
     study.path, study.name = target, target.name
-    study.warnings = [named(w) for w in study.warnings]
-    study.workdir = workdir
     return study
 
 
