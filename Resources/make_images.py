@@ -26,7 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "MultiTaskUNet"), str(REPO / "monai_bundle")]
 ICON_PATHS = (REPO / "Resources" / "MultiTaskUNet.png", REPO / "MultiTaskUNet" / "Resources" / "Icons" / "MultiTaskUNet.png")
 SCREENSHOT = REPO / "Resources" / "Screenshot01.png"
-TUMOR_RGB = (230 / 255, 40 / 255, 40 / 255)  # the segment color the module gives "tumor"
+
+from scripts.inference.terminology import segment_term  # noqa: E402
+
+#: the segment colour the worker's result gives "tumor" and the module shows: the bundle's terminology table's
+TUMOR_RGB = tuple(c / 255 for c in segment_term("tumor", 1).color)
 
 
 def make_icon(paths: tuple[Path, ...] = ICON_PATHS, size: int = 128) -> None:

@@ -1,4 +1,5 @@
-"""Outputs: atomic OutputSet, output-folder checks, NIfTI / .seg.nrrd geometry, overlay, DICOM SEG round trip."""
+"""Outputs: atomic OutputSet, output-folder checks, NIfTI / .seg.nrrd geometry, DICOM SEG round trip (the overlay PNG:
+``test_overlay.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from PIL import Image
 
 from infer_helpers import CT_SERIES, oblique_direction
 from scripts.inference.dicom_seg import write_dicom_seg
@@ -17,9 +17,7 @@ from scripts.inference.readers import Geometry, read_study
 from scripts.inference.writers import (
     OutputSet,
     check_output_dir,
-    key_slices,
     write_nifti,
-    write_overlay,
     write_seg_nrrd,
 )
 
@@ -110,34 +108,6 @@ def test_seg_nrrd_of_a_2d_label_is_one_slice(tmp_path):
     write_seg_nrrd(np.ones((4, 6), np.uint8), Geometry.identity(2), True, ["background", "tumor"], tmp_path / "p.seg.nrrd")
     data, header = nrrd.read(str(tmp_path / "p.seg.nrrd"))
     assert data.shape == (6, 4, 1) and header["Segment0_Extent"] == "0 5 0 3 0 0"
-
-
-def test_key_slices_largest_tumor_first_then_sorted():
-    label = np.zeros((4, 4, 6), np.uint8)
-    label[:2, :2, 1] = 1  # 4 voxels
-    label[:, :, 4] = 1  # 16
-    label[:1, :1, 5] = 1  # 1
-    label[:3, :3, 0] = 1  # 9
-    assert key_slices(label, 2, 3) == [0, 1, 4]
-    assert key_slices(np.zeros((4, 4, 6), np.uint8), 2) == [3]
-
-
-def test_overlay_draws_key_slices_at_original_size(tmp_path):
-    image = np.random.default_rng(0).random((1, 12, 10, 6)).astype(np.float32)
-    label = _label()
-    write_overlay(image, label, False, 2, ["background", "tumor", "edema"], tmp_path / "o.png")
-    png = np.asarray(Image.open(tmp_path / "o.png"))
-    assert png.shape == (10, 3 * 12 + 2 * 4, 3)  # three (Y, X) panels with 4-pixel gaps
-    red = (png[..., 0] > 200) & (png[..., 1] < 80)
-    assert red.any()  # the tumor outline is drawn in its colour
-
-
-def test_overlay_of_a_raster_image(tmp_path):
-    image = np.random.default_rng(0).random((3, 9, 7)).astype(np.float32)
-    label = np.zeros((9, 7), np.uint8)
-    label[2:6, 2:5] = 1
-    write_overlay(image, label, True, None, ["background", "tumor"], tmp_path / "r.png")
-    assert np.asarray(Image.open(tmp_path / "r.png")).shape == (9, 7, 3)
 
 
 def test_dicom_seg_reads_back_equal_with_highdicom_and_pydicom(tmp_path):

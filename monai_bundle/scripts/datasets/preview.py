@@ -1,6 +1,6 @@
 """Contact sheets of a generated (or real) set: ``python -m scripts.datasets preview SET --out sheet.png``.
 
-One row per class, ``per_class`` random images each, the tumour / lesion outlined in red. Knows the
+One row per class, ``per_class`` random images each, the tumour / lesion outlined in its terminology colour. Knows the
 BRISC 2025 and BUSI layouts and MSD-style volume sets (three planes through the lesion, shown after
 reorienting to RAS, so every stored orientation shows the same way).
 """
@@ -17,13 +17,14 @@ TILE = 256
 
 
 def _outline(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """An RGB tile of a grey image with the mask's outline in red."""
+    """An RGB tile of a grey image with the mask's outline in the tumour's terminology colour, drawn by the
+    overlay renderer of the CLI and the web demo (:func:`scripts.inference.overlay.paint`, fill off)."""
     rgb = np.repeat(image[..., None], 3, axis=-1)
-    if mask is not None and mask.any():
-        m = mask.astype(bool)
-        edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
-        rgb[edge] = (255, 0, 0)
-    return rgb
+    if mask is None or not mask.any():
+        return rgb
+    from scripts.inference.overlay import paint, segment_colors  # the inference package loads torch: only when drawn
+
+    return paint(rgb, mask.astype(np.uint8), segment_colors(["background", "tumor"]), opacity=0.0)
 
 
 def _tile(image: np.ndarray, mask: np.ndarray | None) -> Image.Image:

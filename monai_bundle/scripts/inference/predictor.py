@@ -343,9 +343,7 @@ class Predictor:
                                 result["model"]["version"], seg_tmp, study.path, uid_seed=self.sha256)
                 write_dicom_sr(result, seg_tmp, study.dicom, out.temp(names["sr"]), uid_seed=self.sha256)
             if overlay:
-                shown, shown_label, shown_axis = _overlay_input(study.image, label, view)
-                write_overlay(shown, shown_label, study.raster, shown_axis, self.card["segments"],
-                              out.temp(names["overlay"]))
+                write_overlay(study.image, label, view, self.card["segments"], out.temp(names["overlay"]))
             if u_map is not None:
                 write_uncertainty_map(u_map, study.geometry, study.raster, out.temp(names["uncertainty_map"]))
             result["timings_s"]["write"] = round(time.perf_counter() - start, 3)  # the JSON itself is negligible
@@ -354,14 +352,3 @@ class Predictor:
             out.commit()
         return {key: folder / file for key, file in names.items()}
 
-
-def _overlay_input(image: np.ndarray, label: np.ndarray, view: DisplayView | None):
-    """``(image, label, axis)`` for :func:`write_overlay` so that it draws the display orientation.
-
-    write_overlay shows slices ``(a, b)`` transposed (rows = b), so it is handed the display stack with
-    rows and columns swapped: ``(C, N, cols, rows)`` and ``(N, cols, rows)``, cut along axis 0.
-    """
-    if view is None:
-        return image, label, None
-    vol, lab = (image, label) if label.ndim == 3 else (image[..., None], label[..., None])  # 2D grid: one slice
-    return view.to_slices(vol).swapaxes(2, 3), view.to_slices(lab[None])[0].swapaxes(1, 2), 0

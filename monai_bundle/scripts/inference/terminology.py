@@ -102,6 +102,17 @@ def hex_color(rgb: tuple[int, int, int]) -> str:
     return "#" + "".join(f"{int(c):02x}" for c in rgb)
 
 
+def rgb_color(text: str) -> tuple[int, int, int]:
+    """The sRGB colour 0..255 of ``#rrggbb`` (a result's segment ``color``), the inverse of :func:`hex_color`.
+
+    Raises:
+        ValueError: ``text`` is not ``#rrggbb``.
+    """
+    if not re.fullmatch(r"#[0-9a-fA-F]{6}", text or ""):
+        raise ValueError(f"color {text!r} is not #rrggbb")
+    return tuple(int(text[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
 def slicer_terminology_tag(term: SegmentTerm) -> str:
     """The ``TerminologyEntry`` value 3D Slicer stores in a ``.seg.nrrd`` segment's tags.
 

@@ -2,7 +2,7 @@
 
 :class:`OutputSet` writes every file of a study under a hidden temporary name and renames them all
 only when all were written, so a failure leaves nothing behind and a reader never sees half a
-file. DICOM SEG is in :mod:`scripts.inference.dicom_seg`.
+file. DICOM SEG is in :mod:`scripts.inference.dicom_seg`; the overlay is drawn by :mod:`scripts.inference.overlay`.
 
 Label maps are ``uint8`` in the study's axis convention (:mod:`scripts.inference.readers`):
 ``(H, W)`` for raster input, ``(X, Y[, Z])`` for volumes.
@@ -21,15 +21,11 @@ import nrrd
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image
-from scipy import ndimage
 
 from scripts.inference.errors import InputError
+from scripts.inference.overlay import key_slices_picture, segment_colors
 from scripts.inference.readers import Geometry
 from scripts.inference.terminology import segment_term, slicer_terminology_tag
-
-OVERLAY_SLICES = 3  # key slices shown in the overlay PNG
-OVERLAY_ALPHA = 0.35
-
 
 def check_output_dir(folder: str | os.PathLike) -> Path:
     """Check, without leaving anything behind, that ``folder`` can be created / written.
@@ -181,62 +177,15 @@ def write_json(data: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def key_slices(label: np.ndarray, axis: int, count: int = OVERLAY_SLICES) -> list[int]:
-    """Indices along ``axis`` of the ``count`` slices with the largest tumor area, in order.
-
-    With no tumor anywhere, the middle slice.
-    """
-    areas = (label > 0).sum(axis=tuple(a for a in range(label.ndim) if a != axis))
-    ranked = [int(i) for i in np.argsort(-areas, kind="stable")[:count] if areas[i] > 0]
-    return sorted(ranked) if ranked else [label.shape[axis] // 2]
-
-
-def _display(image: np.ndarray) -> np.ndarray:
-    """``(C, h, w)`` -> ``(h, w, 3)`` uint8: RGB when 3+ channels, else channel 0 as grey."""
-    rgb = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
-    lo, hi = np.percentile(rgb, [0.5, 99.5])
-    scaled = np.clip((rgb - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(rgb)
-    return (np.moveaxis(scaled, 0, -1) * 255).astype(np.uint8)
-
-
-def _paint(rgb: np.ndarray, label: np.ndarray, segments: list[str]) -> np.ndarray:
-    """Fill each segment with a translucent colour and draw its outline solid."""
-    out = rgb.astype(np.float32)
-    for value in range(1, len(segments)):
-        mask = label == value
-        if not mask.any():
-            continue
-        color = np.asarray(segment_term(segments[value], value).color, dtype=np.float32)
-        out[mask] = (1 - OVERLAY_ALPHA) * out[mask] + OVERLAY_ALPHA * color
-        edge = mask & ~ndimage.binary_erosion(mask)
-        out[edge] = color
-    return out.astype(np.uint8)
-
-
-def write_overlay(image: np.ndarray, label: np.ndarray, raster: bool, axis: int | None, segments: list[str],
-                  path: Path) -> Path:
-    """PNG of the key slices side by side at the image's own resolution, segments outlined.
+def write_overlay(image: np.ndarray, label: np.ndarray, view: Any, segments: list[str], path: Path) -> Path:
+    """PNG of the key slices side by side at the image's own resolution, in display orientation, each
+    segment filled and outlined in its terminology colour (:func:`scripts.inference.overlay.key_slices_picture`).
 
     Args:
         image: ``(C, *spatial)`` the study as read; label: ``(*spatial)`` uint8.
-        raster: ``(C, H, W)`` image shown as it is; else volume slices ``(X, Y)`` are shown with
-            rows = Y (anterior up for axial LPS images).
-        axis: slice axis of a 3D label map (ignored for 2D).
+        view: the prediction's ``DisplayView`` (None for a PNG/JPG image, drawn as it is).
+        segments: the model card's segment names, background first.
     """
-    if label.ndim == 2:
-        panels = [(image, label)] if raster else [(image.transpose(0, 2, 1), label.T)]
-    else:
-        panels = []
-        for index in key_slices(label, axis):
-            # indexing, not np.take: take copies a non-contiguous array whole before picking a slice
-            img2 = image[(slice(None),) * (axis + 1) + (index,)]  # (C, a, b), the two other axes in order
-            lab2 = label[(slice(None),) * axis + (index,)]
-            panels.append((img2.transpose(0, 2, 1), lab2.T))  # rows = the later axis
-    tiles = [_paint(_display(img), lab, segments) for img, lab in panels]
-    height = max(t.shape[0] for t in tiles)
-    gap = np.zeros((height, 4, 3), np.uint8)
-    row = []
-    for tile in tiles:
-        row += [np.pad(tile, ((0, height - tile.shape[0]), (0, 0), (0, 0))), gap]
-    Image.fromarray(np.concatenate(row[:-1], axis=1)).save(path, format="PNG")
+    picture = key_slices_picture(image, label, segment_colors(segments), view)
+    Image.fromarray(picture).save(path, format="PNG")
     return path
