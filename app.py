@@ -1,7 +1,10 @@
 """MultiTaskUNet web demo: upload an image or a study, see the tumor outlined and the diagnosis.
 
 A shell around the one inference API (``scripts.inference.Predictor``): the model is loaded once
-at start, each upload goes through ``Predictor.predict`` and the page shows what it returned.
+at start, each upload goes through ``Predictor.predict`` and the page shows what it returned, drawn by
+the bundle's one overlay renderer (``scripts.inference.overlay``, each segment in its terminology colour).
+The web-only helpers (upload checks, the summary text, the examples) are the ``mtunet_web`` package
+beside this file, which the bundle never imports.
 
     python app.py [--bundle monai_bundle] [--checkpoint FILE] [--tta] [--host 127.0.0.1] [--port 7860]
 
@@ -28,11 +31,15 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 REPO = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO / "monai_bundle"))
+for _root in (REPO / "monai_bundle", REPO):  # the bundle's scripts, then this shell's mtunet_web
+    if str(_root) not in sys.path:
+        sys.path.insert(0, str(_root))
 
 import gradio as gr  # noqa: E402
 
-from scripts import webdemo  # noqa: E402
+from mtunet_web import examples as web_examples  # noqa: E402
+from mtunet_web import text, uploads  # noqa: E402
+from scripts.inference import overlay  # noqa: E402
 from scripts.model_card import WEIGHTS_FILE  # noqa: E402
 
 log = logging.getLogger("webdemo")
@@ -58,32 +65,33 @@ class Demo:
             raise gr.Error(self.problem, duration=None, print_exception=False)
         if not upload:
             raise gr.Error("Upload a file first (or pick an example).", duration=None, print_exception=False)
-        webdemo.prune_runs(self.workdir)
+        uploads.prune_runs(self.workdir)
         run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.workdir))
         log.info("run: %s upload of %d bytes", "".join(Path(upload).suffixes[-2:]), Path(upload).stat().st_size)
         try:
-            source = webdemo.check_upload(upload)  # a zip of a DICOM series is unpacked by the Predictor's reader
+            source = uploads.check_upload(upload)  # a zip of a DICOM series is unpacked by the Predictor's reader
             pred = self.predictor.predict(source, output_dir=run_dir / "out", seg_format="auto",
                                           progress=lambda pct, stage: progress(pct / 100, desc=stage),
                                           uncertainty_map=self.predictor.settings.tta)
         except ValueError as e:  # InputError and UploadError: the user's file, said plainly
             log.info("run refused: %s", type(e).__name__)
             # print_exception off: the message names the user's file, which must not reach the log
-            raise gr.Error(webdemo.plain_error(str(e), upload), duration=None, print_exception=False) from e
-        image, label = webdemo.display_arrays(pred.image, pred.label, pred.view)  # heads upright, slices last
-        view = {"image": image, "label": label}
-        if pred.uncertainty is not None:
-            view["uncertainty"] = webdemo.display_map(pred.uncertainty, pred.view)
-        index = webdemo.best_slice(label)
-        n = webdemo.num_slices(label)
-        slider = gr.Slider(minimum=0, maximum=max(n - 1, 1), value=index, step=1, visible=n > 1)
-        files = [str(pred.paths[key]) for key in ("segmentation", "result", "uncertainty_map") if key in pred.paths]
+            raise gr.Error(uploads.plain_error(str(e), upload), duration=None, print_exception=False) from e
         from scripts.inference.result import read_result
 
         result = read_result(pred.paths["result"])  # the file the user downloads, read through the result contract
         log.info("run: diagnosis %s", result.diagnosis.label)
-        return (webdemo.render_overlay(image, label, index, opacity), slider,
-                webdemo.probabilities(result), webdemo.summary_markdown(result), files, view, "Done.")
+        image, label = overlay.display_arrays(pred.image, pred.label, pred.view)  # heads upright, slices last
+        # each segment in the colour its result gives it (the terminology table's, as in Slicer and the CLI's PNG)
+        view = {"image": image, "label": label, "colors": overlay.result_colors(result.segmentation.segments)}
+        if pred.uncertainty is not None:
+            view["uncertainty"] = overlay.display_map(pred.uncertainty, pred.view)
+        index = overlay.best_slice(label)
+        n = overlay.num_slices(label)
+        slider = gr.Slider(minimum=0, maximum=max(n - 1, 1), value=index, step=1, visible=n > 1)
+        files = [str(pred.paths[key]) for key in ("segmentation", "result", "uncertainty_map") if key in pred.paths]
+        return (overlay.render_overlay(image, label, index, opacity, colors=view["colors"]), slider,
+                text.probabilities(result), text.summary_markdown(result), files, view, "Done.")
 
     @staticmethod
     def redraw(view: dict | None, index: float, opacity: float, uncertainty: bool = False) -> Any:
@@ -92,8 +100,8 @@ class Demo:
         if not view:
             return None
         if uncertainty and "uncertainty" in view:
-            return webdemo.render_uncertainty(view["image"], view["uncertainty"], int(index))
-        return webdemo.render_overlay(view["image"], view["label"], int(index), float(opacity))
+            return overlay.render_uncertainty(view["image"], view["uncertainty"], int(index))
+        return overlay.render_overlay(view["image"], view["label"], int(index), float(opacity), colors=view["colors"])
 
     @staticmethod
     def cleared(status: str) -> tuple:
@@ -111,7 +119,7 @@ def build(demo: Demo, examples: list[Path]) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="Image or study: PNG/JPG, NIfTI, NRRD, DICOM file, or zip of a DICOM series",
-                                 file_types=list(webdemo.SUPPORTED_SUFFIXES), elem_id="upload")
+                                 file_types=list(uploads.SUPPORTED_SUFFIXES), elem_id="upload")
                 run = gr.Button("Segment & classify", variant="primary", elem_id="run")
                 status = gr.Markdown("Upload a file or pick an example, then press the button.", elem_id="status")
                 if examples:
@@ -122,7 +130,7 @@ def build(demo: Demo, examples: list[Path]) -> gr.Blocks:
                 show = gr.Checkbox(False, label="Show uncertainty (where the image and its mirror disagree)",
                                    visible=tta, elem_id="show-uncertainty")
             with gr.Column(scale=2):
-                overlay = gr.Image(label="Tumor overlay (original resolution)", type="numpy", format="png",
+                picture = gr.Image(label="Tumor overlay (original resolution)", type="numpy", format="png",
                                    interactive=False, elem_id="overlay")
                 with gr.Row():
                     diagnosis = gr.Label(label="Diagnosis", elem_id="diagnosis")
@@ -130,7 +138,7 @@ def build(demo: Demo, examples: list[Path]) -> gr.Blocks:
                 downloads = gr.File(label="Downloads: segmentation, result JSON (and uncertainty map)", file_count="multiple",
                                     interactive=False, elem_id="downloads")
         view = gr.State(None)
-        outputs = [overlay, index, diagnosis, summary, downloads, view, status]
+        outputs = [picture, index, diagnosis, summary, downloads, view, status]
         upload.change(lambda f: Demo.cleared("Ready: press the button." if f else ""), upload, outputs,
                       api_visibility="private")
         event = run.click(demo.run, [upload, opacity], outputs, api_name="run", concurrency_limit=1)
@@ -138,7 +146,7 @@ def build(demo: Demo, examples: list[Path]) -> gr.Blocks:
         event.failure(lambda: Demo.cleared(failed), None, outputs, api_visibility="private")
         event.then(lambda: False, None, show, api_visibility="private")  # a new result opens on its tumour overlay
         for control in (index, opacity, show):
-            control.input(Demo.redraw, [view, index, opacity, show], overlay, api_visibility="private",
+            control.input(Demo.redraw, [view, index, opacity, show], picture, api_visibility="private",
                           trigger_mode="always_last", concurrency_id="redraw")
     return page
 
@@ -186,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     if problem:
         log.warning("%s", problem)
     example_dir = args.bundle.resolve() / EXAMPLES
-    examples = [] if args.no_examples else webdemo.write_examples(example_dir)
+    examples = [] if args.no_examples else web_examples.write_examples(example_dir)
     workdir = Path(tempfile.mkdtemp(prefix="mtunet-webdemo-"))
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     page = build(Demo(predictor, problem, workdir), examples)

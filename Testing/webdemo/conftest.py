@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts import webdemo
 from webdemo_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, AppServer, serving, write_tiny_bundle
 
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # app.py lives at the repository root
+    sys.path.insert(0, str(REPO))  # app.py and its mtunet_web package live at the repository root
 
 from app import EXAMPLES  # noqa: E402  (the examples folder inside a bundle)
+from mtunet_web.examples import write_examples  # noqa: E402
 
 UPLOAD_LIMIT = "1mb"
 
@@ -25,7 +25,7 @@ UPLOAD_LIMIT = "1mb"
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny bundle, with 32 px examples already written where the app looks (it reuses them)."""
     root = tmp_path_factory.mktemp("bundle")
-    examples = webdemo.write_examples(root / EXAMPLES, size=32)
+    examples = write_examples(root / EXAMPLES, size=32)
     return write_tiny_bundle(root, np.asarray(Image.open(examples[0]), np.float32))
 
 

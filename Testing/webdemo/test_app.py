@@ -59,8 +59,9 @@ def test_bad_upload_becomes_a_page_error(tmp_path: Path) -> None:
 
 def test_redraw_and_clear() -> None:
     assert app.Demo.redraw(None, 0, 0.4) is None
-    view = {"image": np.zeros((1, 8, 8, 3), np.float32), "label": np.ones((8, 8, 3), np.uint8)}
-    assert app.Demo.redraw(view, 2, 0.0).shape[2] == 3
+    view = {"image": np.zeros((1, 8, 8, 3), np.float32), "label": np.ones((8, 8, 3), np.uint8), "colors": {1: (1, 2, 3)}}
+    drawn = app.Demo.redraw(view, 2, 0.0)
+    assert drawn.shape[2] == 3 and (drawn == (1, 2, 3)).all(axis=-1).any()  # the outline in the run's segment colour
     cleared = app.Demo.cleared("why")
     assert cleared[-1] == "why" and cleared[0] is None
 
@@ -114,7 +115,7 @@ def test_the_page_shows_the_result_file_read_through_the_contract(tiny_bundle: P
     """Diagnosis and summary come from the ``_result.json`` offered for download, read by
     ``scripts.inference.result`` (the reader of the CLI and the Slicer module): pixels for a 2D image,
     which has no area in mm² to show, millilitres for a volume."""
-    from scripts import webdemo
+    from mtunet_web import text
     from scripts.inference import Predictor, read_result
 
     demo = app.Demo(Predictor.from_bundle(tiny_bundle, device="cpu"), "", tmp_path)
@@ -122,29 +123,31 @@ def test_the_page_shows_the_result_file_read_through_the_contract(tiny_bundle: P
         _, _, probs, summary, files, _, status = demo.run(str(tiny_bundle / app.EXAMPLES / example), 0.4,
                                                           progress=Recorder())
         result = read_result(next(f for f in files if f.endswith("_result.json")))
-        assert status == "Done." and summary == webdemo.summary_markdown(result)
+        assert status == "Done." and summary == text.summary_markdown(result)
         assert probs == result.diagnosis.probabilities
         assert size.format(result.segmentation.tumor_voxels) in summary and "mm²" not in summary
         assert "segmentation uncertainty: not measured (flip TTA off)" in summary  # tta false, uncertainty null
 
 
 def test_with_tta_the_run_keeps_the_uncertainty_map_and_redraw_shows_it(tiny_bundle: Path, tmp_path: Path) -> None:
-    from scripts import webdemo
-    from scripts.inference import Predictor
+    from scripts.inference import Predictor, overlay
+    from scripts.inference.terminology import segment_term
 
     predictor = Predictor.from_bundle(tiny_bundle, device="cpu", tta=True)
     example = str(tiny_bundle / app.EXAMPLES / "example_glioma.png")
-    overlay, _, _, summary, files, view, status = app.Demo(predictor, "", tmp_path).run(example, 0.4, progress=Recorder())
+    drawn, _, _, summary, files, view, status = app.Demo(predictor, "", tmp_path).run(example, 0.4, progress=Recorder())
     expected = predictor.predict(example, uncertainty_map=True)
     assert status == "Done." and "segmentation uncertainty (flip TTA)" in summary
     assert [Path(f).name for f in files] == ["example_glioma_seg.png", "example_glioma_result.json",
                                             "example_glioma_uncertainty.png"]
     np.testing.assert_array_equal(view["uncertainty"], expected.uncertainty)
-    np.testing.assert_array_equal(overlay, webdemo.render_overlay(expected.image, expected.label, 0, 0.4))  # opens on the tumour
+    assert view["colors"] == {1: segment_term("tumor", 1).color}  # the result's colour: the terminology table's
+    np.testing.assert_array_equal(drawn, overlay.render_overlay(expected.image, expected.label, 0, 0.4,  # opens on the tumour
+                                                                colors=view["colors"]))
     np.testing.assert_array_equal(app.Demo.redraw(view, 0, 0.4, True),
-                                  webdemo.render_uncertainty(expected.image, expected.uncertainty, 0))
+                                  overlay.render_uncertainty(expected.image, expected.uncertainty, 0))
     no_map = {k: v for k, v in view.items() if k != "uncertainty"}  # a run without TTA: the toggle draws the overlay
-    np.testing.assert_array_equal(app.Demo.redraw(no_map, 0, 0.4, True), overlay)
+    np.testing.assert_array_equal(app.Demo.redraw(no_map, 0, 0.4, True), drawn)
 
 
 def test_tta_flag_reaches_the_predictor(tiny_bundle: Path) -> None:

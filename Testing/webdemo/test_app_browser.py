@@ -19,8 +19,8 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 
 from app import EXAMPLES
-from scripts import webdemo
-from scripts.inference import Predictor
+from scripts.inference import Predictor, overlay
+from scripts.inference.terminology import segment_term
 
 RUN_TIMEOUT_MS = 120_000  # a run on 2 shared cores, model and page included
 
@@ -114,7 +114,9 @@ def test_image_upload_shows_diagnosis_overlay_and_downloads(page: Page, predicto
     assert label == expected.result["diagnosis"]["label"]
     assert shown == {k: f"{round(100 * v)}%" for k, v in probs.items()}  # all four classes
     pixels = overlay_pixels(page)
-    np.testing.assert_array_equal(pixels, webdemo.render_overlay(expected.image, expected.label, 0, 0.4))
+    colors = overlay.result_colors(expected.result["segmentation"]["segments"])
+    np.testing.assert_array_equal(pixels, overlay.render_overlay(expected.image, expected.label, 0, 0.4, colors=colors))
+    assert (pixels == segment_term("tumor", 1).color).all(axis=-1).any()  # outlined in the terminology's tumour red
     assert expected.label.sum() > 0 and pixels.shape[0] % expected.label.shape[0] == 0  # whole pixels of the input
     expect(page.locator("#summary")).to_contain_text(f"tumor: area {int(expected.label.sum())} pixels")
     expect(page.locator("#slice")).to_be_hidden()  # an image has no slices
@@ -127,7 +129,8 @@ def test_image_upload_shows_diagnosis_overlay_and_downloads(page: Page, predicto
     np.testing.assert_array_equal(np.asarray(Image.open(seg)), expected.label * 255)
 
     move_slider(page, "#opacity", 0)
-    np.testing.assert_array_equal(overlay_pixels(page), webdemo.render_overlay(expected.image, expected.label, 0, 0.0))
+    np.testing.assert_array_equal(overlay_pixels(page), overlay.render_overlay(expected.image, expected.label, 0, 0.0,
+                                                                                   colors=colors))
     assert outside_requests == []
 
 
@@ -136,17 +139,20 @@ def test_volume_has_a_slice_slider(page: Page, predictor: Predictor, tiny_bundle
     upload(page, example)
     run_ok(page)
     expected = predictor.predict(example)
-    shown_image, shown_label = webdemo.display_arrays(expected.image, expected.label, expected.view)
-    best = webdemo.best_slice(shown_label)
+    shown_image, shown_label = overlay.display_arrays(expected.image, expected.label, expected.view)
+    best = overlay.best_slice(shown_label)
+    colors = overlay.result_colors(expected.result["segmentation"]["segments"])
     expect(page.locator("#slice")).to_be_visible()
     expect(page.locator("#slice input[type=number]")).to_have_value(str(best))
     expect(page.locator("#summary")).to_contain_text(f"mL ({int(expected.label.sum())} voxels)")
-    np.testing.assert_array_equal(overlay_pixels(page), webdemo.render_overlay(shown_image, shown_label, best, 0.4))
+    np.testing.assert_array_equal(overlay_pixels(page), overlay.render_overlay(shown_image, shown_label, best, 0.4,
+                                                                                   colors=colors))
     page.screenshot(path=str(artifacts_dir / "webdemo_volume.png"), full_page=True, animations="disabled")
 
     other = (best + 5) % shown_label.shape[-1]
     move_slider(page, "#slice", other)
-    np.testing.assert_array_equal(overlay_pixels(page), webdemo.render_overlay(shown_image, shown_label, other, 0.4))
+    np.testing.assert_array_equal(overlay_pixels(page), overlay.render_overlay(shown_image, shown_label, other, 0.4,
+                                                                                   colors=colors))
 
 
 def test_bad_uploads_show_their_message_and_the_app_keeps_serving(page: Page, tiny_bundle: Path, tmp_path: Path,

@@ -17,8 +17,9 @@ from PIL import Image
 
 from app import EXAMPLES
 from webdemo_helpers import LAUNCHER, OUTBOUND, write_dicom_series_zip
-from scripts import synthetic, webdemo
-from scripts.inference import Predictor
+from scripts import synthetic
+from scripts.inference import Predictor, overlay
+from scripts.inference.terminology import segment_term
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +34,17 @@ def predictor(tiny_bundle: Path) -> Predictor:
 
 def test_run_endpoint_returns_what_the_predictor_says(client: Client, predictor: Predictor, tiny_bundle: Path) -> None:
     example = tiny_bundle / EXAMPLES / "example_pituitary.png"
-    overlay, slider, diagnosis, summary, files, status = client.predict(handle_file(str(example)), 0.4, api_name="/run")
+    drawn, slider, diagnosis, summary, files, status = client.predict(handle_file(str(example)), 0.4, api_name="/run")
     expected = predictor.predict(example)
     assert status == "Done."
     assert diagnosis["label"] == expected.result["diagnosis"]["label"]
     assert {c["label"]: c["confidence"] for c in diagnosis["confidences"]} == pytest.approx(
         expected.result["diagnosis"]["probabilities"])
     assert slider["visible"] is False  # an image has no slices
-    np.testing.assert_array_equal(np.asarray(Image.open(overlay).convert("RGB")),
-                                  webdemo.render_overlay(expected.image, expected.label, 0, 0.4))
+    picture = np.asarray(Image.open(drawn).convert("RGB"))
+    colors = overlay.result_colors(expected.result["segmentation"]["segments"])
+    np.testing.assert_array_equal(picture, overlay.render_overlay(expected.image, expected.label, 0, 0.4, colors=colors))
+    assert (picture == segment_term("tumor", 1).color).all(axis=-1).any()  # outlined in the terminology's tumour red
     assert f"area {int(expected.label.sum())} pixels" in summary
     by_name = {Path(f).name: f for f in files}
     assert set(by_name) == {"example_pituitary_seg.png", "example_pituitary_result.json"}  # a PNG mask for a PNG
