@@ -7,7 +7,8 @@ Modules: :mod:`.predictor` (the API), :mod:`.settings` (its knobs, read from
 ``configs/inference.json``), :mod:`.engine` (2D slice-wise / 3D sliding-window inference,
 the diagnosis rule, device and out-of-memory fallback), :mod:`.readers` and :mod:`.dicom` (input
 with its geometry), :mod:`.archive` (a zip of a DICOM series, unpacked safely), :mod:`.dicomweb` (DICOMweb study and series
-URLs in, the DICOM SEG and SR pushed out), :mod:`.writers` and :mod:`.dicom_seg` (atomic outputs), :mod:`.batch` (many
+URLs in, the DICOM SEG and SR pushed out), :mod:`.writers` and :mod:`.dicom_seg` (atomic outputs), :mod:`.overlay` (the one renderer of a label map over its image, in the
+terminology colours: the overlay PNG and the web demo's picture), :mod:`.batch` (many
 studies), :mod:`.distributed` (the same batch on Ray actors, on one machine or a cluster), :mod:`.terminology` (segment codes and colours), :mod:`.result` (the result JSON's
 contract: ``configs/result.schema.json`` and the typed :class:`~.result.Result` every reader reads it through).
 """
