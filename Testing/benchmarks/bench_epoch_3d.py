@@ -1,7 +1,7 @@
 """3D training epochs before / after canonical grids, foreground crops and the persistent cache, side by side.
 
     .venv/bin/python Testing/benchmarks/bench_epoch_3d.py [--epochs 2] [--train 16] [--val 4]
-                                                         [--data DIR | --datalist FILE] [--only before|after]
+                                                         [--data DIR | --datalist FILE] [--only before|after|stem]
                                                          [--threads 2] [--val-overlap 0]
 
 The data (unless ``--datalist`` names a prepared 3D datalist): MNI152-sized heads at about 1 mm,
@@ -24,6 +24,9 @@ patch (64 x 64 x 32), batch (2) and validation split:
   ``val_overlap`` (0; ``--val-overlap`` sets it for both configurations). It runs
   twice: with an empty cache (epoch 1 pre-processes) and again in a new process with the cache
   filled (what a resumed or repeated run sees).
+* ``stem``: ``after`` (cache filled) with the network the CPU plan picks now: the U-Net's first
+  convolution strided (``stem_stride`` 2, a one-layer last up-step) and widths 16-32-64 (the
+  plan's levels for the 32 x 32 x 16 first level).
 
 Prints per configuration: set-up seconds (config, datalist check, ``CacheDataset`` filling),
 wall seconds of each epoch (training + validation, from the trainer's EPOCH_STARTED to the end of
@@ -175,11 +178,11 @@ def make_dataset(folder: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
 
 
 def overrides_for(variant: str, datalist: Path, work: Path, epochs: int) -> dict:
-    """The config overrides of ``before`` / ``after`` (same network, patch, batch; what differs is the point)."""
+    """The config overrides of ``before`` / ``after`` / ``stem`` (same patch and batch; what differs is the point)."""
     common = {"datalist_file": str(datalist), "ckpt_dir": str(work / f"models_{variant}"), "max_epochs": epochs,
               "spatial_size": [64, 64, 32], "network_channels": [16, 32, 64, 128], "batch_size": 2,
               "val_batch_size": 1, "num_workers": 0, "resume": False, "early_stop_patience": 1000, "seed": 0,
-              "orientation": "RAS"}
+              "orientation": "RAS", "stem_stride": 1}
     if variant == "before":
         def cached(split: str, chain: str) -> dict:
             return {"_target_": "CacheDataset", "data": f"$@datalist.split('{split}')", "transform": chain,
@@ -192,7 +195,11 @@ def overrides_for(variant: str, datalist: Path, work: Path, epochs: int) -> dict
     from scripts.canonical import median_target_spacing
 
     spacing = median_target_spacing(load_datalist(datalist).split("training"))
-    return {**common, "target_spacing": spacing, "crop_foreground": True, "cache_dir": str(work / "cache")}
+    after = {**common, "target_spacing": spacing, "crop_foreground": True, "cache_dir": str(work / "cache"),
+             "stem_stride": 1}
+    if variant == "stem":
+        return {**after, "ckpt_dir": str(work / "models_stem"), "stem_stride": 2, "network_channels": [16, 32, 64]}
+    return after
 
 
 def _pin_plan(config: dict, overrides: dict) -> dict:
@@ -269,10 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val", type=int, default=4)
     ap.add_argument("--data", type=Path, default=REPO / "Testing" / "artifacts" / "bench_epoch_3d_data")
     ap.add_argument("--datalist", type=Path, help="a prepared 3D datalist to use instead of the generated data")
-    ap.add_argument("--only", choices=["before", "after"], help="run one configuration only")
+    ap.add_argument("--only", choices=["before", "after", "stem"], help="run one configuration only (stem: fills the cache first if empty)")
     ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of each run (2: both cores)")
     ap.add_argument("--val-overlap", type=float, help="overlap of the validation windows of both configurations (default: before 0.25, after train_3d.json's 0)")
-    ap.add_argument("--worker", choices=["before", "after"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["before", "after", "stem"], help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -288,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for variant in [v for v in ("before", "after") if args.only in (None, v)]:
+        for variant in [v for v in ("before", "after", "stem") if args.only in (None, v)]:
             rows.append((variant, spawn(variant, Path(datalist), work, args.epochs, args.threads, args.val_overlap)))
             if variant == "after":
                 rows.append(("after, cache filled", spawn(variant, Path(datalist), work, args.epochs, args.threads,
@@ -301,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<22}{r['setup_s']:>10.1f}  {epochs:<46}{r['val_windows_per_epoch']:>9.0f}  "
               f"{'x'.join(map(str, r['first_val_shape']))}")
     found = {name: r for name, r in rows}
+    if "after, cache filled" in found and "stem" in found:
+        after, stem = found["after, cache filled"]["epochs_s"][-1], found["stem"]["epochs_s"][-1]
+        print(f"steady epoch: after {after:.1f} s, stem {stem:.1f} s: {after / stem:.1f}x faster "
+              f"(stem / after = {stem / after:.2f}); validation scores after {found['after, cache filled']['val_score']}, "
+              f"stem {found['stem']['val_score']}")
     if "before" in found and "after, cache filled" in found:
         before, after = found["before"]["epochs_s"][-1], found["after, cache filled"]["epochs_s"][-1]
         print(f"\ntarget spacing (after) {found['after']['target_spacing']} mm, RAS")

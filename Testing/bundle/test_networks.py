@@ -70,8 +70,41 @@ def test_torchscript_equals_eager(encoder: str, spatial_dims: int) -> None:
         ({"num_classes": 1}, "num_classes must be >= 2, got 1"),
         ({"channels": (8,)}, "channels must list >= 2 positive widths"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+        ({"stem_stride": 4}, "stem_stride must be 1 or 2, got 4"),
+        ({"encoder": "resnet18", "stem_stride": 2}, "stem_stride applies to the 'unet' encoder only"),
     ],
 )
 def test_invalid_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         MultiTaskUNet(**kwargs)
+
+
+@pytest.mark.parametrize("spatial_dims,shape", [(2, (37, 48)), (3, (20, 24, 17))])
+@pytest.mark.parametrize("cls_pooling", ["global", "lesion"])
+def test_strided_stem_runs_one_layer_at_full_resolution(spatial_dims: int, shape: tuple, cls_pooling: str) -> None:
+    """``stem_stride=2``: the output is at the input's size (odd sizes too), but of the 3x3 convolutions only
+    the last up-step's one sees the full-resolution grid -- the point of the stem (about 4x cheaper in 3D)."""
+    net = MultiTaskUNet(spatial_dims, 1, 3, 4, channels=SMALL, cls_pooling=cls_pooling, stem_stride=2).eval()
+    full_res: list[str] = []
+
+    def spy(name: str):
+        def hook(module, inputs, output) -> None:
+            if module.kernel_size[0] == 3 and tuple(output.shape[2:]) == shape:
+                full_res.append(name)
+        return hook
+
+    hooks = [module.register_forward_hook(spy(name)) for name, module in net.named_modules()
+             if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    with torch.no_grad():
+        out = net(torch.randn(2, 1, *shape))
+    for hook in hooks:
+        hook.remove()
+    assert out[Task.SEG].shape == (2, 3, *shape) and out[Task.CLS].shape == (2, 4)
+    assert full_res == ["decoder.final_up.conv.0"]
+    assert net.encoder.blocks[0][0].stride == (2,) * spatial_dims
+    plain = MultiTaskUNet(spatial_dims, 1, 3, 4, channels=SMALL, cls_pooling=cls_pooling)
+    assert plain.decoder.final_up is None  # the default keeps the earlier projects' U-Net
+    scripted = torch.jit.script(net)
+    x = torch.randn(2, 1, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x)[Task.SEG], net(x)[Task.SEG])

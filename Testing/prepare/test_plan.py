@@ -85,7 +85,9 @@ def test_patch_size_from_the_median_shape_within_the_device_budget():
 
 def test_network_depth_puts_the_bottleneck_at_4_to_7_pixels():
     assert P.decide_network_channels([96, 96], "cpu") == [8, 16, 32, 64, 128]  # bottleneck 6 px
-    assert P.decide_network_channels([64, 64, 32], "cpu") == [8, 16, 32, 64]  # 32 / 8 = 4 px; width 8 in 3D on CPU
+    assert P.decide_network_channels([64, 64, 32], "cpu") == [16, 32, 64, 128]  # 32 / 8 = 4 px; width 16 in 3D on CPU
+    # a strided stem: levels counted from the first level's size (32 x 32 x 16): 16 / 4 = 4 px
+    assert P.decide_network_channels([64, 64, 32], "cpu", stem_stride=2) == [16, 32, 64]
     assert P.decide_network_channels([256, 256], "cpu") == [8, 16, 32, 64, 128, 256, 512]  # 4 px
     assert P.decide_network_channels([96, 96], "cuda")[0] == P.BASE_WIDTH[(2, "cuda")]
     assert max(P.decide_network_channels([256, 256, 256], "cuda")) == P.MAX_WIDTH[3]
@@ -181,8 +183,16 @@ def test_decide_3d_gives_spacing_orientation_and_patch():
     d = P.decide(fp, "cpu")
     assert d["orientation"] == "RAS" and d["target_spacing"] == [3.0, 3.0, 6.0]
     assert d["median_resampled_shape"] == [64.0, 64.0, 32.0]
-    assert d["spatial_size"] == [64, 64, 32] and d["network_channels"] == [8, 16, 32, 64]
+    assert d["spatial_size"] == [64, 64, 32] and d["stem_stride"] == 2 and d["network_channels"] == [16, 32, 64]
     assert d["batch_size"] == 2 and d["val_batch_size"] == 1
+    assert "bottleneck 4 px" in d["why"]["network_channels"] and "strided" in d["why"]["stem_stride"]
+    cuda = P.decide(fp, "cuda", memory_gb=80.0)  # a GPU plan keeps the full-resolution first level (nnU-Net)
+    assert cuda["stem_stride"] == 1 and len(cuda["network_channels"]) == 4
+    assert P.decide(_fingerprint_2d(), "cpu")["stem_stride"] == 1  # 2D keeps its full-resolution level
+    # widths follow an overridden stem (the config passes --stem_stride to network_channels_for)
+    plan = {"spatial_size": [64, 64, 32], "network_channels": [16, 32, 64], "stem_stride": 2, "device": "cpu"}
+    assert P.network_channels_for(plan, [64, 64, 32]) == [16, 32, 64]
+    assert P.network_channels_for(plan, [64, 64, 32], stem_stride=1) == [16, 32, 64, 128]
 
 
 def test_pins_win_but_the_rule_stays_visible(tmp_path):
@@ -301,7 +311,8 @@ def test_prepare_plan_on_a_tiny_3d_set(tmp_path):
     assert plan["target_spacing"] == [1.0, 1.0, 3.0]  # 4 / 1 > 3: the z axis at its 10th percentile
     assert plan["median_resampled_shape"] == [24.0, 24.0, pytest.approx(32 / 3, abs=0.01)]
     assert plan["spatial_size"] == [32, 32, 16]  # 24 -> 32 (multiple of 16), thin z 10.7 -> 16 (multiple of 8)
-    assert plan["network_channels"] == [8, 16, 32] and plan["batch_size"] == 2 and plan["val_batch_size"] == 1
+    assert plan["stem_stride"] == 2 and plan["network_channels"] == [16, 32]  # first level 16 x 16 x 8: 8 / 2 = 4 px
+    assert plan["batch_size"] == 2 and plan["val_batch_size"] == 1
     assert fp["lesions"]["width_mm"]["median"] >= 8.0
     assert plan["no_tumor_class"] == "normal"
 

@@ -88,7 +88,9 @@ def test_one_epoch_from_prepared_brats_3d(brats2020_replica, tmp_path, repo_root
         str(configs),
         out / "datalist.json",
         tmp_path / "models",
-        ["--spatial_size", "[8,8,4]", "--sw_batch_size", "1"],
+        ["--spatial_size", "[16,16,8]", "--sw_batch_size", "1"],  # strided stem: 3 levels of 8x8x4
         tmp_path,
     )
     _check_trained(run, tmp_path / "models", out / "datalist.json")
+    card = json.loads((tmp_path / "models" / "model_card.json").read_text())
+    assert card["network"]["stem_stride"] == 2 and card["plan"]["stem_stride"] == 2  # the CPU 3D plan's stem
