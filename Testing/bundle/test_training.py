@@ -2,6 +2,8 @@
 
 An interrupted run resumed from ``checkpoint_last.pt`` must end exactly where the uninterrupted run
 ends; an extended run follows the config's schedule; a checkpoint of another setup is refused.
+Each handler stands alone: the checkpoint saves the best model without the history handler and
+tells a validation of this epoch from a stale one.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 from ignite.engine import Engine, Events
-from monai.engines import SupervisedTrainer
-from monai.handlers import LrScheduleHandler
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import LrScheduleHandler, ValidationHandler
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from scripts.inferers import MultiTaskSimpleInferer
 from scripts.losses import MultiTaskLoss
 from scripts.networks import MultiTaskUNet
 from scripts.tasks import Keys
-from scripts.training import CheckpointHandler, HistoryHandler, ResumeError, prepare_batch
+from scripts.training import CheckpointHandler, HistoryHandler, ResumeError, prepare_batch, validated_this_epoch
 
 LR, ETA_MIN = 0.01, 0.0001
 NETWORK = {"spatial_dims": 2, "in_channels": 1, "seg_classes": 2, "num_classes": 4, "encoder": "unet",
@@ -171,3 +173,62 @@ def test_history_json_never_lists_an_epoch_the_checkpoint_lacks(tmp_path, monkey
     monkeypatch.setattr(training, "write_json_atomic", spy)
     _run(tmp_path, 3)
     assert written == [([1], 1, [1]), ([1, 2], 2, [1, 2]), ([1, 2, 3], 3, [1, 2, 3])]
+
+
+def _validated_run(evaluator: SupervisedEvaluator, handlers: list, net: MultiTaskUNet, loss: MultiTaskLoss, opt,
+                   max_epochs: int = 3, scores: dict[int, float] | None = None) -> SupervisedTrainer:
+    """A run whose evaluator (a MONAI SupervisedEvaluator) validates every 2nd epoch through ValidationHandler.
+
+    The evaluator's ``val_score`` is the trainer epoch it validated (improves every validation); at the
+    start of each trainer epoch in ``scores`` its metrics are overwritten with that value (a stale score
+    that no validation of this epoch produced).
+    """
+    trainer = SupervisedTrainer(device="cpu", max_epochs=max_epochs, train_data_loader=_batches(), network=net,
+                                optimizer=opt, loss_function=loss, inferer=MultiTaskSimpleInferer(),
+                                prepare_batch=prepare_batch, decollate=False,
+                                train_handlers=[ValidationHandler(interval=2, validator=evaluator, epoch_level=True),
+                                                *handlers])
+    for epoch, score in (scores or {}).items():
+        trainer.add_event_handler(Events.EPOCH_STARTED(once=epoch), lambda e, v=score: evaluator.state.metrics.update(val_score=v))
+    trainer.run()
+    return trainer
+
+
+def _evaluator(net: MultiTaskUNet) -> SupervisedEvaluator:
+    evaluator = SupervisedEvaluator(device="cpu", val_data_loader=_batches(), network=net, inferer=MultiTaskSimpleInferer(),
+                                    prepare_batch=prepare_batch, decollate=False)
+    evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val_score=float(e.state.epoch)))
+    return evaluator
+
+
+def test_monai_evaluators_report_the_trainer_epoch_they_validated():
+    torch.manual_seed(0)
+    net = MultiTaskUNet(**NETWORK)
+    evaluator, trainer = _evaluator(net), Engine(lambda e, b: None)
+    assert not validated_this_epoch(evaluator, trainer)  # neither ran
+    seen = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(validated_this_epoch(evaluator, e)))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(every=2), lambda e: evaluator.run(e.state.epoch))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(validated_this_epoch(evaluator, e)))
+    trainer.run([0], max_epochs=4)
+    assert seen == [False, False, False, True, False, False, False, True]  # (before, after) the validation, epochs 1-4
+    assert not validated_this_epoch(None, trainer)
+
+
+def test_the_checkpoint_saves_the_best_model_without_the_history_handler(tmp_path, monkeypatch):
+    import scripts.training as training
+
+    saved, save = [], training.save_atomic
+    monkeypatch.setattr(training, "save_atomic", lambda obj, path: (saved.append(Path(path).name), save(obj, path)))
+    torch.manual_seed(0)
+    net = MultiTaskUNet(**NETWORK)
+    loss = MultiTaskLoss(2, 4)
+    opt = torch.optim.AdamW(net.parameters(), lr=LR)
+    evaluator = _evaluator(net)
+    ckpt = CheckpointHandler(str(tmp_path), net, evaluator, {"network": net, "optimizer": opt}, CARD)
+    # epoch 3 is not validated (interval 2): a higher score left in the evaluator's metrics is not this epoch's
+    _validated_run(evaluator, [ckpt], net, loss, opt, max_epochs=3, scores={3: 99.0})
+    assert saved == ["checkpoint_last.pt", "model.pt", "checkpoint_last.pt", "checkpoint_last.pt"]  # model.pt at epoch 2 only
+    assert (ckpt.best_epoch, ckpt.best_score) == (2, 2.0)
+    assert torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["best"] == {"score": 2.0, "epoch": 2}
+    assert not hasattr(evaluator.state, "trainer_epoch")  # nothing stamps the evaluator

@@ -4,6 +4,9 @@ The engines are MONAI's own; what a multi-task bundle needs on top of them is he
 ``prepare_batch`` (keeps the target dictionary MONAI's default would drop), and handlers for the
 segmentation-only warm-up, the per-epoch history, best/last checkpoints with resume, and the
 model card written next to the weights.
+
+Whether the validation evaluator ran for the trainer's current epoch each handler reads from the
+evaluator itself (:func:`validated_this_epoch`), not from a stamp another handler sets.
 """
 
 from __future__ import annotations
@@ -89,6 +92,18 @@ def unwrap(network: nn.Module) -> nn.Module:
     return network.module if hasattr(network, "module") else network
 
 
+def validated_this_epoch(evaluator: Engine | None, trainer: Engine) -> bool:
+    """Whether ``evaluator`` ran for the trainer's current epoch (its metrics are this epoch's).
+
+    MONAI's ``Evaluator.run(global_epoch)`` -- ``ValidationHandler`` passes the trainer's epoch --
+    leaves the evaluator's ``state.epoch`` at that epoch; an evaluator that skipped this epoch
+    (``val_interval > 1``) or never ran holds an earlier epoch (0 before its first run).
+    """
+    state = getattr(evaluator, "state", None)
+    epoch = trainer.state.epoch
+    return state is not None and epoch > 0 and getattr(state, "epoch", None) == epoch
+
+
 class WarmupHandler:
     """Segmentation-only training for the first ``warmup_epochs`` epochs (the BUSI project's recipe)."""
 
@@ -141,7 +156,8 @@ class CheckpointHandler:
     loss, trainer epoch and history) and the best score, fits the schedule to the config's
     ``max_epochs`` (:func:`schedule_to_horizon`), and writes ``model_card.json``. After each epoch's
     validation it saves ``model.pt`` (plain network state dict) when ``score_name`` of the evaluator
-    improved, then ``checkpoint_last.pt``. Only rank 0 writes.
+    improved, then ``checkpoint_last.pt``. Only rank 0 writes. Whether the evaluator validated this
+    epoch it reads from the evaluator (:func:`validated_this_epoch`), so it needs no other handler.
     """
 
     def __init__(self, ckpt_dir: str, network: nn.Module, evaluator: Engine, to_save: dict[str, Any],
@@ -204,10 +220,9 @@ class CheckpointHandler:
     def epoch_completed(self, engine: Engine) -> None:
         if not is_main_process():
             return
-        score = self.evaluator.state.metrics.get(self.score_name) if self.evaluator.state else None
-        # the evaluator ran this epoch only when its epoch counter equals the trainer's (ValidationHandler)
-        fresh = self.evaluator.state is not None and getattr(self.evaluator.state, "trainer_epoch", None) == engine.state.epoch
-        if score is not None and fresh and score > self.best_score:
+        fresh = validated_this_epoch(self.evaluator, engine)
+        score = self.evaluator.state.metrics.get(self.score_name) if fresh else None
+        if score is not None and score > self.best_score:
             self.best_score, self.best_epoch = float(score), engine.state.epoch
             save_atomic(unwrap(self.network).state_dict(), self.dir / "model.pt")
             engine.logger.info(f"epoch {engine.state.epoch}: new best {self.score_name} {score:.4f} -> {self.dir / 'model.pt'}")
@@ -221,7 +236,7 @@ class HistoryHandler:
     """Per-epoch record (train loss and its task terms, learning rate, validation metrics) -> JSON.
 
     Attach to the trainer after the ``ValidationHandler`` so each epoch's record holds its
-    validation. Also stamps the evaluator state with the trainer epoch it validated.
+    validation (it checks with :func:`validated_this_epoch` that the evaluator ran for the epoch).
 
     The records are part of the trainer's state (ignite ``state_dict_user_keys``), so the trainer
     checkpoint carries them and a resumed run continues them. The file is written after every
@@ -247,7 +262,6 @@ class HistoryHandler:
         engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
-        self.evaluator.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "trainer_epoch", engine.state.epoch))
 
     def started(self, engine: Engine) -> None:
         self._continued = False
@@ -281,8 +295,8 @@ class HistoryHandler:
                                   "iterations": self._count,
                                   "lr": self.optimizer.param_groups[0]["lr"], "seg_only": self.loss.seg_only}
         record.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
-        ev = self.evaluator.state
-        if ev is not None and getattr(ev, "trainer_epoch", None) == engine.state.epoch:
+        if validated_this_epoch(self.evaluator, engine):
+            ev = self.evaluator.state
             record.update({f"val_{k}" if not k.startswith("val") else k: v for k, v in ev.metrics.items() if isinstance(v, (int, float))})
             details = getattr(ev, "metric_details", None)
             if details:  # a copy: the metric updates its details dict in place every validation
