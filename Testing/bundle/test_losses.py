@@ -1,7 +1,9 @@
-"""MultiTaskLoss: pinned values on tiny tensors (task and class weights), partial-label masking, learned task weights."""
+"""MultiTaskLoss: pinned values on tiny tensors (task and class weights), partial-label masking, learned task weights,
+task factors (the warm-up schedule's setting), and a forward that keeps no state."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -31,7 +33,8 @@ def test_pinned_fixed_weights() -> None:
     loss = MultiTaskLoss(2, 4, task_weights={"seg": 1.0, "cls": 0.5})
     preds, targets = _batch()
     assert loss(preds, targets).item() == pytest.approx(SEG_UNIFORM + 0.5 * LN4, abs=1e-4)
-    assert loss.last_terms == pytest.approx({"seg": SEG_UNIFORM, "cls": LN4}, abs=1e-4)
+    terms = {t.value: v.item() for t, v in loss.task_terms(preds, targets).items()}
+    assert terms == pytest.approx({"seg": SEG_UNIFORM, "cls": LN4}, abs=1e-4)
 
 
 def test_pinned_uncertainty_weights_at_zero_log_variance() -> None:
@@ -40,11 +43,70 @@ def test_pinned_uncertainty_weights_at_zero_log_variance() -> None:
     assert loss(preds, targets).item() == pytest.approx(0.5 * SEG_UNIFORM + 0.5 * LN4, abs=1e-4)
 
 
-def test_seg_only_warmup_drops_the_diagnosis_term() -> None:
-    loss = MultiTaskLoss(2, 4)
-    loss.seg_only = True
+def test_a_zero_task_factor_drops_the_diagnosis_term() -> None:
+    loss = MultiTaskLoss(2, 4, task_weights={"seg": 1.0, "cls": 0.5})
+    assert loss.task_factors == {"seg": 1.0, "cls": 1.0}
+    loss.task_factors = {"cls": 0.0}  # the warm-up: a task not named keeps factor 1
+    assert loss.task_factors == {"seg": 1.0, "cls": 0.0}
     preds, targets = _batch()
     assert loss(preds, targets).item() == pytest.approx(SEG_UNIFORM, abs=1e-4)
+    loss.task_factors = {"seg": 1.0, "cls": 2.0}  # a factor multiplies the task's weighted term
+    assert loss(preds, targets).item() == pytest.approx(SEG_UNIFORM + 2.0 * 0.5 * LN4, abs=1e-4)
+
+
+def test_a_zero_task_factor_drops_the_whole_uncertainty_term() -> None:
+    loss = MultiTaskLoss(2, 4, weighting="uncertainty")
+    with torch.no_grad():
+        loss.log_vars["cls"].fill_(1.0)  # a non-zero 0.5 * s that must not count either
+    loss.task_factors = {"seg": 1.0, "cls": 0.0}
+    preds, targets = _batch()
+    value = loss(preds, targets)
+    assert value.item() == pytest.approx(0.5 * SEG_UNIFORM, abs=1e-4)
+    value.backward()
+    assert loss.log_vars["cls"].grad is None and loss.log_vars["seg"].grad is not None  # AdamW skips it, as before
+
+
+@pytest.mark.parametrize(("factors", "match"), [
+    ({"det": 1.0}, "task_factors keys must be"),
+    ({"cls": -1.0}, "task_factors must be finite and non-negative"),
+    ({"cls": float("nan")}, "task_factors must be finite and non-negative"),
+])
+def test_invalid_task_factors(factors: dict, match: str) -> None:
+    loss = MultiTaskLoss(2, 4)
+    with pytest.raises(ValueError, match=match):
+        loss.task_factors = factors
+    assert loss.task_factors == {"seg": 1.0, "cls": 1.0}  # unchanged
+
+
+def _snapshot(module: torch.nn.Module) -> dict:
+    """Every plain attribute of the module and its submodules, and its state dict (copies)."""
+    skip = {"_parameters", "_buffers", "_modules"}
+    attrs = {name: {k: copy.deepcopy(v) for k, v in vars(m).items() if k not in skip and not callable(v)}
+             for name, m in module.named_modules()}
+    return {"attrs": attrs, "state": {k: v.clone() for k, v in module.state_dict().items()}}
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
+def test_forward_keeps_no_state(weighting: str) -> None:
+    loss = MultiTaskLoss(2, 4, weighting=weighting, cls_class_weights=[1.0, 2.0, 1.0, 1.0])
+    loss(*_batch())
+    before = _snapshot(loss)
+    preds, targets = _batch(has_seg=(1.0, 0.0), has_cls=(0.0, 1.0), classes=(-1, 2))
+    with torch.no_grad():
+        preds[Task.SEG.value][0, 1] = 3.0
+    loss(preds, targets)
+    after = _snapshot(loss)
+    assert after["attrs"] == before["attrs"]
+    torch.testing.assert_close(after["state"], before["state"])
+
+
+def test_the_state_dict_keys_are_those_of_earlier_checkpoints() -> None:
+    # checkpoint_last.pt files written before the task factors hold exactly these keys for the default loss
+    loss = MultiTaskLoss(2, 4, weighting="uncertainty")
+    assert set(loss.state_dict()) == {"log_vars.seg", "log_vars.cls"}
+    loss.task_factors = {"cls": 0.0}
+    loss.load_state_dict({"log_vars.seg": torch.tensor(0.3), "log_vars.cls": torch.tensor(-0.2)})  # strict
+    assert float(loss.log_vars["seg"].detach()) == pytest.approx(0.3) and loss.task_factors["cls"] == 0.0
 
 
 def test_samples_without_a_target_do_not_count() -> None:
@@ -61,7 +123,7 @@ def test_batch_without_any_target_gives_zero_with_a_graph() -> None:
     preds, targets = _batch(has_seg=(0.0,), has_cls=(0.0,), classes=(-1,))
     value = loss(preds, targets)
     value.backward()
-    assert value.item() == 0.0 and loss.last_terms == {}
+    assert value.item() == 0.0 and loss.task_terms(preds, targets) == {}
 
 
 def test_uncertainty_weights_are_optimised_and_fixed_ones_are_not() -> None:

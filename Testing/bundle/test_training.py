@@ -2,8 +2,9 @@
 
 An interrupted run resumed from ``checkpoint_last.pt`` must end exactly where the uninterrupted run
 ends; an extended run follows the config's schedule; a checkpoint of another setup is refused.
-Each handler stands alone: the checkpoint saves the best model without the history handler and
-tells a validation of this epoch from a stale one.
+Each handler stands alone: the checkpoint saves the best model without the history handler, both
+tell a validation of this epoch from a stale one, and the task-weight schedule sets the loss's
+factors by epoch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from scripts.inferers import MultiTaskSimpleInferer
 from scripts.losses import MultiTaskLoss
 from scripts.networks import MultiTaskUNet
 from scripts.tasks import Keys
-from scripts.training import CheckpointHandler, HistoryHandler, ResumeError, prepare_batch, validated_this_epoch
+from scripts.training import (CheckpointHandler, HistoryHandler, ResumeError, TaskWeightSchedule, prepare_batch,
+                              validated_this_epoch)
 
 LR, ETA_MIN = 0.01, 0.0001
 NETWORK = {"spatial_dims": 2, "in_channels": 1, "seg_classes": 2, "num_classes": 4, "encoder": "unet",
@@ -232,3 +234,46 @@ def test_the_checkpoint_saves_the_best_model_without_the_history_handler(tmp_pat
     assert (ckpt.best_epoch, ckpt.best_score) == (2, 2.0)
     assert torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["best"] == {"score": 2.0, "epoch": 2}
     assert not hasattr(evaluator.state, "trainer_epoch")  # nothing stamps the evaluator
+
+
+def test_the_history_records_validations_of_their_epoch_and_the_terms_of_the_weights_in_effect(tmp_path):
+    torch.manual_seed(0)
+    net = MultiTaskUNet(**NETWORK)
+    loss = MultiTaskLoss(2, 4, task_weights={"seg": 1.0, "cls": 0.5})
+    opt = torch.optim.AdamW(net.parameters(), lr=LR)
+    evaluator = _evaluator(net)
+    history = HistoryHandler(str(tmp_path / "history.json"), loss, opt, evaluator)
+    _validated_run(evaluator, [TaskWeightSchedule(loss, warmup_epochs=1), history], net, loss, opt, max_epochs=3,
+                   scores={3: 99.0})
+    records = _history(tmp_path)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [r.get("val_score") for r in records] == [None, 2.0, None]  # epoch 3's stale 99 is not recorded
+    assert [r["seg_only"] for r in records] == [True, False, False]
+    for r in records:
+        assert r["iterations"] == 2 and {"loss", "loss_seg", "loss_cls"} <= set(r)
+    warm, joint = records[0], records[1]
+    assert warm["loss"] == pytest.approx(warm["loss_seg"], rel=1e-6)  # the diagnosis term is computed, not used
+    assert joint["loss"] == pytest.approx(joint["loss_seg"] + 0.5 * joint["loss_cls"], rel=1e-6)
+
+
+def test_the_task_weight_schedule_sets_the_factors_by_epoch():
+    loss = MultiTaskLoss(2, 4)
+    schedule = TaskWeightSchedule(loss, warmup_epochs=2)
+    assert [schedule.factors(e)["cls"] for e in (1, 2, 3, 10)] == [0.0, 0.0, 1.0, 1.0]
+    assert all(schedule.factors(e)["seg"] == 1.0 for e in (1, 3))
+    trainer = Engine(lambda e, b: loss.task_factors)
+    schedule.attach(trainer)
+    in_effect = {}
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: in_effect.__setitem__(e.state.epoch, e.state.output))
+    trainer.run([0], max_epochs=4)
+    assert in_effect == {1: {"seg": 1.0, "cls": 0.0}, 2: {"seg": 1.0, "cls": 0.0}, 3: {"seg": 1.0, "cls": 1.0},
+                         4: {"seg": 1.0, "cls": 1.0}}
+    resumed = Engine(lambda e, b: loss.task_factors)  # a resumed run starts at epoch 2: the schedule has no state
+    TaskWeightSchedule(loss, warmup_epochs=2).attach(resumed)
+    resumed.load_state_dict({"iteration": 1, "epoch_length": 1, "max_epochs": 3})
+    resumed.add_event_handler(Events.ITERATION_COMPLETED, lambda e: in_effect.__setitem__(e.state.epoch, e.state.output))
+    in_effect.clear()
+    resumed.run([0])
+    assert in_effect == {2: {"seg": 1.0, "cls": 0.0}, 3: {"seg": 1.0, "cls": 1.0}}
+    with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
+        TaskWeightSchedule(loss, warmup_epochs=-1)

@@ -6,7 +6,8 @@ segmentation term, one without a diagnosis (``has_cls == 0``) nothing to the cla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import torch
 from monai.losses import DiceCELoss
@@ -79,8 +80,16 @@ class MultiTaskLoss(nn.Module):
 
     ``forward(preds, targets)``: ``preds = {"seg": (B, S, *spatial) logits, "cls": (B, K) logits}``;
     ``targets = {"seg": (B, 1, *spatial) int, "cls": (B,) int, "has_seg": (B,), "has_cls": (B,)}``.
-    Returns the scalar total; the per-task terms of the last call are in ``last_terms``.
-    ``seg_only = True`` (the warm-up phase) drops the diagnosis term.
+    Returns the scalar total and nothing else: a call keeps no state (no per-step host sync). The
+    unweighted per-task terms of a batch are :meth:`task_terms` (the training history computes them
+    from the trainer's output).
+
+    ``task_factors`` (public setting, ``{"seg": 1.0, "cls": 1.0}`` at construction) scales each task's
+    contribution on top of its weighting, the way an optimizer's ``lr`` is set by a schedule:
+    :class:`scripts.training.TaskWeightSchedule` sets the diagnosis factor to 0 during the
+    segmentation-only warm-up. A task with factor 0 adds nothing at all (with ``"uncertainty"`` not
+    its ``0.5 * s`` either, so its log-variance gets no gradient); factors are not part of the
+    state dict (the schedule sets them again from the epoch on a resume).
 
     Raises:
         ValueError: an argument is out of range; the message names it and its value.
@@ -124,8 +133,27 @@ class MultiTaskLoss(nn.Module):
         self.log_vars = nn.ParameterDict({t.value: nn.Parameter(torch.zeros(())) for t in Task})
         if weighting == "fixed":
             self.log_vars.requires_grad_(False)
-        self.seg_only = False
-        self.last_terms: dict[str, float] = {}
+        self._task_factors: dict[Task, float] = {t: 1.0 for t in Task}
+
+    @property
+    def task_factors(self) -> dict[str, float]:
+        """The per-task factors in effect (a copy): ``{"seg": f, "cls": f}``."""
+        return {t.value: f for t, f in self._task_factors.items()}
+
+    @task_factors.setter
+    def task_factors(self, factors: Mapping[str, float]) -> None:
+        """Set the factors; a task not named gets 1.0.
+
+        Raises:
+            ValueError: an unknown task, or a factor that is negative or not finite.
+        """
+        unknown = {str(k.value if isinstance(k, Task) else k) for k in factors} - {t.value for t in Task}
+        if unknown:
+            raise ValueError(f"task_factors keys must be {[t.value for t in Task]}, got {sorted(unknown)}")
+        values = {Task(k): float(v) for k, v in factors.items()}
+        if any(not math.isfinite(v) or v < 0 for v in values.values()):
+            raise ValueError(f"task_factors must be finite and non-negative, got {dict(factors)}")
+        self._task_factors = {t: values.get(t, 1.0) for t in Task}
 
     def task_terms(self, preds: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[Task, torch.Tensor]:
         """Unweighted per-task losses over the samples that carry that task's target.
@@ -144,14 +172,15 @@ class MultiTaskLoss(nn.Module):
 
     def forward(self, preds: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         terms = self.task_terms(preds, targets)
-        active = [t for t in ((Task.SEG,) if self.seg_only else tuple(Task)) if t in terms]
         # zero with a graph, so a batch with no usable target still back-propagates (nothing)
         total = preds[Task.SEG].sum() * 0.0 + preds[Task.CLS].sum() * 0.0
-        for task in active:
+        for task, term in terms.items():
+            factor = self._task_factors[task]
+            if factor == 0.0:  # switched off: no term, no log-variance term, no gradient for it
+                continue
             if self.weighting == "uncertainty":
                 s = self.log_vars[task.value]
-                total = total + 0.5 * torch.exp(-s) * terms[task] + 0.5 * s
+                total = total + factor * 0.5 * torch.exp(-s) * term + factor * 0.5 * s
             else:
-                total = total + self.task_weights[task] * terms[task]
-        self.last_terms = {t.value: float(v.detach()) for t, v in terms.items()}
+                total = total + factor * self.task_weights[task] * term
         return total

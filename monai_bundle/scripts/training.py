@@ -2,11 +2,12 @@
 
 The engines are MONAI's own; what a multi-task bundle needs on top of them is here:
 ``prepare_batch`` (keeps the target dictionary MONAI's default would drop), and handlers for the
-segmentation-only warm-up, the per-epoch history, best/last checkpoints with resume, and the
-model card written next to the weights.
+task-weight schedule (the segmentation-only warm-up), the per-epoch history, best/last checkpoints
+with resume, and the model card written next to the weights.
 
-Whether the validation evaluator ran for the trainer's current epoch each handler reads from the
-evaluator itself (:func:`validated_this_epoch`), not from a stamp another handler sets.
+Each handler stands alone: none relies on another having run or having stamped a state. Whether
+the validation evaluator ran for the trainer's current epoch is read from the evaluator itself
+(:func:`validated_this_epoch`); the loss is a pure function whose task factors a schedule sets.
 """
 
 from __future__ import annotations
@@ -104,8 +105,14 @@ def validated_this_epoch(evaluator: Engine | None, trainer: Engine) -> bool:
     return state is not None and epoch > 0 and getattr(state, "epoch", None) == epoch
 
 
-class WarmupHandler:
-    """Segmentation-only training for the first ``warmup_epochs`` epochs (the BUSI project's recipe)."""
+class TaskWeightSchedule:
+    """Per-epoch task factors of the loss (``MultiTaskLoss.task_factors``), set as an LR schedule sets the lr.
+
+    Epochs ``1 .. warmup_epochs`` train the segmentation alone (diagnosis factor 0: the BUSI
+    project's recipe), later epochs both tasks (factor 1). Attached to the trainer, it sets the
+    factors at every epoch's start from the epoch number alone, so a resumed run gets the factors
+    of the epoch it resumes at and the schedule keeps no state of its own.
+    """
 
     def __init__(self, loss: MultiTaskLoss, warmup_epochs: int = 0) -> None:
         if warmup_epochs < 0:
@@ -113,11 +120,19 @@ class WarmupHandler:
         self.loss = loss
         self.warmup_epochs = warmup_epochs
 
+    def factors(self, epoch: int) -> dict[str, float]:
+        """The task factors of (1-based) ``epoch``."""
+        return {Task.SEG.value: 1.0, Task.CLS.value: 0.0 if epoch <= self.warmup_epochs else 1.0}
+
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        self.loss.seg_only = engine.state.epoch <= self.warmup_epochs
+        self.loss.task_factors = self.factors(engine.state.epoch)
+
+
+#: the former name of :class:`TaskWeightSchedule` (configs written for earlier versions)
+WarmupHandler = TaskWeightSchedule
 
 
 def schedule_to_horizon(scheduler: Any, max_epochs: int) -> None:
@@ -238,6 +253,13 @@ class HistoryHandler:
     Attach to the trainer after the ``ValidationHandler`` so each epoch's record holds its
     validation (it checks with :func:`validated_this_epoch` that the evaluator ran for the epoch).
 
+    The task terms (``loss_seg``, ``loss_cls``: unweighted, as ``MultiTaskLoss.task_terms``) are
+    computed from the trainer's output (``pred`` and ``label``) without gradients, so the loss keeps
+    no state. The loss and its terms are summed on the device and read once per epoch (no host
+    sync per step); each is the mean over the epoch's iterations (an iteration without a task's
+    target adds 0). ``seg_only`` is true when every task factor but the segmentation's is 0 (the
+    warm-up of :class:`TaskWeightSchedule`).
+
     The records are part of the trainer's state (ignite ``state_dict_user_keys``), so the trainer
     checkpoint carries them and a resumed run continues them. The file is written after every
     other end-of-epoch handler, the checkpoint's included: ``history.json`` never lists an epoch
@@ -249,7 +271,7 @@ class HistoryHandler:
     def __init__(self, path: str, loss: MultiTaskLoss, optimizer: torch.optim.Optimizer, evaluator: Engine) -> None:
         self.path, self.loss, self.optimizer, self.evaluator = Path(path), loss, optimizer, evaluator
         self.records: list[dict[str, Any]] = []
-        self._sums: dict[str, float] = {}
+        self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
         self._t0 = 0.0
         self._continued = False
@@ -282,19 +304,31 @@ class HistoryHandler:
             self._continue_history(engine)
         self._sums, self._count, self._t0 = {}, 0, time.perf_counter()
 
+    def _add(self, key: str, value: Any) -> None:
+        value = torch.as_tensor(value).detach().reshape(())
+        value = value.double() if value.device.type != "mps" else value.float()  # MPS has no float64
+        self._sums[key] = self._sums[key] + value if key in self._sums else value
+
     def iteration_completed(self, engine: Engine) -> None:
         out = engine.state.output
-        loss = out["loss"] if isinstance(out, dict) else out[0]["loss"]
-        self._sums["loss"] = self._sums.get("loss", 0.0) + float(torch.as_tensor(loss).detach())
-        for task, value in self.loss.last_terms.items():
-            self._sums[f"loss_{task}"] = self._sums.get(f"loss_{task}", 0.0) + value
+        batch = out if isinstance(out, dict) else _collate_output(out)
+        self._add("loss", batch["loss"])
+        with torch.no_grad():
+            preds = {k: v.float() for k, v in batch["pred"].items()}  # as the loss sees them under autocast
+            for task, value in self.loss.task_terms(preds, batch["label"]).items():
+                self._add(f"loss_{task.value}", value)
         self._count += 1
 
     def epoch_completed(self, engine: Engine) -> None:
+        factors = self.loss.task_factors
+        seg_only = all(f == 0.0 for task, f in factors.items() if task != Task.SEG.value)
         record: dict[str, Any] = {"epoch": engine.state.epoch, "seconds": round(time.perf_counter() - self._t0, 2),
                                   "iterations": self._count,
-                                  "lr": self.optimizer.param_groups[0]["lr"], "seg_only": self.loss.seg_only}
-        record.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
+                                  "lr": self.optimizer.param_groups[0]["lr"], "seg_only": seg_only}
+        if self._sums:  # one host read per epoch
+            keys = list(self._sums)
+            sums = torch.stack([self._sums[k] for k in keys]).tolist()
+            record.update({k: v / max(self._count, 1) for k, v in zip(keys, sums)})
         if validated_this_epoch(self.evaluator, engine):
             ev = self.evaluator.state
             record.update({f"val_{k}" if not k.startswith("val") else k: v for k, v in ev.metrics.items() if isinstance(v, (int, float))})
@@ -308,6 +342,15 @@ class HistoryHandler:
     def write(self, engine: Engine) -> None:
         if is_main_process():
             write_json_atomic(self.path, self.records)
+
+
+def _collate_output(outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A decollated trainer output (one dict per sample) as the batch dict of ``decollate=False``."""
+    from torch.utils.data import default_collate
+
+    first = outputs[0]
+    return {"loss": first["loss"], "pred": default_collate([o["pred"] for o in outputs]),
+            "label": default_collate([o["label"] for o in outputs])}
 
 
 class LossGradientSync:
