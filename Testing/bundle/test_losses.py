@@ -154,6 +154,7 @@ def test_uncertainty_weights_are_optimised_and_fixed_ones_are_not() -> None:
         ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\), got 1.0"),
         ({"seg_class_weights": [1.0]}, "seg_class_weights must have 2 entries"),
         ({"cls_class_weights": [0.0, 0.0, 0.0, 0.0]}, "cls_class_weights must be non-negative and not all zero"),
+        ({"dice_sample_share": 1.5}, r"dice_sample_share must be in \[0, 1\], got 1.5"),
     ],
 )
 def test_invalid_arguments(kwargs: dict, match: str) -> None:
@@ -211,3 +212,41 @@ def test_balanced_class_weights_follow_the_training_class_counts() -> None:
     assert class_weights_for([1, 2], samples, 2) == [1.0, 2.0] and class_weights_for(None, samples, 3) is None
     with pytest.raises(ValueError, match="balanced"):
         class_weights_for("inverse", samples, 3)
+
+
+def _one_big_one_small_lesion() -> tuple[dict, dict]:
+    """Two 32x32 images: a 16x16 lesion segmented exactly, a 2x2 lesion missed (confident logits)."""
+    mask = torch.zeros(2, 1, 32, 32, dtype=torch.long)
+    mask[0, 0, 8:24, 8:24] = 1
+    mask[1, 0, 4:6, 4:6] = 1
+    predicted = mask.clone()
+    predicted[1] = 0  # the small lesion is missed
+    logits = torch.cat([(predicted == 0).float(), (predicted == 1).float()], dim=1) * 8.0 - 4.0
+    preds = {Task.SEG.value: logits.requires_grad_(), Task.CLS.value: torch.zeros(2, 4)}
+    targets = {Task.SEG.value: mask, Task.CLS.value: torch.tensor([0, 1]),
+               Keys.HAS_SEG.value: torch.ones(2), Keys.HAS_CLS.value: torch.ones(2)}
+    return preds, targets
+
+
+def test_the_per_image_dice_share_makes_a_missed_small_lesion_count() -> None:
+    """Over the batch a missed 4-pixel lesion beside a found 256-pixel one costs ~1.5 % of the Dice; per image
+    it costs half of it. Share 0 is the batch DiceCE unchanged, share 1 MONAI's per-image DiceCE, between a mix."""
+    from monai.losses import DiceCELoss
+
+    preds, targets = _one_big_one_small_lesion()
+    seg, mask = preds[Task.SEG.value], targets[Task.SEG.value]
+    value = {share: MultiTaskLoss(2, 4, dice_sample_share=share).task_terms(preds, targets)[Task.SEG].item()
+             for share in (0.0, 0.5, 1.0)}
+    batch = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, include_background=False)(seg, mask).item()
+    per_image = DiceCELoss(to_onehot_y=True, softmax=True, batch=False, include_background=False)(seg, mask).item()
+    assert value[0.0] == pytest.approx(batch, abs=1e-6) and value[1.0] == pytest.approx(per_image, abs=1e-6)
+    assert value[0.5] == pytest.approx((batch + per_image) / 2, abs=1e-6)
+    assert value[1.0] - value[0.0] > 0.4  # the missed small lesion: ~0.5 per image against ~0.02 over the batch
+    # and the gradient on the missed lesion's pixels is many times larger with the per-image share
+    def grad_on_small(share: float) -> float:
+        p, t = _one_big_one_small_lesion()
+        MultiTaskLoss(2, 4, dice_sample_share=share, lambda_ce=0.0).task_terms(p, t)[Task.SEG].backward()
+        return p[Task.SEG.value].grad[1, 1, 4:6, 4:6].abs().sum().item()
+    assert grad_on_small(1.0) > 10 * grad_on_small(0.0)
+    # share 0 adds no module (earlier checkpoints' loss state loads unchanged)
+    assert MultiTaskLoss(2, 4).sample_dice is None and MultiTaskLoss(2, 4, dice_sample_share=0.5).sample_dice is not None

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
 from scripts.tasks import Keys, Task
@@ -77,6 +77,12 @@ class MultiTaskLoss(nn.Module):
         dice_include_background: whether the Dice term also scores the background (default False, as
             nnU-Net: with lesions of 1 % of the image the background's near-perfect Dice halves the
             lesions' share of the gradient; the CE term always covers every class).
+        dice_sample_share: share of the Dice term computed per image rather than over the whole batch,
+            in [0, 1] (default 0: the batch Dice of nnU-Net's 2D setting). A batch Dice is dominated by
+            the large lesions of the batch: a missed lesion of 30 pixels beside one of 3000 barely moves
+            it. The per-image Dice counts every image's lesion alike, so small lesions pull as hard as
+            large ones; but an image with an empty mask gives it no gradient (its Dice is ~1 whatever is
+            predicted), so only the batch share and the CE term penalise segments on tumour-free images.
 
     ``forward(preds, targets)``: ``preds = {"seg": (B, S, *spatial) logits, "cls": (B, K) logits}``;
     ``targets = {"seg": (B, 1, *spatial) int, "cls": (B,) int, "has_seg": (B,), "has_cls": (B,)}``.
@@ -107,6 +113,7 @@ class MultiTaskLoss(nn.Module):
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
         dice_include_background: bool = False,
+        dice_sample_share: float = 0.0,
     ) -> None:
         super().__init__()
         if weighting not in WEIGHTINGS:
@@ -119,12 +126,21 @@ class MultiTaskLoss(nn.Module):
             raise ValueError(f"task_weights must be non-negative and not all zero, got {weights}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not 0.0 <= dice_sample_share <= 1.0:
+            raise ValueError(f"dice_sample_share must be in [0, 1], got {dice_sample_share}")
         self.weighting = weighting
         self.task_weights = {Task(k): float(v) for k, v in weights.items()}
+        seg_weight = _class_weights("seg_class_weights", seg_class_weights, seg_classes)
         self.seg_loss = DiceCELoss(
-            to_onehot_y=True, softmax=True, batch=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
-            include_background=dice_include_background,
-            weight=_class_weights("seg_class_weights", seg_class_weights, seg_classes),
+            to_onehot_y=True, softmax=True, batch=True, lambda_dice=lambda_dice * (1.0 - dice_sample_share),
+            lambda_ce=lambda_ce, include_background=dice_include_background, weight=seg_weight,
+        )
+        # the per-image share of the Dice (absent at share 0, so the module and its state stay as before)
+        self.sample_dice_weight = lambda_dice * dice_sample_share
+        self.sample_dice = (
+            DiceLoss(to_onehot_y=True, softmax=True, batch=False, include_background=dice_include_background,
+                     weight=seg_weight if seg_weight is None or dice_include_background else seg_weight[1:])
+            if dice_sample_share > 0 else None
         )
         self.cls_loss = nn.CrossEntropyLoss(
             weight=_class_weights("cls_class_weights", cls_class_weights, num_classes), label_smoothing=label_smoothing
@@ -165,7 +181,10 @@ class MultiTaskLoss(nn.Module):
         has_cls = targets[Keys.HAS_CLS].reshape(-1) > 0
         terms: dict[Task, torch.Tensor] = {}
         if has_seg.any():
-            terms[Task.SEG] = self.seg_loss(seg_logits[has_seg], targets[Task.SEG][has_seg].long())
+            seg, mask = seg_logits[has_seg], targets[Task.SEG][has_seg].long()
+            terms[Task.SEG] = self.seg_loss(seg, mask)
+            if self.sample_dice is not None:
+                terms[Task.SEG] = terms[Task.SEG] + self.sample_dice_weight * self.sample_dice(seg, mask)
         if has_cls.any():
             terms[Task.CLS] = self.cls_loss(cls_logits[has_cls], targets[Task.CLS].reshape(-1)[has_cls].long())
         return terms
