@@ -195,8 +195,7 @@ def overrides_for(variant: str, datalist: Path, work: Path, epochs: int) -> dict
     from scripts.canonical import median_target_spacing
 
     spacing = median_target_spacing(load_datalist(datalist).split("training"))
-    after = {**common, "target_spacing": spacing, "crop_foreground": True, "cache_dir": str(work / "cache"),
-             "stem_stride": 1}
+    after = {**common, "target_spacing": spacing, "crop_foreground": True, "cache_dir": str(work / "cache")}
     if variant == "stem":
         return {**after, "ckpt_dir": str(work / "models_stem"), "stem_stride": 2, "network_channels": [16, 32, 64]}
     return after

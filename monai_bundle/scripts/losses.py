@@ -130,16 +130,16 @@ class MultiTaskLoss(nn.Module):
             raise ValueError(f"dice_sample_share must be in [0, 1], got {dice_sample_share}")
         self.weighting = weighting
         self.task_weights = {Task(k): float(v) for k, v in weights.items()}
-        seg_weight = _class_weights("seg_class_weights", seg_class_weights, seg_classes)
         self.seg_loss = DiceCELoss(
             to_onehot_y=True, softmax=True, batch=True, lambda_dice=lambda_dice * (1.0 - dice_sample_share),
-            lambda_ce=lambda_ce, include_background=dice_include_background, weight=seg_weight,
+            lambda_ce=lambda_ce, include_background=dice_include_background,
+            weight=_class_weights("seg_class_weights", seg_class_weights, seg_classes),
         )
         # the per-image share of the Dice (absent at share 0, so the module and its state stay as before)
         self.sample_dice_weight = lambda_dice * dice_sample_share
         self.sample_dice = (
             DiceLoss(to_onehot_y=True, softmax=True, batch=False, include_background=dice_include_background,
-                     weight=seg_weight if seg_weight is None or dice_include_background else seg_weight[1:])
+                     weight=self.seg_loss.dice.class_weight)  # the batch Dice's class weights, as MONAI sliced them
             if dice_sample_share > 0 else None
         )
         self.cls_loss = nn.CrossEntropyLoss(

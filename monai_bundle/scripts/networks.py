@@ -38,7 +38,6 @@ class ConvBlock(nn.Sequential):
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, stride: int = 1) -> None:
         conv, norm = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims]
-        self.out_channels = out_channels
         super().__init__(
             conv(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
             norm(out_channels),
