@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from scripts.losses import MultiTaskLoss
+from scripts.losses import MultiTaskLoss, presence_logits
 from scripts.tasks import Keys, Task
 
 LN2, LN4 = math.log(2), math.log(4)
@@ -155,6 +155,9 @@ def test_uncertainty_weights_are_optimised_and_fixed_ones_are_not() -> None:
         ({"seg_class_weights": [1.0]}, "seg_class_weights must have 2 entries"),
         ({"cls_class_weights": [0.0, 0.0, 0.0, 0.0]}, "cls_class_weights must be non-negative and not all zero"),
         ({"dice_sample_share": 1.5}, r"dice_sample_share must be in \[0, 1\], got 1.5"),
+        ({"presence_weight": -0.5}, "presence_weight must be finite and non-negative, got -0.5"),
+        ({"presence_top_k": 0}, "presence_top_k must be at least 1, got 0"),
+        ({"presence_positive_weight": float("nan")}, "presence_positive_weight must be finite and non-negative"),
     ],
 )
 def test_invalid_arguments(kwargs: dict, match: str) -> None:
@@ -250,3 +253,47 @@ def test_the_per_image_dice_share_makes_a_missed_small_lesion_count() -> None:
     assert grad_on_small(1.0) > 10 * grad_on_small(0.0)
     # share 0 adds no module (earlier checkpoints' loss state loads unchanged)
     assert MultiTaskLoss(2, 4).sample_dice is None and MultiTaskLoss(2, 4, dice_sample_share=0.5).sample_dice is not None
+
+
+def test_presence_logits_are_the_mean_of_the_top_k_pixel_lesion_logits() -> None:
+    seg = torch.zeros(1, 3, 2, 3)
+    seg[0, 1, 0, :] = torch.tensor([1.0, 2.0, 3.0])  # class 1 on the first row; class 2 and background at 0
+    # pixel lesion logit: log(e^{s1} + e^{s2}) - s0
+    z = torch.log(torch.exp(seg[0, 1]) + torch.exp(seg[0, 2])).reshape(-1)
+    assert presence_logits(seg, 2).item() == pytest.approx(z.topk(2).values.mean().item(), abs=1e-6)
+    assert presence_logits(seg, 100).item() == pytest.approx(z.mean().item(), abs=1e-6)  # k clipped to the pixels
+
+
+def test_the_presence_term_costs_a_small_false_segment_on_a_tumour_free_image() -> None:
+    """A 4-pixel false segment on a 32x32 image without a lesion: the pixel-summed Dice and CE terms barely
+    notice it, the presence term costs it like a wrong image-level answer; with a lesion, a confident
+    lesion answer is cheap. Weight 0 leaves the loss unchanged."""
+    seg = torch.full((2, 2, 32, 32), 4.0)
+    seg[:, 1] = -4.0  # confidently background everywhere...
+    seg[0, 1, 3:5, 3:5] = 8.0  # ...but image 0 (tumour-free) has a confident 4-pixel false segment
+    seg[1, 1, 10:14, 10:14] = 8.0  # image 1 segments its 16-pixel lesion
+    mask = torch.zeros(2, 1, 32, 32, dtype=torch.long)
+    mask[1, 0, 10:14, 10:14] = 1
+    preds = {Task.SEG.value: seg.clone().requires_grad_(), Task.CLS.value: torch.zeros(2, 4)}
+    targets = {Task.SEG.value: mask, Task.CLS.value: torch.tensor([0, 1]),
+               Keys.HAS_SEG.value: torch.ones(2), Keys.HAS_CLS.value: torch.ones(2)}
+    plain = MultiTaskLoss(2, 4).task_terms(preds, targets)[Task.SEG].item()
+    with_presence = MultiTaskLoss(2, 4, presence_weight=1.0).task_terms(preds, targets)[Task.SEG].item()
+    presence = MultiTaskLoss(2, 4, presence_weight=1.0, presence_top_k=4).presence_loss(seg, mask).item()
+    assert with_presence == pytest.approx(plain + presence, abs=1e-5)
+    # image 0: its 4 false pixels have lesion logit 8 - 4 = 4 -> BCE ~ 4; image 1: its lesion says so -> ~ 0
+    assert presence > 1.5 and plain < 0.8
+    image0 = torch.nn.functional.binary_cross_entropy_with_logits(presence_logits(seg, 4)[:1], torch.zeros(1))
+    assert presence == pytest.approx(image0.item() / 2, rel=0.01)
+    # removing the false segment removes the presence cost
+    clean = seg.clone()
+    clean[0, 1, 3:5, 3:5] = -4.0
+    assert MultiTaskLoss(2, 4, presence_weight=1.0).presence_loss(clean, mask).item() < 0.01
+    assert MultiTaskLoss(2, 4, presence_weight=0.0).task_terms(preds, targets)[Task.SEG].item() == pytest.approx(plain)
+    # positive weight 0: only the tumour-free image counts; an image with a lesion adds nothing, whatever it predicts
+    negatives_only = MultiTaskLoss(2, 4, presence_weight=1.0, presence_positive_weight=0.0)
+    assert negatives_only.presence_loss(seg, mask).item() == pytest.approx(image0.item() / 2, rel=1e-4)
+    missed = seg.clone()
+    missed[1, 1] = -4.0  # image 1's lesion missed
+    assert negatives_only.presence_loss(missed, mask).item() == pytest.approx(image0.item() / 2, rel=1e-4)
+    assert MultiTaskLoss(2, 4, presence_weight=1.0).presence_loss(missed, mask).item() > presence + 1.0

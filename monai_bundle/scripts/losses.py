@@ -60,6 +60,14 @@ def class_weights_for(weights: str | Sequence[float] | None, samples: Sequence[d
     return [round(min(max(total / (num_classes * n), low), high), 4) if n else high for n in counts]
 
 
+def presence_logits(seg_logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """``(B,)`` image-level lesion logits of ``(B, S, *spatial)`` segmentation logits: the mean of the
+    ``top_k`` largest pixel lesion logits, ``logsumexp(foreground classes) - background``."""
+    z = torch.logsumexp(seg_logits[:, 1:].float(), dim=1) - seg_logits[:, 0].float()
+    z = z.reshape(z.shape[0], -1)
+    return z.topk(min(top_k, z.shape[1]), dim=1).values.mean(dim=1)
+
+
 class MultiTaskLoss(nn.Module):
     """``loss(preds, targets)`` for the dictionaries of the network and of ``prepare_batch``.
 
@@ -83,6 +91,17 @@ class MultiTaskLoss(nn.Module):
             it. The per-image Dice counts every image's lesion alike, so small lesions pull as hard as
             large ones; but an image with an empty mask gives it no gradient (its Dice is ~1 whatever is
             predicted), so only the batch share and the CE term penalise segments on tumour-free images.
+        presence_weight: weight of the lesion-presence term (default 0: none). The segmentation's
+            own answer to "is there a lesion?" -- the mean lesion logit of its ``presence_top_k`` most
+            lesion-like pixels (voxels), the lesion logit being ``logsumexp(foreground) - background`` --
+            is trained with a binary CE against "the mask is not empty". The Dice and CE terms sum over
+            pixels, so a 40-pixel false segment on a tumour-free image costs them little; this term
+            costs it as much as a missed image-level answer, which is what a reader and the diagnosis
+            see (a tumour-free diagnosis beside a segment is a contradiction). On an image with a
+            lesion it pulls the most lesion-like pixels up, so keep ``presence_top_k`` below the
+            smallest lesion (in pixels at the network's input size).
+        presence_positive_weight: weight of the images with a lesion in the presence term (those
+            without count 1); 0 makes it a pure penalty on segments where the mask is empty.
 
     ``forward(preds, targets)``: ``preds = {"seg": (B, S, *spatial) logits, "cls": (B, K) logits}``;
     ``targets = {"seg": (B, 1, *spatial) int, "cls": (B,) int, "has_seg": (B,), "has_cls": (B,)}``.
@@ -114,6 +133,9 @@ class MultiTaskLoss(nn.Module):
         lambda_ce: float = 1.0,
         dice_include_background: bool = False,
         dice_sample_share: float = 0.0,
+        presence_weight: float = 0.0,
+        presence_top_k: int = 4,
+        presence_positive_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if weighting not in WEIGHTINGS:
@@ -128,6 +150,14 @@ class MultiTaskLoss(nn.Module):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if not 0.0 <= dice_sample_share <= 1.0:
             raise ValueError(f"dice_sample_share must be in [0, 1], got {dice_sample_share}")
+        if not (math.isfinite(presence_weight) and presence_weight >= 0):
+            raise ValueError(f"presence_weight must be finite and non-negative, got {presence_weight}")
+        if int(presence_top_k) < 1:
+            raise ValueError(f"presence_top_k must be at least 1, got {presence_top_k}")
+        if not (math.isfinite(presence_positive_weight) and presence_positive_weight >= 0):
+            raise ValueError(f"presence_positive_weight must be finite and non-negative, got {presence_positive_weight}")
+        self.presence_weight, self.presence_top_k = float(presence_weight), int(presence_top_k)
+        self.presence_positive_weight = float(presence_positive_weight)
         self.weighting = weighting
         self.task_weights = {Task(k): float(v) for k, v in weights.items()}
         self.seg_loss = DiceCELoss(
@@ -185,9 +215,21 @@ class MultiTaskLoss(nn.Module):
             terms[Task.SEG] = self.seg_loss(seg, mask)
             if self.sample_dice is not None:
                 terms[Task.SEG] = terms[Task.SEG] + self.sample_dice_weight * self.sample_dice(seg, mask)
+            if self.presence_weight > 0:
+                terms[Task.SEG] = terms[Task.SEG] + self.presence_weight * self.presence_loss(seg, mask)
         if has_cls.any():
             terms[Task.CLS] = self.cls_loss(cls_logits[has_cls], targets[Task.CLS].reshape(-1)[has_cls].long())
         return terms
+
+    def presence_loss(self, seg_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Binary CE of the segmentation's image-level lesion logit against "the mask is not empty".
+
+        ``seg_logits (B, S, *spatial)``, ``mask (B, 1, *spatial)``; see ``presence_weight``.
+        """
+        logits = presence_logits(seg_logits, self.presence_top_k)
+        present = (mask.reshape(mask.shape[0], -1) > 0).any(dim=1).to(logits.dtype)
+        weight = torch.where(present > 0, self.presence_positive_weight, 1.0).to(logits.dtype)
+        return nn.functional.binary_cross_entropy_with_logits(logits, present, weight=weight)
 
     def forward(self, preds: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         terms = self.task_terms(preds, targets)
