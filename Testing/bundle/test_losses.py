@@ -158,6 +158,8 @@ def test_uncertainty_weights_are_optimised_and_fixed_ones_are_not() -> None:
         ({"presence_weight": -0.5}, "presence_weight must be finite and non-negative, got -0.5"),
         ({"presence_top_k": 0}, "presence_top_k must be at least 1, got 0"),
         ({"presence_positive_weight": float("nan")}, "presence_positive_weight must be finite and non-negative"),
+        ({"cls_logit_adjustment": -1.0}, "cls_logit_adjustment must be finite and non-negative"),
+        ({"cls_logit_adjustment": 1.0, "cls_log_prior": [0.0, 0.0]}, "cls_log_prior must be 4 finite values"),
     ],
 )
 def test_invalid_arguments(kwargs: dict, match: str) -> None:
@@ -213,6 +215,8 @@ def test_balanced_class_weights_follow_the_training_class_counts() -> None:
     assert class_weights_for("balanced", samples, 3) == pytest.approx([10 / 18, 10 / 9, 10 / 3], abs=1e-4)
     assert class_weights_for("balanced", [{"class": 0}] * 99 + [{"class": 1}], 3) == [0.3367, 4.0, 4.0]  # clipped; absent
     assert class_weights_for([1, 2], samples, 2) == [1.0, 2.0] and class_weights_for(None, samples, 3) is None
+    # what `--cls_class_weights null` on the command line hands the config: a string
+    assert class_weights_for("null", samples, 3) is None and class_weights_for("None", samples, 3) is None
     with pytest.raises(ValueError, match="balanced"):
         class_weights_for("inverse", samples, 3)
 
@@ -297,3 +301,32 @@ def test_the_presence_term_costs_a_small_false_segment_on_a_tumour_free_image() 
     missed[1, 1] = -4.0  # image 1's lesion missed
     assert negatives_only.presence_loss(missed, mask).item() == pytest.approx(image0.item() / 2, rel=1e-4)
     assert MultiTaskLoss(2, 4, presence_weight=1.0).presence_loss(missed, mask).item() > presence + 1.0
+
+
+def test_class_log_prior_counts_the_training_classes() -> None:
+    from scripts.losses import class_log_prior
+
+    samples = [{"class": 0}] * 6 + [{"class": 1}] * 3 + [{"class": 2}] + [{"image": "no class"}]
+    assert class_log_prior(samples, 3) == pytest.approx([math.log(0.6), math.log(0.3), math.log(0.1)], abs=1e-6)
+    assert class_log_prior(samples, 4)[3] == pytest.approx(math.log(0.5 / 10), abs=1e-6)  # absent: half a sample
+    assert class_log_prior([{"image": "x"}], 3) is None
+
+
+def test_logit_adjustment_shifts_the_training_logits_by_the_log_prior() -> None:
+    """The diagnosis CE sees ``logits + tau * log prior``: pinned against cross_entropy on the shifted logits.
+    On a balanced prior it changes nothing; at tau 0 (the default) no buffer is added to the state dict."""
+    prior = [math.log(0.7), math.log(0.2), math.log(0.05), math.log(0.05)]
+    preds, targets = _batch(has_seg=(1.0, 1.0), has_cls=(1.0, 1.0), classes=(0, 2))
+    logits = torch.tensor([[0.5, 0.1, -0.2, 0.0], [0.3, 0.2, 0.1, -0.1]])
+    preds[Task.CLS.value] = logits
+    for tau in (0.5, 1.0):
+        loss = MultiTaskLoss(2, 4, cls_log_prior=prior, cls_logit_adjustment=tau)
+        expected = torch.nn.functional.cross_entropy(logits + tau * torch.tensor(prior), torch.tensor([0, 2]))
+        assert loss.task_terms(preds, targets)[Task.CLS].item() == pytest.approx(expected.item(), abs=1e-5)
+    plain = MultiTaskLoss(2, 4).task_terms(preds, targets)[Task.CLS].item()
+    balanced = MultiTaskLoss(2, 4, cls_log_prior=[math.log(0.25)] * 4, cls_logit_adjustment=1.0)
+    assert balanced.task_terms(preds, targets)[Task.CLS].item() == pytest.approx(plain, abs=1e-6)
+    # the rare class's true logit must now beat the frequent class by a margin: its loss is larger
+    adjusted = MultiTaskLoss(2, 4, cls_log_prior=prior, cls_logit_adjustment=1.0)
+    assert adjusted.task_terms(preds, targets)[Task.CLS].item() > plain
+    assert "cls_prior_shift" not in adjusted.state_dict() and MultiTaskLoss(2, 4, cls_log_prior=prior).cls_prior_shift is None

@@ -39,11 +39,14 @@ def class_weights_for(weights: str | Sequence[float] | None, samples: Sequence[d
     ``"balanced"`` weighs class ``k`` by ``N / (K * n_k)`` over the training samples that carry a
     class (clipped to :data:`BALANCED_WEIGHT_RANGE`; a class without samples gets the maximum), so
     every class counts as much in the loss as it does in balanced accuracy. BUSI, for one, is 56%
-    benign. Explicit weights and None pass through unchanged.
+    benign. Explicit weights and None pass through unchanged; the strings ``"null"`` and ``"none"``
+    (how ``--cls_class_weights null`` reaches the config from the command line) mean None.
 
     Raises:
         ValueError: an unknown string.
     """
+    if isinstance(weights, str) and weights.strip().lower() in ("null", "none", ""):
+        weights = None  # what ``--cls_class_weights null`` on the command line arrives as
     if weights is None or not isinstance(weights, str):
         return None if weights is None else [float(w) for w in weights]
     if weights != "balanced":
@@ -66,6 +69,21 @@ def presence_logits(seg_logits: torch.Tensor, top_k: int) -> torch.Tensor:
     z = torch.logsumexp(seg_logits[:, 1:].float(), dim=1) - seg_logits[:, 0].float()
     z = z.reshape(z.shape[0], -1)
     return z.topk(min(top_k, z.shape[1]), dim=1).values.mean(dim=1)
+
+
+def class_log_prior(samples: Sequence[dict], num_classes: int) -> list[float] | None:
+    """``log`` of the diagnosis class frequencies over the training samples that carry a class (for
+    ``MultiTaskLoss(cls_logit_adjustment=)``); a class without samples counts as half a sample. None
+    when no sample carries a class."""
+    counts = [0.0] * num_classes
+    for s in samples:
+        c = s.get("class")
+        if isinstance(c, int) and 0 <= c < num_classes:
+            counts[c] += 1
+    total = sum(counts)
+    if total == 0:
+        return None
+    return [round(math.log(max(n, 0.5) / total), 6) for n in counts]
 
 
 class MultiTaskLoss(nn.Module):
@@ -102,6 +120,13 @@ class MultiTaskLoss(nn.Module):
             smallest lesion (in pixels at the network's input size).
         presence_positive_weight: weight of the images with a lesion in the presence term (those
             without count 1); 0 makes it a pure penalty on segments where the mask is empty.
+        cls_log_prior: K log class frequencies of the training split (:func:`class_log_prior`).
+        cls_logit_adjustment: ``tau`` of logit-adjusted cross-entropy (Menon et al. 2021, "Long-tail
+            learning via logit adjustment"; default 0: plain CE). Training adds ``tau * log prior`` to
+            the diagnosis logits before the CE; inference uses the logits as they are, so the
+            prediction is the class with the largest ``p(x | class)`` -- what balanced accuracy asks
+            for -- instead of leaning to the frequent classes. The alternative to balanced class
+            weights (use one or the other), which reweigh the gradient instead of moving the margin.
 
     ``forward(preds, targets)``: ``preds = {"seg": (B, S, *spatial) logits, "cls": (B, K) logits}``;
     ``targets = {"seg": (B, 1, *spatial) int, "cls": (B,) int, "has_seg": (B,), "has_cls": (B,)}``.
@@ -136,6 +161,8 @@ class MultiTaskLoss(nn.Module):
         presence_weight: float = 0.0,
         presence_top_k: int = 4,
         presence_positive_weight: float = 1.0,
+        cls_log_prior: Sequence[float] | None = None,
+        cls_logit_adjustment: float = 0.0,
     ) -> None:
         super().__init__()
         if weighting not in WEIGHTINGS:
@@ -158,6 +185,20 @@ class MultiTaskLoss(nn.Module):
             raise ValueError(f"presence_positive_weight must be finite and non-negative, got {presence_positive_weight}")
         self.presence_weight, self.presence_top_k = float(presence_weight), int(presence_top_k)
         self.presence_positive_weight = float(presence_positive_weight)
+        if not (math.isfinite(cls_logit_adjustment) and cls_logit_adjustment >= 0):
+            raise ValueError(f"cls_logit_adjustment must be finite and non-negative, got {cls_logit_adjustment}")
+        self.cls_logit_adjustment = float(cls_logit_adjustment)
+        prior = None
+        if cls_logit_adjustment > 0 and cls_log_prior is not None:
+            prior = torch.as_tensor(list(cls_log_prior), dtype=torch.float32)
+            if prior.shape != (num_classes,) or not torch.isfinite(prior).all():
+                raise ValueError(f"cls_log_prior must be {num_classes} finite values, got {list(cls_log_prior)}")
+        # a buffer only when used, so the state dict of a plain CE stays that of earlier checkpoints
+        self.cls_prior_shift: torch.Tensor | None
+        if prior is None:
+            self.cls_prior_shift = None
+        else:
+            self.register_buffer("cls_prior_shift", self.cls_logit_adjustment * prior, persistent=False)
         self.weighting = weighting
         self.task_weights = {Task(k): float(v) for k, v in weights.items()}
         self.seg_loss = DiceCELoss(
@@ -218,7 +259,10 @@ class MultiTaskLoss(nn.Module):
             if self.presence_weight > 0:
                 terms[Task.SEG] = terms[Task.SEG] + self.presence_weight * self.presence_loss(seg, mask)
         if has_cls.any():
-            terms[Task.CLS] = self.cls_loss(cls_logits[has_cls], targets[Task.CLS].reshape(-1)[has_cls].long())
+            logits = cls_logits[has_cls]
+            if self.cls_prior_shift is not None:
+                logits = logits.float() + self.cls_prior_shift.to(logits.device)
+            terms[Task.CLS] = self.cls_loss(logits, targets[Task.CLS].reshape(-1)[has_cls].long())
         return terms
 
     def presence_loss(self, seg_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
