@@ -29,6 +29,16 @@ def _class_weights(name: str, weights: Sequence[float] | None, expected: int) ->
     return w
 
 
+def _class_counts(samples: Sequence[dict], num_classes: int) -> list[int]:
+    """Samples per diagnosis class (samples without a valid ``"class"`` are not counted)."""
+    counts = [0] * num_classes
+    for s in samples:
+        c = s.get("class")
+        if isinstance(c, int) and 0 <= c < num_classes:
+            counts[c] += 1
+    return counts
+
+
 #: balanced class weights are clipped to this range (a class with 3 samples must not dominate the loss)
 BALANCED_WEIGHT_RANGE = (0.25, 4.0)
 
@@ -46,16 +56,12 @@ def class_weights_for(weights: str | Sequence[float] | None, samples: Sequence[d
         ValueError: an unknown string.
     """
     if isinstance(weights, str) and weights.strip().lower() in ("null", "none", ""):
-        weights = None  # what ``--cls_class_weights null`` on the command line arrives as
-    if weights is None or not isinstance(weights, str):
+        return None  # what ``--cls_class_weights null`` on the command line arrives as
+    if not isinstance(weights, str):
         return None if weights is None else [float(w) for w in weights]
     if weights != "balanced":
         raise ValueError(f"cls_class_weights must be 'balanced', a list of {num_classes} weights or null, got {weights!r}")
-    counts = [0] * num_classes
-    for s in samples:
-        c = s.get("class")
-        if isinstance(c, int) and 0 <= c < num_classes:
-            counts[c] += 1
+    counts = _class_counts(samples, num_classes)
     total = sum(counts)
     low, high = BALANCED_WEIGHT_RANGE
     if total == 0:
@@ -75,11 +81,7 @@ def class_log_prior(samples: Sequence[dict], num_classes: int) -> list[float] | 
     """``log`` of the diagnosis class frequencies over the training samples that carry a class (for
     ``MultiTaskLoss(cls_logit_adjustment=)``); a class without samples counts as half a sample. None
     when no sample carries a class."""
-    counts = [0.0] * num_classes
-    for s in samples:
-        c = s.get("class")
-        if isinstance(c, int) and 0 <= c < num_classes:
-            counts[c] += 1
+    counts = _class_counts(samples, num_classes)
     total = sum(counts)
     if total == 0:
         return None
@@ -187,18 +189,15 @@ class MultiTaskLoss(nn.Module):
         self.presence_positive_weight = float(presence_positive_weight)
         if not (math.isfinite(cls_logit_adjustment) and cls_logit_adjustment >= 0):
             raise ValueError(f"cls_logit_adjustment must be finite and non-negative, got {cls_logit_adjustment}")
-        self.cls_logit_adjustment = float(cls_logit_adjustment)
-        prior = None
+        # a non-persistent buffer (it moves with .to(device)) only when used: a plain CE's state dict stays as before
+        shift = None
         if cls_logit_adjustment > 0 and cls_log_prior is not None:
             prior = torch.as_tensor(list(cls_log_prior), dtype=torch.float32)
             if prior.shape != (num_classes,) or not torch.isfinite(prior).all():
                 raise ValueError(f"cls_log_prior must be {num_classes} finite values, got {list(cls_log_prior)}")
-        # a buffer only when used, so the state dict of a plain CE stays that of earlier checkpoints
+            shift = float(cls_logit_adjustment) * prior
         self.cls_prior_shift: torch.Tensor | None
-        if prior is None:
-            self.cls_prior_shift = None
-        else:
-            self.register_buffer("cls_prior_shift", self.cls_logit_adjustment * prior, persistent=False)
+        self.register_buffer("cls_prior_shift", shift, persistent=False)
         self.weighting = weighting
         self.task_weights = {Task(k): float(v) for k, v in weights.items()}
         self.seg_loss = DiceCELoss(
@@ -261,7 +260,7 @@ class MultiTaskLoss(nn.Module):
         if has_cls.any():
             logits = cls_logits[has_cls]
             if self.cls_prior_shift is not None:
-                logits = logits.float() + self.cls_prior_shift.to(logits.device)
+                logits = logits.float() + self.cls_prior_shift
             terms[Task.CLS] = self.cls_loss(logits, targets[Task.CLS].reshape(-1)[has_cls].long())
         return terms
 
