@@ -190,13 +190,13 @@ def median_target_spacing(samples: Sequence[dict[str, Any]], orientation: str = 
     Raises:
         ValueError: no samples, or a file whose header cannot be read (names it).
     """
-    from scripts.prepare.imageio import read_image
+    from scripts.imageio import read_header
 
     spacings = []
     for sample in samples:
         path = sample[key][0] if isinstance(sample[key], (list, tuple)) else sample[key]
         try:
-            _, geom = read_image(os.fspath(path), header_only=True)
+            geom = read_header(os.fspath(path))
         except (OSError, ValueError, RuntimeError) as e:
             raise ValueError(f"{path}: cannot read its header for the target spacing: {e}") from e
         if geom.spacing is None or len(geom.spacing) < 3:

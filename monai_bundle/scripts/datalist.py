@@ -17,7 +17,8 @@ from typing import Any
 
 from monai.data import load_decathlon_datalist
 
-from scripts.prepare.imageio import read_image
+from scripts.imageio import channels_compatible
+from scripts.imageio import read_header as read_image_header
 from scripts.tasks import Keys
 
 SPLITS = ("training", "validation", "test")
@@ -141,10 +142,10 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
         ValueError: the file cannot be read as an image (names the file).
     """
     try:
-        _, geometry = read_image(path, header_only=True)
+        header = read_image_header(path)
     except Exception as e:  # every reader has its own exception types; all mean "unreadable"
         raise ValueError(f"{path}: cannot read image header ({type(e).__name__}: {e})") from e
-    return geometry.shape, geometry.channels
+    return header.shape, header.channels
 
 
 def _image_header(image: str | list[str]) -> tuple[tuple[int, ...], int]:
@@ -183,7 +184,7 @@ def check_samples(datalist: Datalist, splits: tuple[str, ...] = ("training", "va
             except ValueError as e:
                 problems.append(str(e))
                 continue
-            if channels != want_c and not (want_c == 1 and channels in (3, 4)) and not (want_c == 3 and channels in (1, 4)):
+            if not channels_compatible(channels, want_c):
                 problems.append(f"{files[0]}: has {channels} channel(s), the datalist declares {want_c} {datalist.channels}")
             squeezed = tuple(s for s in shape if s != 1) if len(shape) > datalist.spatial_dims else shape
             if len(squeezed) != datalist.spatial_dims:

@@ -13,11 +13,13 @@ studies), :mod:`.distributed` (the same batch on Ray actors, on one machine or a
 contract: ``configs/result.schema.json`` and the typed :class:`~.result.Result` every reader reads it through).
 """
 
+from scripts.imageio import Geometry
 from scripts.inference.batch import BatchRunner, Outcome, expand_inputs
 from scripts.inference.engine import resolve_device
 from scripts.inference.errors import InputError
 from scripts.inference.predictor import SEG_SUFFIXES, Prediction, Predictor
-from scripts.inference.readers import Geometry, Study, read_study
+from scripts.inference.readers import read_study
+from scripts.inference.study import Study
 from scripts.inference.result import Result, ResultError, parse_result, read_result
 from scripts.inference.settings import InferenceSettings, load_settings
 

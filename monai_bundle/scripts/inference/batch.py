@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from scripts.atomic import write_json_atomic
-from scripts.inference.dicom import is_dicom_file
+from scripts.imageio import DICOM_SUFFIXES, RASTER_SUFFIXES, VOLUME_SUFFIXES, ZIP_SUFFIXES, is_dicom_file
 from scripts.inference.dicomweb import DicomWebUrl, check_root, is_url, push_instances
 from scripts.inference.errors import InputError
 from scripts.inference.predictor import Predictor
-from scripts.inference.readers import DICOM_SUFFIXES, RASTER_SUFFIXES, VOLUME_SUFFIXES, ZIP_SUFFIXES, study_name
 from scripts.inference.result import validate_result
+from scripts.inference.study import study_name
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = RASTER_SUFFIXES + VOLUME_SUFFIXES + ZIP_SUFFIXES

@@ -44,41 +44,21 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000TransferSyntaxes
 
+from scripts.imageio import Geometry, itk_message, read_series, sitk_to_channels_first
+from scripts.imageio.dicom import has_pixel_data, is_dicom_file, read_dicom_header
 from scripts.inference.errors import InputError
-from scripts.inference.readers import Geometry, Study, _first_line, sitk_to_channels_first, study_name
+from scripts.inference.study import Study, study_name
 
-DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+__all__ = ["FolderScan", "charset_problem", "check_pixel_data", "choose_series", "content_warnings", "find_series",
+           "folder_warnings", "is_dicom_file", "read_dicom_file", "read_dicom_folder", "scan_folder", "sort_and_check",
+           "walk_files"]
+
 #: relative and absolute tolerances on slice gaps and on orientation cosines
 GAP_REL_TOL, GAP_ABS_TOL_MM, ORIENT_TOL = 0.01, 0.01, 1e-4
 PIXEL_DATA_TAG = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF  # encapsulated (compressed) pixel data: frame sizes are not known up front
 JPEG2000_SYNTAXES = frozenset(JPEG2000TransferSyntaxes)
 TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
-
-
-def is_dicom_file(path: Path) -> bool:
-    """Whether ``path`` carries the DICOM preamble (``DICM`` at byte 128)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _header(path: Path) -> pydicom.Dataset | None:
-    """The header of a DICOM file (pixel data deferred, not loaded), or None for a non-DICOM file."""
-    try:
-        ds = pydicom.dcmread(path, defer_size=1024)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, AttributeError, TypeError):
-        return None
-    if getattr(ds, "file_meta", None) is not None and ds.file_meta.get("MediaStorageSOPClassUID") == DICOMDIR_SOP_CLASS:
-        return None
-    return ds
-
-
-def _is_image(ds: pydicom.Dataset) -> bool:
-    return "PixelData" in ds and "Rows" in ds and "Columns" in ds
 
 
 def walk_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -126,8 +106,8 @@ def scan_folder(folder: Path) -> FolderScan:
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     not_images = []
     for path in files:
-        ds = _header(path)
-        if ds is not None and _is_image(ds):
+        ds = read_dicom_header(path)
+        if ds is not None and has_pixel_data(ds):
             series[str(ds.get("SeriesInstanceUID", "unknown"))].append((path, ds))
         else:
             not_images.append(path)
@@ -220,14 +200,12 @@ def read_dicom_folder(folder: Path, series_uid: str | None = None) -> Study:
     for path, ds in instances:
         check_pixel_data(path, ds)
     files = [str(p) for p, _ in instances]
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
     try:
-        image = reader.Execute()
-        arr = sitk_to_channels_first(image)
+        image = read_series(files)
+        arr = sitk_to_channels_first(image, np.float32)
     except RuntimeError as e:
         raise InputError(f"{folder}: cannot read the pixel data of series {uid} (corrupt or truncated file?): "
-                         f"{_first_line(e)}") from e
+                         f"{itk_message(e)}") from e
     if len(files) > 1 and (image.GetDimension() != 3 or image.GetSize()[2] != len(files)):
         raise InputError(f"{folder}: series {uid} holds multi-frame instances; give one of them as a file")
     study = Study(folder, study_name(folder), arr, Geometry.of(image), dicom=[ds for _, ds in instances])
@@ -366,17 +344,17 @@ def read_dicom_file(path: Path) -> Study:
     Raises:
         InputError: not DICOM, no pixel data, or unreadable pixel data.
     """
-    ds = _header(path)
+    ds = read_dicom_header(path)
     if ds is None:
         raise InputError(f"{path}: not a readable DICOM file")
-    if not _is_image(ds):
+    if not has_pixel_data(ds):
         raise InputError(f"{path}: DICOM file without image pixel data (SOP class {ds.get('SOPClassUID', '?')})")
     check_pixel_data(path, ds)
     try:
         image = sitk.ReadImage(str(path))
-        arr = sitk_to_channels_first(image)
+        arr = sitk_to_channels_first(image, np.float32)
     except RuntimeError as e:
-        raise InputError(f"{path}: cannot read the pixel data (corrupt or truncated file?): {_first_line(e)}") from e
+        raise InputError(f"{path}: cannot read the pixel data (corrupt or truncated file?): {itk_message(e)}") from e
     if image.GetDimension() == 2:  # some single frames read as 2D: keep a 1-slice 3D grid like GDCM's series read
         image = sitk.JoinSeries(image)
     frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -10,7 +10,7 @@ one); series whose modality is not an image (SEG, SR, PR, KO, RTSTRUCT, ...: :da
 e.g. the results of an earlier push) are not even retrieved. The instances are retrieved with
 WADO-RS (QIDO-RS first, to check that the study or series exists and what it is) through
 ``dicomweb-client``, into a temporary folder that lives as long as the
-:class:`~scripts.inference.readers.Study` and is removed with it; the Predictor removes it as soon
+:class:`~scripts.inference.study.Study` and is removed with it; the Predictor removes it as soon
 as a study is done, whether it succeeded or not. Messages name the URL, never the temporary folder.
 
 Output (:func:`push_instances`): the files are stored in one STOW-RS request to a DICOMweb root
@@ -288,7 +288,7 @@ def retrieve(ref: StudyRef, dest: Path, series_uid: str | None = None, connectio
 
 
 def read_url(url: str, series_uid: str | None = None):
-    """The study behind a study or series URL, as a :class:`~scripts.inference.readers.Study` named
+    """The study behind a study or series URL, as a :class:`~scripts.inference.study.Study` named
     after the UID the URL ends in; the retrieved files live in a temporary folder removed with it.
 
     Raises:

@@ -1,11 +1,7 @@
-"""The one error type of the inference API."""
+"""The one error type of the inference API: :class:`~scripts.imageio.errors.InputError`, the image layer's."""
 
 from __future__ import annotations
 
+from scripts.imageio.errors import InputError
 
-class InputError(ValueError):
-    """Bad input: a study, an output folder, a model card or a checkpoint that cannot be used.
-
-    The message always starts with the offending file or folder and says what is wrong with it, so
-    the CLI can print it as it is (``ERROR <message>``) and a user knows what to fix.
-    """
+__all__ = ["InputError"]

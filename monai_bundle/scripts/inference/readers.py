@@ -13,7 +13,9 @@ Axis conventions (``docs/contracts.md``):
   input's grid. A 4D file (X, Y, Z, T) becomes ``(T, X, Y, Z)``: its 4th axis is read as channels
   (MSD multi-sequence MRI); whether that count fits the model is checked by the Predictor.
 
-A zip of a DICOM series is unpacked safely and read as a folder (:mod:`scripts.inference.archive`);
+The files are read by the image layer (:mod:`scripts.imageio`: suffixes, geometry, raster and
+volume readers); this module adds the checks and warnings of a study. A zip of a DICOM series is
+unpacked safely and read as a folder (:mod:`scripts.inference.archive`);
 a DICOMweb study or series URL is retrieved into a temporary folder and read as one
 (:mod:`scripts.inference.dicomweb`).
 
@@ -28,103 +30,41 @@ raster conversions above.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from PIL import UnidentifiedImageError
 
+from scripts.imageio import (
+    DICOM_SUFFIXES,
+    NIFTI_SUFFIXES,
+    RASTER_FORMATS,
+    RASTER_SUFFIXES,
+    VOLUME_SUFFIXES,
+    ZIP_SUFFIXES,
+    Geometry,
+    is_dicom_file,
+    itk_message,
+    load_nifti,
+    read_nifti_header,
+    sitk_info,
+    sitk_to_channels_first,
+)
+from scripts.imageio import read_raster as read_raster_pixels
+from scripts.inference.archive import read_zip
+from scripts.inference.dicom import read_dicom_file, read_dicom_folder
 from scripts.inference.errors import InputError
+from scripts.inference.study import Study, study_name
 
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-ZIP_SUFFIXES = (".zip",)
+__all__ = ["DICOM_SUFFIXES", "MIN_IMAGE_SIZE", "OBLIQUE_WARN_DEG", "RASTER_FORMATS", "RASTER_SUFFIXES",
+           "VOLUME_SUFFIXES", "ZIP_SUFFIXES", "Geometry", "Study", "check_study", "read_raster", "read_study",
+           "read_volume", "sitk_to_channels_first", "study_name"]
+
 #: fewer voxels than this along either of the two largest axes is not a study (a 2x2x2 "volume")
 MIN_IMAGE_SIZE = 8
 #: a grid axis further than this from the nearest patient axis makes the volume oblique (reported)
 OBLIQUE_WARN_DEG = 1.0
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Physical placement of a ``d``-dimensional grid (ITK convention, LPS, millimetres).
-
-    ``direction`` is the ``d x d`` direction matrix flattened row-major, as SimpleITK holds it.
-    """
-
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-
-    @classmethod
-    def identity(cls, ndim: int) -> Geometry:
-        """1 mm spacing at the origin, axis-aligned (raster images)."""
-        return cls((1.0,) * ndim, (0.0,) * ndim, tuple(np.eye(ndim).ravel().tolist()))
-
-    @classmethod
-    def of(cls, image: sitk.Image, ndim: int | None = None) -> Geometry:
-        """The geometry of a SimpleITK image, its first ``ndim`` axes only (a 4D file's space)."""
-        d = image.GetDimension() if ndim is None else ndim
-        full = np.asarray(image.GetDirection()).reshape(image.GetDimension(), image.GetDimension())
-        return cls(tuple(image.GetSpacing()[:d]), tuple(image.GetOrigin()[:d]), tuple(full[:d, :d].ravel().tolist()))
-
-    def apply(self, image: sitk.Image) -> sitk.Image:
-        """Set this geometry on ``image`` (same dimension) and return it."""
-        image.SetSpacing(self.spacing)
-        image.SetOrigin(self.origin)
-        image.SetDirection(self.direction)
-        return image
-
-    @property
-    def voxel_ml(self) -> float:
-        """Volume of one voxel in millilitres (mm^3 / 1000)."""
-        return float(np.prod(self.spacing)) / 1000.0
-
-
-@dataclass
-class Study:
-    """One input study as read.
-
-    Attributes:
-        path: the file or folder given (a :class:`~scripts.inference.dicomweb.DicomWebUrl` for a URL).
-        name: stem for the output files (``<name>_seg.nii.gz`` ...).
-        image: ``(C, *spatial)`` float32 in the axis convention of the module docstring.
-        geometry: placement of the spatial grid.
-        raster: True for PNG/JPG-like images (``(C, H, W)``, no physical spacing).
-        dicom: header-only pydicom datasets of the source instances in slice order (DICOM input
-            only; DICOM SEG needs them), else None.
-        multiframe: the DICOM input is one multi-frame (enhanced) instance.
-        four_d: the file was 4D (X, Y, Z, T); its T volumes are the channels of ``image``.
-        warnings: things the user should know about the input (series chosen, ...).
-        workdir: the temporary folder a zip was unpacked into; removed when the study is.
-    """
-
-    path: Path
-    name: str
-    image: np.ndarray
-    geometry: Geometry
-    raster: bool = False
-    dicom: list | None = None
-    multiframe: bool = False
-    four_d: bool = False
-    warnings: list[str] = field(default_factory=list)
-    workdir: Any = None
-
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(self.image.shape[1:])
-
-
-def study_name(path: Path) -> str:
-    """Output stem: the file name without its image suffix(es), or the folder name."""
-    name = path.name
-    for suffix in sorted(RASTER_SUFFIXES + VOLUME_SUFFIXES + DICOM_SUFFIXES + ZIP_SUFFIXES + (".gz",), key=len,
-                         reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or name
-    return name
 
 
 def read_study(path: str | Path, series_uid: str | None = None) -> Study:
@@ -153,8 +93,6 @@ def read_study(path: str | Path, series_uid: str | None = None) -> Study:
 
 def _read(path: Path, series_uid: str | None) -> Study:
     if path.is_dir():
-        from scripts.inference.dicom import read_dicom_folder
-
         return read_dicom_folder(path, series_uid)
     if not path.is_file():
         raise InputError(f"{path}: no such file or folder")
@@ -166,11 +104,7 @@ def _read(path: Path, series_uid: str | None) -> Study:
     if lower.endswith(VOLUME_SUFFIXES):
         return read_volume(path)
     if lower.endswith(ZIP_SUFFIXES):
-        from scripts.inference.archive import read_zip
-
         return read_zip(path, series_uid)
-    from scripts.inference.dicom import is_dicom_file, read_dicom_file
-
     if lower.endswith(DICOM_SUFFIXES) or is_dicom_file(path):
         return read_dicom_file(path)
     raise InputError(f"{path}: unsupported file type; give PNG/JPG, NIfTI, NRRD/MHA, DICOM, a DICOM series folder "
@@ -209,77 +143,22 @@ def check_study(study: Study) -> Study:
     return study
 
 
-#: the PIL format each raster suffix promises
-RASTER_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
-
-
 def read_raster(path: Path) -> Study:
     """A PNG/JPG/BMP/TIFF as ``(C, H, W)`` float32 (grey: C=1, RGB: 3), read by its content.
 
     Palette and CMYK images become RGB, 1-bit images grey 0/255, an alpha channel is dropped (it is
     not image data; training drops it too), 16-bit grey keeps its range; each such conversion, and
-    a file whose content is not what its suffix says, adds a line to ``Study.warnings``.
+    a file whose content is not what its suffix says, adds a line to ``Study.warnings``
+    (:func:`scripts.imageio.raster.read_raster`, conversion ``"plain"``).
 
     Raises:
         InputError: the file cannot be decoded (corrupt or truncated).
     """
-    from PIL import Image, UnidentifiedImageError
-
-    warnings: list[str] = []
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here, not later
-            expected = RASTER_FORMATS.get(path.suffix.lower())
-            if im.format and expected and im.format != expected:
-                warnings.append(f"{path.name}: the file is a {im.format} image despite its {path.suffix} suffix; "
-                                "it was read by its content")
-            im, note = _plain_mode(im)
-            if note:
-                warnings.append(f"{path.name}: {note}")
-            arr = np.asarray(im)
+        arr, _, warnings = read_raster_pixels(path, "plain")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path}: cannot decode the image (corrupt or truncated file?): {e}") from e
-    # PIL decodes to (H, W) or (H, W, C); multi-page TIFFs give their first page
-    arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)  # -> (C, H, W)
     return Study(path, study_name(path), arr.astype(np.float32), Geometry.identity(2), raster=True, warnings=warnings)
-
-
-def _plain_mode(im):
-    """``(image, note)``: ``im`` as grey or RGB (16-bit grey kept), and what was done (None: nothing)."""
-    mode = im.mode
-    if mode == "P" and "transparency" in im.info:
-        mode = "PA"
-    if mode in ("P", "PA"):
-        return im.convert("RGBA" if mode == "PA" else "RGB").convert("RGB"), "palette (indexed-colour) image, converted to RGB" + (
-            " and its transparency dropped" if mode == "PA" else "")
-    if mode == "CMYK":
-        return im.convert("RGB"), "CMYK image, converted to RGB"
-    if mode == "1":
-        return im.convert("L"), "1-bit (black and white) image, read as grey 0/255"
-    if mode in ("RGBA", "RGBa", "LA", "La"):
-        return im.convert("RGB" if mode.startswith("RGB") else "L"), (
-            f"{mode} image: the alpha (transparency) channel is not image data and was dropped")
-    if mode == "YCbCr":
-        return im.convert("RGB"), None
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        bits = 16 if mode.startswith("I;16") else 32
-        return im, f"{bits}-bit grey image ({mode}), read at its full range (not reduced to 8 bits)"
-    return im, None
-
-
-def sitk_to_channels_first(image: sitk.Image) -> np.ndarray:
-    """A SimpleITK image as ``(C, X, Y[, Z])`` float32.
-
-    Vector pixels (RGB NRRD) become channels; a 4th axis (4D NIfTI: X, Y, Z, T) becomes channels.
-    """
-    arr = sitk.GetArrayFromImage(image)  # (k, j, i) or (T, k, j, i), vector pixels last
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        return np.ascontiguousarray(arr.T, dtype=np.float32)  # (k, j, i, comp) -> (comp, i, j, k)
-    if image.GetDimension() == 4:
-        arr = np.transpose(arr, (0, 3, 2, 1))  # (T, k, j, i) -> (T, i, j, k), each volume in file order
-    else:
-        arr = arr.T[None]  # (k, j, i) -> (1, i, j, k), in file order
-    return arr.astype(np.float32, copy=False)
 
 
 def read_volume(path: Path) -> Study:
@@ -288,16 +167,17 @@ def read_volume(path: Path) -> Study:
     Raises:
         InputError: unreadable or truncated file, or more than 4 dimensions.
     """
-    if path.name.lower().endswith((".nii", ".nii.gz")):
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
         return _read_nifti(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
-        raise InputError(f"{path}: cannot read the image (corrupt or truncated file?): {_first_line(e)}") from e
+        raise InputError(f"{path}: cannot read the image (corrupt or truncated file?): {itk_message(e)}") from e
     dim = image.GetDimension()
     if dim not in (2, 3, 4):
         raise InputError(f"{path}: {dim}D images are not supported (2D, 3D or 4D channels-last only)")
-    return Study(path, study_name(path), sitk_to_channels_first(image), Geometry.of(image, min(dim, 3)), four_d=dim == 4)
+    return Study(path, study_name(path), sitk_to_channels_first(image, np.float32), Geometry.of(image, min(dim, 3)),
+                 four_d=dim == 4)
 
 
 def _read_nifti(path: Path) -> Study:
@@ -309,13 +189,11 @@ def _read_nifti(path: Path) -> Study:
     import nibabel as nib
 
     _check_nifti_voxel_size(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
-        data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+        reader = sitk_info(path)
+        data = np.asarray(load_nifti(path).dataobj, dtype=np.float32)
     except (RuntimeError, OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as e:
-        raise InputError(f"{path}: cannot read the image (corrupt or truncated file?): {_first_line(e)}") from e
+        raise InputError(f"{path}: cannot read the image (corrupt or truncated file?): {itk_message(e)}") from e
     size, dim = reader.GetSize(), reader.GetDimension()
     if dim not in (2, 3, 4) or data.size != int(np.prod(size)):
         raise InputError(f"{path}: {data.ndim}D images are not supported (2D, 3D or 4D channels-last only)")
@@ -328,21 +206,15 @@ def _check_nifti_voxel_size(path: Path) -> None:
     """Refuse a NIfTI whose header gives a zero voxel size with no sform to take the geometry from.
 
     Both nibabel and ITK replace such a size by 1 mm without a word; the spacing (and every volume
-    in mL) would then be made up. The raw header is read before any fix; an unreadable one is left
-    to the normal reading, which reports it.
+    in mL) would then be made up. The raw header is read before any fix
+    (:func:`scripts.imageio.volume.read_nifti_header`); an unreadable one is left to the normal
+    reading, which reports it.
 
     Raises:
         InputError: names the file and the header's pixdim.
     """
-    import nibabel as nib
-
     try:
-        with nib.openers.ImageOpener(path) as f:
-            head = f.read(4)
-        size = int.from_bytes(head, "little") if int.from_bytes(head, "little") in (348, 540) else int.from_bytes(head, "big")
-        header_class = nib.Nifti2Header if size == 540 else nib.Nifti1Header
-        with nib.openers.ImageOpener(path) as f:
-            header = header_class.from_fileobj(f, check=False)
+        header = read_nifti_header(path)
         ndim = int(header["dim"][0])
         pixdim = np.asarray(header["pixdim"][1: 1 + min(max(ndim, 1), 3)], dtype=np.float64)
         qform, sform = int(header["qform_code"]), int(header["sform_code"])
@@ -352,9 +224,3 @@ def _check_nifti_voxel_size(path: Path) -> None:
         source = "no qform or sform" if qform == 0 else "no sform"
         raise InputError(f"{path}: the header gives a zero voxel size (pixdim {pixdim.tolist()}) and {source} to take "
                          "it from; refusing rather than guessing 1 mm: fix the NIfTI header")
-
-
-def _first_line(error: BaseException) -> str:
-    """ITK errors are many lines long; the last non-empty one says what went wrong."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(error).__name__

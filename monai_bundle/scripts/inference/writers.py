@@ -24,7 +24,7 @@ from PIL import Image
 
 from scripts.inference.errors import InputError
 from scripts.inference.overlay import key_slices_picture, segment_colors
-from scripts.inference.readers import Geometry
+from scripts.imageio import Geometry
 from scripts.inference.terminology import segment_term, slicer_terminology_tag
 
 def check_output_dir(folder: str | os.PathLike) -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from scripts.prepare.common import Collection, PrepareError, Sample, read_class_table
-from scripts.prepare.imageio import read_image, save_nifti_like
+from scripts.prepare.imageio import NIFTI_SUFFIXES, read_image, save_nifti_like
 
 CHANNELS = ["FLAIR", "T1", "T1c", "T2"]
 SUFFIXES = {2020: ["flair", "t1", "t1ce", "t2"], 2023: ["t2f", "t1n", "t1c", "t2w"]}
@@ -66,7 +66,7 @@ def _find_seg(folder: Path, case: str, sep: str) -> Path | None:
     seg = _find(folder, f"{case}{sep}seg")
     if seg is not None:
         return seg
-    others = [f for f in folder.iterdir() if "seg" in f.name.lower() and f.name.lower().endswith((".nii", ".nii.gz"))]
+    others = [f for f in folder.iterdir() if "seg" in f.name.lower() and f.name.lower().endswith(NIFTI_SUFFIXES)]
     return others[0] if len(others) == 1 else None
 
 

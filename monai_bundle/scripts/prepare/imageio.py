@@ -1,164 +1,52 @@
-"""Small, dependency-light image reading and atomic writing for the prepare adapters and validate.
+"""Image reading and atomic writing for the prepare adapters and validate, on the image layer.
 
-Axis conventions follow the bundle's (``docs/contracts.md``): raster images are ``(C, H, W)``
-rows first; volumes are ``(C, X, Y, Z)`` in file index order. Volume geometry is reported in LPS
-(ITK's convention) whichever library read the file, so a NIfTI image and an NRRD mask compare.
+Reading is :mod:`scripts.imageio`'s (suffixes, readers, headers, the channel rule ``to_grey``),
+imported here under the names the adapters use; this module adds the prepare conventions (arrays
+C-contiguous in the file's dtype, 1-bit rasters as grey 0/255, ``.seg.nrrd`` stripped from names)
+and the writers. Axis conventions follow the bundle's (``docs/contracts.md``): raster images are
+``(C, H, W)`` rows first; volumes are ``(C, X, Y, Z)`` in file index order. Volume geometry is
+reported in LPS (ITK's convention) whichever library read the file, so a NIfTI image and an NRRD
+mask compare.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from scripts.atomic import atomic_path, write_bytes_atomic
+from scripts.imageio import NIFTI_SUFFIXES, RASTER_SUFFIXES, ImageHeader, is_nifti, is_raster, load_image, strip_image_suffix, to_grey
 
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-#: LPS <- RAS: flip the first two world axes
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
-
-
-@dataclass
-class Geometry:
-    """Spatial shape plus, for volumes, spacing / origin / direction (LPS); None for raster images."""
-
-    shape: tuple[int, ...]
-    channels: int
-    spacing: np.ndarray | None = None
-    origin: np.ndarray | None = None
-    direction: np.ndarray | None = None
-
-
-def is_raster(path: str | os.PathLike) -> bool:
-    """True for PNG / JPG / BMP / TIFF files (2D images read with PIL)."""
-    return str(path).lower().endswith(RASTER_SUFFIXES)
-
-
-def is_nifti(path: str | os.PathLike) -> bool:
-    """True for ``.nii`` / ``.nii.gz`` files."""
-    return str(path).lower().endswith(NIFTI_SUFFIXES)
+__all__ = ["NIFTI_SUFFIXES", "RASTER_SUFFIXES", "binary_mask", "is_nifti", "is_raster", "read_image", "save_nifti_like",
+           "save_png", "strip_suffix", "to_grey"]
 
 
 def strip_suffix(name: str) -> str:
-    """File name without its image suffix (``a.nii.gz`` -> ``a``, ``b.png`` -> ``b``)."""
-    low = name.lower()
-    for suf in (".nii.gz", ".seg.nrrd") + RASTER_SUFFIXES + (".nii", ".nrrd", ".mha", ".mhd", ".dcm"):
-        if low.endswith(suf):
-            return name[: -len(suf)]
-    return name
+    """File name without its image suffix (``a.nii.gz`` -> ``a``, ``b.png`` -> ``b``, ``c.seg.nrrd`` -> ``c``)."""
+    return strip_image_suffix(name, (".seg.nrrd",))
 
 
-def read_image(path: str | os.PathLike, header_only: bool = False) -> tuple[np.ndarray | None, Geometry]:
-    """Read a raster image, a NIfTI / NRRD / MHA volume or a DICOM series folder.
+def read_image(path: str | os.PathLike, header_only: bool = False) -> tuple[np.ndarray | None, ImageHeader]:
+    """Read a raster image, a NIfTI / NRRD / MHA volume or a DICOM series folder (:func:`scripts.imageio.load_image`).
 
     Args:
         path: the file (or DICOM series folder).
         header_only: return ``None`` for the array and read only what the geometry needs.
 
     Returns:
-        (array ``(C, H, W)`` or ``(C, X, Y, Z)`` in the file's dtype, or None; its :class:`Geometry`).
-        A 4D NIfTI is channels-last on disk (MSD) and comes back channels-first.
+        (C-contiguous array ``(C, H, W)`` or ``(C, X, Y, Z)`` in the file's dtype, or None; its
+        :class:`~scripts.imageio.geometry.ImageHeader`: shape, channels and, for volumes, LPS geometry).
+        A 4D NIfTI is channels-last on disk (MSD) and comes back channels-first; a 1-bit raster is
+        read as grey 0/255.
 
     Raises:
         OSError / ValueError / RuntimeError from the underlying reader when the file is unreadable;
         callers turn them into messages naming the file.
     """
-    path = Path(path)
-    if is_raster(path):
-        return _read_raster(path, header_only)
-    if is_nifti(path):
-        return _read_nifti(path, header_only)
-    return _read_sitk(path, header_only)
-
-
-def _read_raster(path: Path, header_only: bool) -> tuple[np.ndarray | None, Geometry]:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        n_channels = len(img.getbands())
-        geom = Geometry(shape=(img.height, img.width), channels=n_channels)
-        if header_only:
-            return None, geom
-        if img.mode == "1":
-            img = img.convert("L")
-        arr = np.asarray(img)
-    arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)  # (H, W, C) -> (C, H, W)
-    return np.ascontiguousarray(arr), geom
-
-
-def _read_nifti(path: Path, header_only: bool) -> tuple[np.ndarray | None, Geometry]:
-    import nibabel as nib
-
-    img = nib.load(str(path))
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) == 5 and shape[3] == 1:  # (X, Y, Z, 1, C): NIfTI's time axis left empty
-        shape = shape[:3] + shape[4:]
-    spatial, channels = (shape[:3], shape[3]) if len(shape) == 4 else (shape, 1)
-    affine = np.asarray(img.affine, dtype=float)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    direction = _RAS_TO_LPS @ (affine[:3, :3] / np.where(spacing == 0, 1, spacing))
-    geom = Geometry(spatial, channels, spacing[: len(spatial)], _RAS_TO_LPS @ affine[:3, 3], direction)
-    if header_only:
-        return None, geom
-    arr = np.asanyarray(img.dataobj).reshape(shape)
-    arr = np.moveaxis(arr, -1, 0) if len(shape) == 4 else arr[None]  # channels-last -> (C, X, Y, Z)
-    return np.ascontiguousarray(arr), geom
-
-
-def _read_sitk(path: Path, header_only: bool) -> tuple[np.ndarray | None, Geometry]:
-    import SimpleITK as sitk
-
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        files = reader.GetGDCMSeriesFileNames(str(path))
-        if not files:
-            raise ValueError("folder holds no DICOM series")
-        reader.SetFileNames(files)
-        img = reader.Execute()
-    elif header_only:
-        info = sitk.ImageFileReader()
-        info.SetFileName(str(path))
-        info.ReadImageInformation()
-        img = info
-    else:
-        img = sitk.ReadImage(str(path))
-    dim = img.GetDimension()
-    geom = Geometry(
-        shape=tuple(int(s) for s in img.GetSize()),
-        channels=int(
-            img.GetNumberOfComponentsPerPixel() if isinstance(img, sitk.Image) else img.GetNumberOfComponents()
-        ),
-        spacing=np.asarray(img.GetSpacing(), float),
-        origin=np.asarray(img.GetOrigin(), float),
-        direction=np.asarray(img.GetDirection(), float).reshape(dim, dim),
-    )
-    if header_only:
-        return None, geom
-    arr = sitk.GetArrayFromImage(img)  # (Z, Y, X[, C]): reversed index order
-    arr = arr[..., None] if geom.channels == 1 else arr
-    arr = np.moveaxis(arr, -1, 0)  # (C, Z, Y, X)
-    arr = np.transpose(arr, (0,) + tuple(range(arr.ndim - 1, 0, -1)))  # (C, X, Y, Z)
-    return np.ascontiguousarray(arr), geom
-
-
-def to_grey(arr: np.ndarray) -> tuple[np.ndarray, bool]:
-    """A ``(C, H, W)`` raster as one grey plane ``(H, W)``.
-
-    Returns:
-        (grey plane in the input dtype, True when the channels were identical, i.e. grey stored as
-        RGB; otherwise the plane is the luminance ``0.299 R + 0.587 G + 0.114 B``).
-    """
-    if arr.shape[0] == 1:
-        return arr[0], True
-    rgb = arr[:3]
-    if np.array_equal(rgb[0], rgb[1]) and np.array_equal(rgb[0], rgb[2]):
-        return rgb[0], True
-    lum = 0.299 * rgb[0].astype(np.float32) + 0.587 * rgb[1] + 0.114 * rgb[2]
-    return np.round(lum).astype(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else lum, False
+    image = load_image(path, header_only=header_only)
+    return (None if header_only else np.ascontiguousarray(image.array)), image.header
 
 
 def binary_mask(arr: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 from monai.data import load_decathlon_datalist
 
 from scripts.datalist import DatalistError, load_datalist
+from scripts.imageio import ImageHeader
 from scripts.prepare.common import (  # noqa: F401 (the count table's names are re-exported)
     NO_CLASS,
     SPLITS,
@@ -35,7 +36,7 @@ from scripts.prepare.common import (  # noqa: F401 (the count table's names are 
     count_table,
     format_counts,
 )
-from scripts.prepare.imageio import Geometry, read_image
+from scripts.prepare.imageio import read_image
 from scripts.tasks import Keys
 
 
@@ -147,7 +148,7 @@ def check_sample_files(sample: dict[str, Any], header: dict[str, Any], where: st
     image = sample[Keys.IMAGE.value]
     files = [str(f) for f in (image if isinstance(image, (list, tuple)) else [image])]
     problems: list[str] = []
-    geoms: list[Geometry] = []
+    geoms: list[ImageHeader] = []
     for f in files:
         geom, err = _read(f, where)
         if err:
@@ -163,7 +164,7 @@ def check_sample_files(sample: dict[str, Any], header: dict[str, Any], where: st
     return problems
 
 
-def _read(f: str, where: str, keep: list | None = None) -> tuple[Geometry | None, str | None]:
+def _read(f: str, where: str, keep: list | None = None) -> tuple[ImageHeader | None, str | None]:
     if not Path(f).exists():
         return None, f"{f}: file not found ({where})"
     try:
@@ -175,7 +176,7 @@ def _read(f: str, where: str, keep: list | None = None) -> tuple[Geometry | None
     return geom, None
 
 
-def _check_image(files: list[str], geoms: list[Geometry], header: dict[str, Any], where: str) -> list[str]:
+def _check_image(files: list[str], geoms: list[ImageHeader], header: dict[str, Any], where: str) -> list[str]:
     problems = []
     want = len(header["channels"])
     got = sum(g.channels for g in geoms)
@@ -197,7 +198,7 @@ def _check_image(files: list[str], geoms: list[Geometry], header: dict[str, Any]
     return problems
 
 
-def _check_mask(label: str, image_file: str, image_geom: Geometry, header: dict[str, Any], where: str) -> list[str]:
+def _check_mask(label: str, image_file: str, image_geom: ImageHeader, header: dict[str, Any], where: str) -> list[str]:
     arrays: list[np.ndarray] = []
     geom, err = _read(label, where, arrays)
     if err:
@@ -224,7 +225,7 @@ def _check_mask(label: str, image_file: str, image_geom: Geometry, header: dict[
     return problems
 
 
-def _geometry_diff(a: Geometry, b: Geometry) -> str | None:
+def _geometry_diff(a: ImageHeader, b: ImageHeader) -> str | None:
     """``"size (..) differs from"`` / ``"spacing (..) differs from"`` ... or None when they agree."""
     if a.shape != b.shape:
         return f"size {b.shape} differs from {a.shape} of"
