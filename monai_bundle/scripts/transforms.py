@@ -1,8 +1,9 @@
 """Pre-processing and augmentation: array functions plus thin dictionary wrappers.
 
 The array functions here (``normalize`` with ``normalize_intensity`` / ``normalize_zscore`` /
-``normalize_ct``, ``match_channels``, ``map_mask_values``) are the single definition of
-pre-processing shared by training and by the inference API; the normalisation is chosen by the
+``normalize_ct``, ``map_mask_values``) and the image layer's channel rule (``match_channels``,
+:mod:`scripts.imageio.channels`) are the single definition of pre-processing shared by training
+and by the inference API; the normalisation is chosen by the
 experiment plan (``scripts.plan``) and kept in the model card.
 
 ``train_transforms`` / ``val_transforms`` turn a datalist entry (``{"image": path or [paths],
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor, PILReader
+from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     EnsureTyped,
@@ -52,6 +53,8 @@ from monai.transforms.traits import RandomizableTrait
 from monai.utils import convert_to_dst_type
 
 from scripts.canonical import ORIENTATION, Grid, canonical_grid, check_target_spacing, foreground_box, orientation_matrix, resample
+from scripts.imageio import match_channels
+from scripts.imageio.monai_reader import LayerReader
 from scripts.tasks import MISSING_CLASS, Keys
 
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
@@ -201,28 +204,6 @@ def _as_float_array(image: np.ndarray | torch.Tensor) -> tuple[bool, np.ndarray]
     is_tensor = isinstance(image, torch.Tensor)
     arr = image.detach().cpu().numpy() if is_tensor else np.asarray(image)
     return is_tensor, arr.astype(np.float32, copy=False)
-
-
-def match_channels(image: np.ndarray, in_channels: int, source: str = "image") -> np.ndarray:
-    """Make a ``(C, *spatial)`` image have the model's channel count.
-
-    RGB/RGBA -> grey by luminance when the model takes 1 channel (ultrasound and MRI exports are
-    often grey stored as RGB); grey -> RGB by repetition when the model takes 3.
-
-    Raises:
-        ValueError: the counts cannot be reconciled; names ``source`` and both counts.
-    """
-    c = image.shape[0]
-    if c == in_channels:
-        return image
-    if in_channels == 1 and c in (3, 4):
-        rgb = image[:3].astype(np.float32)
-        return (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])[None]
-    if in_channels == 3 and c == 1:
-        return np.repeat(image, 3, axis=0)
-    if in_channels == 3 and c == 4:
-        return image[:3]
-    raise ValueError(f"{source}: has {c} channel(s) but the model expects {in_channels}")
 
 
 def map_mask_values(mask: np.ndarray | torch.Tensor, num_segments: int, source: str = "label") -> np.ndarray:
@@ -457,13 +438,14 @@ class CanonicalGridd(MapTransform):
 def load_transforms(image_only: bool = True) -> list:
     """Load ``image`` (one file, or a list stacked as channels in list order) and ``label`` if present.
 
-    Raster files (PNG/JPG/BMP) are read rows first, ``(C, H, W)``, by ``PILReader(reverse_indexing=False)``;
-    other formats fall back to MONAI's readers (NIfTI, NRRD, DICOM: ``(C, X, Y, Z)`` in file index order).
-    ``image_only=False`` also keeps ``<key>_meta_dict`` (with the RAS ``affine``) for :class:`CanonicalGridd`.
+    Files are read by the bundle's image layer (:class:`scripts.imageio.monai_reader.LayerReader`, as
+    the inference API and prepare read them): raster files (PNG/JPG/BMP/TIFF) rows first, ``(C, H, W)``;
+    NIfTI, NRRD and MHA ``(C, X, Y, Z)`` in file index order. What the layer does not read as one file
+    (a DICOM folder, NumPy) falls back to MONAI's readers. ``image_only=False`` also keeps
+    ``<key>_meta_dict`` (with the RAS ``affine``) for :class:`CanonicalGridd`.
     """
-    raster = PILReader(reverse_indexing=False)  # tried first; MONAI's other readers take what it cannot read
     return [RememberSourced((IMAGE, LABEL)),
-            LoadImaged((IMAGE, LABEL), reader=raster, ensure_channel_first=True, image_only=image_only,
+            LoadImaged((IMAGE, LABEL), reader=LayerReader(), ensure_channel_first=True, image_only=image_only,
                        allow_missing_keys=True)]
 
 
