@@ -1,10 +1,13 @@
-"""The bundle holds no web code and never imports the web shell.
+"""The bundle holds no web code and never imports the web shell; images are read through one layer.
 
 The bundle (``monai_bundle/``) is what the Slicer extension installs (``CMakeLists.txt``: configs, docs,
 ``scripts/**.py``) and what the CLI and the Docker image run; the web demo is ``app.py`` with its
 ``mtunet_web`` package beside it, which import the bundle, never the other way round. One overlay renderer
 (``scripts.inference.overlay``) draws for the CLI and the page, with the terminology table's colours.
-Read as source (``ast``): nothing is imported here.
+Every image is read through one low-level package, ``scripts.imageio`` (suffix tables, the one
+``Geometry``, the readers, headers, zips and the channel rule), which imports nothing of the bundle
+above it; the inference API's Study reader, prepare and training build on it, and no module imports
+one in a circle. Read as source (``ast``): nothing is imported here.
 """
 
 from __future__ import annotations
@@ -38,6 +41,86 @@ def _defined(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     return names | {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+
+
+#: what the image layer alone defines: one definition each, no copy anywhere else (``_plain_mode`` and
+#: ``_first_line`` were the inference reader's copies; ``read_header`` / ``read_raster`` of the datalist and the
+#: Study reader are their own wrappers, with their own results)
+LAYER_NAMES = {"RASTER_SUFFIXES", "NIFTI_SUFFIXES", "VOLUME_SUFFIXES", "DICOM_SUFFIXES", "ZIP_SUFFIXES", "KNOWN_SUFFIXES",
+               "RASTER_FORMATS", "Geometry", "ImageHeader", "InputError", "LUMA", "luminance", "channels_compatible",
+               "match_channels", "to_grey", "plain_mode", "_plain_mode", "sitk_to_channels_first", "is_dicom_file",
+               "extract_zip", "MAX_ZIP_BYTES", "MAX_ZIP_FILES", "read_nifti_header", "load_image", "read_series",
+               "sitk_info", "is_raster", "is_nifti", "_first_line", "itk_message"}
+#: modules of the inference API and of prepare that read images on top of the layer: tools' internals, not for others
+READING_MODULES = {"scripts.inference.readers", "scripts.inference.dicom", "scripts.inference.archive",
+                   "scripts.inference.study", "scripts.prepare.imageio"}
+#: an import circle older than the image layer (plan and fingerprint import the training chain lazily);
+#: allowed to stay as it is, no larger, and with no image-reading module in it
+KNOWN_CIRCLES = [{"scripts.canonical", "scripts.fingerprint", "scripts.plan", "scripts.transforms"}]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(BUNDLE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _bundle_graph() -> dict[str, set[str]]:
+    """Bundle module -> the bundle modules it imports (lazy imports included; ``from pkg import mod``
+    counts as importing ``pkg.mod``; a module importing its own package is not an edge)."""
+    modules = {_module_name(p): p for p in _bundle_sources() if _module_name(p).startswith("scripts")}
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
+                edges |= subs or {node.module}
+        graph[name] = {m for m in edges if m in modules and m != name and not name.startswith(m + ".")}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[set[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(component)
+    return found
 
 
 def _bundle_sources() -> list[Path]:
@@ -78,3 +161,40 @@ def test_one_overlay_renderer_with_the_terminology_colours() -> None:
     assert {k: v for k, v in copies.items() if v} == {}
     # the data sets' contact sheets outline their masks with it too
     assert "scripts.inference.overlay" in _imports(BUNDLE / "scripts" / "datasets" / "preview.py")
+
+
+def test_the_image_layer_imports_nothing_above_it() -> None:
+    layer = sorted((BUNDLE / "scripts" / "imageio").glob("*.py"))
+    assert {p.stem for p in layer} >= {"__init__", "suffixes", "geometry", "channels", "raster", "volume", "dicom",
+                                       "archive", "reader", "monai_reader", "errors"}
+    upward = {p.name: sorted(m for m in _imports(p) if m.split(".")[0] == "scripts" and not m.startswith("scripts.imageio"))
+              for p in layer}
+    assert {k: v for k, v in upward.items() if v} == {}
+
+
+def test_each_reading_name_is_defined_once_in_the_image_layer() -> None:
+    """Suffix tables, Geometry, the channel rule, the readers and the zip limits: other modules import them."""
+    layer = BUNDLE / "scripts" / "imageio"
+    others = [p for p in _bundle_sources() if layer not in p.parents]
+    others += [REPO / "app.py", *WEB.glob("*.py"), *(REPO / "MultiTaskUNet").rglob("*.py")]
+    copies = {str(p.relative_to(REPO)): sorted(_defined(p) & LAYER_NAMES) for p in others}
+    assert {k: v for k, v in copies.items() if v} == {}
+    defined = set().union(*(_defined(p) for p in layer.glob("*.py")))
+    assert LAYER_NAMES - {"_plain_mode", "_first_line"} <= defined
+
+
+def test_the_tools_reading_modules_are_not_imported_from_below() -> None:
+    """Training, the datalist and the canonical grid read through the layer, not through prepare or the Study reader."""
+    graph = _bundle_graph()
+    assert graph["scripts.transforms"] >= {"scripts.imageio", "scripts.imageio.monai_reader"}
+    for name, edges in graph.items():
+        tool = ".".join(name.split(".")[:2])
+        wrong = {m for m in edges & READING_MODULES if not m.startswith(tool + ".") and m != tool}
+        assert not wrong, f"{name} imports {sorted(wrong)}"
+
+
+def test_no_import_circles_in_the_bundle() -> None:
+    circles = _circles(_bundle_graph())
+    assert all(any(c <= known for known in KNOWN_CIRCLES) for c in circles), circles
+    readers = {m for m in _bundle_graph() if m.startswith("scripts.imageio")} | READING_MODULES
+    assert not any(c & readers for c in circles)
