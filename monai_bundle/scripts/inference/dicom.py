@@ -1,5 +1,9 @@
 """DICOM input: find the image series in a folder, choose one, check its geometry, read it.
 
+This module is the policy; the low-level reading (the preamble, header-only datasets, a list of
+instances read as one SimpleITK image, channels first) is the image layer's (:mod:`scripts.imageio.dicom`,
+:mod:`scripts.imageio.volume`).
+
 Rules (also in the CLI's help):
 
 - **Which files.** Every file under the folder (sub-folders included, links to folders followed)
@@ -40,7 +44,6 @@ import SimpleITK as sitk
 from pydicom.charset import python_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000TransferSyntaxes
 

@@ -17,7 +17,16 @@ import os
 import numpy as np
 
 from scripts.atomic import atomic_path, write_bytes_atomic
-from scripts.imageio import NIFTI_SUFFIXES, RASTER_SUFFIXES, ImageHeader, is_nifti, is_raster, load_image, strip_image_suffix, to_grey
+from scripts.imageio import (
+    NIFTI_SUFFIXES,
+    RASTER_SUFFIXES,
+    ImageHeader,
+    is_nifti,
+    is_raster,
+    load_image,
+    strip_image_suffix,
+    to_grey,
+)
 
 __all__ = ["NIFTI_SUFFIXES", "RASTER_SUFFIXES", "binary_mask", "is_nifti", "is_raster", "read_image", "save_nifti_like",
            "save_png", "strip_suffix", "to_grey"]
