@@ -59,7 +59,7 @@ from scripts.inference.study import Study, study_name
 
 __all__ = ["DICOM_SUFFIXES", "MIN_IMAGE_SIZE", "OBLIQUE_WARN_DEG", "RASTER_FORMATS", "RASTER_SUFFIXES",
            "VOLUME_SUFFIXES", "ZIP_SUFFIXES", "Geometry", "Study", "check_study", "read_raster", "read_study",
-           "read_volume", "sitk_to_channels_first", "study_name"]
+           "read_volume", "study_name"]
 
 #: fewer voxels than this along either of the two largest axes is not a study (a 2x2x2 "volume")
 MIN_IMAGE_SIZE = 8
