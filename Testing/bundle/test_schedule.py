@@ -113,3 +113,47 @@ def test_state_carries_the_elapsed_time_into_a_resumed_run(monkeypatch) -> None:
     spent.load_state_dict(second.state_dict())
     _, lrs = _run(spent, clock, epochs=100)
     assert lrs == []  # a spent budget trains nothing more
+
+
+class _Validator(Engine):
+    """An evaluator that records the trainer epochs it ran for (as ``Evaluator.run(global_epoch)``)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda e, b: None)
+        self.epochs: list[int] = []
+
+    def run(self, global_epoch: int = 1, *args, **kwargs):  # noqa: D102 - MONAI's Evaluator.run signature
+        self.epochs.append(global_epoch)
+
+
+def _validated(interval: int, max_epochs: int, schedule_: BudgetSchedule | None = None, clock=None) -> list[int]:
+    from scripts.training import ValidationHandler
+
+    def step(engine: Engine, batch: int) -> None:
+        if clock is not None:
+            clock.now += clock.step
+
+    engine = Engine(step)
+    validator = _Validator()
+    handler = ValidationHandler(interval, None, schedule_)
+    handler.validator = validator  # MONAI's set_validator accepts only its Evaluator class
+    handler.attach(engine)
+    if schedule_ is not None:
+        schedule_.attach(engine)  # after the validation handler, as in train.json
+    engine.run(range(10), max_epochs=max_epochs)
+    return validator.epochs
+
+
+def test_validation_every_nth_epoch_and_on_the_last_one() -> None:
+    assert _validated(3, 7) == [3, 6, 7]
+    assert _validated(2, 1) == [1]  # a one-epoch run still gets a validated (best) model
+    assert _validated(1, 3) == [1, 2, 3]
+
+
+def test_validation_runs_on_the_epoch_the_budget_ends(monkeypatch) -> None:
+    clock = FakeClock(step=1.0)  # 10 s per epoch, budget 33 s: after epoch 3 the 4th would overrun
+    monkeypatch.setattr(schedule.time, "perf_counter", clock)
+    s = BudgetSchedule(_optimizer(), max_epochs=100, time_budget_min=0.55)
+    assert _validated(2, 100, s, clock) == [2, 3]
+    assert s.stopped_by_budget
+    assert not BudgetSchedule(_optimizer(), max_epochs=5).budget_ends_run(10.0)  # no budget: never

@@ -346,6 +346,21 @@ def test_crop_odds_are_checked():
         train_transforms(3, (8, 8, 8), 1, 2, crop_pos=0.0, crop_neg=0.0)
 
 
+def test_several_patches_per_volume_collate_into_one_batch(tmp_path):
+    from monai.data import DataLoader, Dataset
+
+    chain = train_transforms(3, (16, 16, 8), 1, 2, augment=False, num_samples=3)
+    chain.set_random_state(seed=0)
+    patches = chain(_sample_3d(tmp_path, 1))
+    assert len(patches) == 3 and all(p[IMAGE].shape == (1, 16, 16, 8) for p in patches)
+    assert len({p[IMAGE].numpy().tobytes() for p in patches}) >= 2  # three draws, not one patch three times
+    batch = next(iter(DataLoader(Dataset([_sample_3d(tmp_path, 1)] * 2, chain), batch_size=2)))
+    assert tuple(batch[IMAGE].shape) == (6, 1, 16, 16, 8) and tuple(batch[CLASS].shape) == (6,)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="patches per volume"):
+            train_transforms(3, (8, 8, 8), 1, 2, num_samples=bad)
+
+
 def test_3d_patch_crop_works_for_a_sample_without_mask(tmp_path):
     sample = {k: v for k, v in _sample_3d(tmp_path, 1).items() if k != LABEL}  # classification-only volume
     out = train_transforms(3, (16, 16, 8), 1, 2)(sample)[0]

@@ -126,12 +126,19 @@ class BudgetSchedule:
         if self.budget_s and self.seconds() >= self.budget_s:
             engine.terminate_epoch()
 
+    def budget_ends_run(self, epoch_s: float | None = None) -> bool:
+        """Whether the budget stops the run after the current epoch: the next epoch (taken to last as
+        long as this one, ``epoch_s``, by default so far) would overrun it by more than half of itself."""
+        if not self.budget_s:
+            return False
+        epoch_s = time.perf_counter() - self._epoch_start if epoch_s is None else epoch_s
+        return self.budget_s - self.seconds() < 0.5 * epoch_s
+
     def epoch_completed(self, engine: Engine) -> None:
         self.last_epoch_s = time.perf_counter() - self._epoch_start
         if not self.budget_s:
             return
-        remaining = self.budget_s - self.seconds()
-        if remaining < 0.5 * self.last_epoch_s:  # the next epoch would overrun by more than half of itself
+        if self.budget_ends_run(self.last_epoch_s):
             self.stopped_by_budget = True
             engine.logger.info(f"time budget of {self.budget_s / 60:g} min spent after epoch {engine.state.epoch} "
                                f"({self.seconds() / 60:.1f} min trained): stopping")

@@ -17,9 +17,11 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import monai.handlers
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
@@ -33,8 +35,14 @@ from scripts.plan import file_sha256
 from scripts.tasks import Keys, Task
 
 
-def prepare_batch(batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def prepare_batch(batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+                  augment: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+                  **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Split a collated batch into the network input and the multi-task target dict.
+
+    ``augment`` (training only, ``configs/train.json``'s ``batch_augment``): called as
+    ``augment(image, seg)`` on the device, it moves image and mask together
+    (:class:`scripts.batch_augment.BatchAugment`).
 
     Returns:
         ``image (B, C, *spatial)`` and ``{"seg": (B, 1, *spatial) long, "cls": (B,) long,
@@ -53,11 +61,14 @@ def prepare_batch(batchdata: dict[str, Any], device: str | torch.device | None =
         Keys.HAS_SEG.value: to(batchdata[Keys.HAS_SEG.value], torch.float32).reshape(-1),
         Keys.HAS_CLS.value: to(batchdata[Keys.HAS_CLS.value], torch.float32).reshape(-1),
     }
+    if augment is not None:
+        image, targets[Task.SEG.value] = augment(image, targets[Task.SEG.value])
     return image, targets
 
 
 def prepare_guided_batch(batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
-                         rate: float = 0.5, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple, dict[str, torch.Tensor]]:
+                         rate: float = 0.5, augment: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+                         **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple, dict[str, torch.Tensor]]:
     """:func:`prepare_batch` for training with lesion guidance: also hands the network the ground-truth
     lesion mask ``(B, 1, *spatial)`` float (any non-background segment) as ``network(image, lesion=mask)``
     -- MONAI's ``SupervisedTrainer`` passes a 4-tuple's ``kwargs`` through its inferer to the network.
@@ -71,7 +82,7 @@ def prepare_guided_batch(batchdata: dict[str, Any], device: str | torch.device |
     """
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"the lesion guidance rate must be in [0, 1], got {rate}")
-    image, targets = prepare_batch(batchdata, device, non_blocking, **kwargs)
+    image, targets = prepare_batch(batchdata, device, non_blocking, augment=augment, **kwargs)
     seg, has_seg = targets[Task.SEG.value], targets[Keys.HAS_SEG.value]
     guided = has_seg * (torch.rand(has_seg.shape, device=has_seg.device) < rate).to(has_seg.dtype)
     lesion = (seg > 0).to(image.dtype) * guided.reshape(-1, *([1] * (seg.dim() - 1))).to(image.dtype)
@@ -103,6 +114,36 @@ def validated_this_epoch(evaluator: Engine | None, trainer: Engine) -> bool:
     state = getattr(evaluator, "state", None)
     epoch = trainer.state.epoch
     return state is not None and epoch > 0 and getattr(state, "epoch", None) == epoch
+
+
+class ValidationHandler(monai.handlers.ValidationHandler):
+    """MONAI's epoch-level ``ValidationHandler`` that also validates the epoch a run ends on.
+
+    Every ``interval``-th epoch is validated, as MONAI's does, and so is the last one: the
+    ``max_epochs``-th, or the epoch after which ``schedule``'s time budget stops the run
+    (:meth:`scripts.schedule.BudgetSchedule.budget_ends_run`, asked before it decides). With
+    ``val_interval`` 2 (the 3D CPU default) a run would otherwise end on an unvalidated epoch -- the
+    one trained at the lowest learning rate -- and a 1-epoch run would keep no model at all.
+    Attach it before the handlers that read the evaluator (history, checkpoint) and before the
+    schedule.
+    """
+
+    def __init__(self, interval: int, validator: Engine | None = None, schedule: Any | None = None) -> None:
+        super().__init__(interval=interval, validator=validator, epoch_level=True)
+        self.schedule = schedule
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def ends_run(self, engine: Engine) -> bool:
+        """Whether training stops after ``engine``'s current epoch (epoch cap or time budget)."""
+        if engine.state.epoch >= (engine.state.max_epochs or 0):
+            return True
+        return bool(self.schedule is not None and self.schedule.budget_ends_run())
+
+    def epoch_completed(self, engine: Engine) -> None:
+        if engine.state.epoch % self.interval == 0 or self.ends_run(engine):
+            self(engine)
 
 
 class TaskWeightSchedule:

@@ -532,7 +532,7 @@ def augmentations(spatial_dims: int, spatial_size: Sequence[int], p_flip: float 
         RandAffined(keys, prob=p_affine, rotate_range=rotate_range, scale_range=scale,
                     translate_range=[shift * s for s in spatial_size], mode=modes, padding_mode="zeros"),
     ]
-    if spatial_dims == 2:  # control points every 1/8 of the image, moved up to ~1.5 spacings: albumentations' Elastic
+    if spatial_dims == 2:  # control points every 1/8 of the image, each moved by N(0, 1) x 0.5-1.5 px (RandDeformGrid)
         spacing = tuple(max(4, s // 8) for s in spatial_size)
         chain.append(Rand2DElasticd(keys, spacing=spacing, magnitude_range=(0.5, 1.5), prob=p_elastic,
                                     mode=modes, padding_mode="zeros"))
@@ -552,11 +552,12 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
                      augment: bool = True, crop_pos: float = 2.0, crop_neg: float = 1.0,
                      normalization: str | Mapping[str, Any] | None = None, augment_strength: str = "medium",
                      target_spacing: Sequence[float] | None = None, orientation: str = ORIENTATION,
-                     crop_foreground: bool = False, **augment_kwargs: float) -> Compose:
+                     crop_foreground: bool = False, num_samples: int = 1, **augment_kwargs: float) -> Compose:
     """The training chain: deterministic part, then (3D) a patch crop, then augmentations.
 
-    3D volumes are padded to ``spatial_size`` and one patch of that size is cropped, centred on the
-    lesion with odds ``crop_pos : crop_neg``. ``augment_strength`` (``light`` / ``medium`` /
+    3D volumes are padded to ``spatial_size`` and ``num_samples`` patches of that size are cropped,
+    each centred on the lesion with odds ``crop_pos : crop_neg`` (MONAI's ``list_data_collate`` puts
+    them all in the batch: ``batch_size`` volumes give ``batch_size * num_samples`` patches). ``augment_strength`` (``light`` / ``medium`` /
     ``strong``, :data:`AUGMENT_STRENGTHS`) sets the knobs of :func:`augmentations`; ``augment_kwargs``
     override single ones (probability knobs ``p_flip``, ``p_rot90``, ``p_affine``, ``p_elastic``,
     ``p_intensity``, ``p_gamma``, ``p_noise``, and ``rotate_deg``, ``scale``, ``shift``, ``noise_std``).
@@ -568,7 +569,7 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
         ``class`` int64, ``has_seg`` / ``has_cls`` float32 (a list of one such dict in 3D).
 
     Raises:
-        ValueError: as :func:`deterministic_transforms` and :func:`augmentations`; negative crop odds;
+        ValueError: as :func:`deterministic_transforms` and :func:`augmentations`; negative crop odds or fewer than one patch per volume;
             an unknown ``augment_strength``.
     """
     if augment_strength not in AUGMENT_STRENGTHS:
@@ -578,9 +579,11 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
     if spatial_dims == 3:
         if crop_pos < 0 or crop_neg < 0 or crop_pos + crop_neg == 0:
             raise ValueError(f"crop_pos and crop_neg must be >= 0 and not both 0, got {crop_pos}, {crop_neg}")
+        if int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"num_samples (patches per volume) must be a whole number >= 1, got {num_samples}")
         chain += [SpatialPadd((IMAGE, LABEL), spatial_size=tuple(spatial_size)),
                   RandCropByPosNegLabeld((IMAGE, LABEL), label_key=LABEL, spatial_size=tuple(spatial_size),
-                                         pos=crop_pos, neg=crop_neg, num_samples=1)]
+                                         pos=crop_pos, neg=crop_neg, num_samples=int(num_samples))]
     if augment:
         chain += augmentations(spatial_dims, spatial_size, **{**AUGMENT_STRENGTHS[augment_strength], **augment_kwargs})
         chain.append(EnsureTyped((IMAGE, LABEL), dtype=(torch.float32, torch.uint8)))  # spatial ones return float

@@ -1,0 +1,222 @@
+"""Batch augmentation (``scripts.batch_augment.BatchAugment``): what each operation does to the image
+and its mask, that they move together, the knobs and their errors, and how ``configs/train.json``
+wires it in (``augment_on``: ``batch`` by default, ``sample`` for the MONAI chain).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Randomizable
+from PIL import Image
+
+from scripts.batch_augment import BatchAugment, batch_augment_for
+from scripts.tasks import Task
+from scripts.training import prepare_batch, prepare_guided_batch
+
+CONFIGS = Path(__file__).resolve().parents[2] / "monai_bundle" / "configs"
+OFF = {"p_flip": 0.0, "p_rot90": 0.0, "p_affine": 0.0, "p_elastic": 0.0, "p_intensity": 0.0, "p_gamma": 0.0,
+       "p_noise": 0.0}
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _blobs(b: int = 8, size: tuple[int, ...] = (32, 32)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose value is the mask's label (0, 1, 2) plus a smooth ramp, so content is asymmetric."""
+    g = _gen(1)
+    label = torch.zeros(b, 1, *size, dtype=torch.long)
+    for i in range(b):
+        lo = [int(torch.randint(2, n // 2, (1,), generator=g)) for n in size]
+        sl = tuple(slice(a, a + n // 3) for a, n in zip(lo, size))
+        label[(i, 0, *sl)] = 1 + i % 2
+    return label.float(), label
+
+
+def test_everything_off_returns_the_batch_unchanged():
+    image, label = _blobs()
+    out, lab = BatchAugment(2, **OFF)(image.clone(), label.clone(), _gen())
+    assert torch.equal(out, image) and torch.equal(lab, label)
+
+
+def test_flips_mirror_image_and_mask_exactly():
+    image = torch.arange(2 * 3 * 6 * 8, dtype=torch.float32).reshape(2, 3, 6, 8)
+    label = (image[:, :1] > 40).to(torch.uint8)
+    out, lab = BatchAugment(2, **{**OFF, "p_flip": 1.0})(image, label, _gen())
+    torch.testing.assert_close(out, image.flip(2).flip(3), atol=1e-4, rtol=0)
+    assert lab.dtype == torch.uint8 and torch.equal(lab, label.flip(2).flip(3))
+    volume = torch.randn(2, 1, 6, 8, 4)
+    out3, _ = BatchAugment(3, **{**OFF, "p_flip": 1.0})(volume, None, _gen())
+    torch.testing.assert_close(out3, volume.flip(2).flip(3).flip(4), atol=1e-5, rtol=0)
+
+
+def test_quarter_turns_on_a_square_plane_and_half_turns_otherwise():
+    image = torch.arange(16 * 5 * 5, dtype=torch.float32).reshape(16, 1, 5, 5)
+    out, lab = BatchAugment(2, **{**OFF, "p_rot90": 1.0})(image, image.long(), _gen())
+    turns = []
+    for i in range(16):
+        k = [t for t in (1, 2, 3) if torch.equal(lab[i], torch.rot90(image[i].long(), t, (1, 2)))]
+        assert len(k) == 1
+        torch.testing.assert_close(out[i], torch.rot90(image[i], k[0], (1, 2)), atol=1e-4, rtol=0)
+        turns.append(k[0])
+    assert set(turns) == {1, 2, 3}  # all three drawn over 16 samples
+    wide = torch.arange(2 * 4 * 6, dtype=torch.float32).reshape(2, 1, 4, 6)
+    out, _ = BatchAugment(2, **{**OFF, "p_rot90": 1.0})(wide, None, _gen())
+    torch.testing.assert_close(out, wide.flip(2).flip(3), atol=1e-4, rtol=0)
+    volume = torch.randn(1, 1, 5, 5, 3)  # turns in the (X, Y) plane only: slices stay slices
+    out3, _ = BatchAugment(3, **{**OFF, "p_rot90": 1.0})(volume, None, _gen())
+    assert any(torch.allclose(out3[0], torch.rot90(volume[0], t, (1, 2)), atol=1e-5) for t in (1, 2, 3))
+
+
+@pytest.mark.parametrize("knob", ["p_affine", "p_elastic"])
+def test_deformations_move_the_mask_with_the_image(knob):
+    image, label = _blobs(16, (48, 40))
+    aug = BatchAugment(2, **{**OFF, knob: 1.0, "rotate_deg": 30.0, "scale": 0.2, "shift": 0.1})
+    out, lab = aug(image, label, _gen(3))
+    assert not torch.equal(lab, label)  # something moved
+    assert set(lab.unique().tolist()) <= {0, 1, 2} and lab.dtype == torch.long
+    agree = (out.round().long() == lab).float().mean().item()
+    assert agree > 0.97  # bilinear image and nearest mask land on the same pixels
+    assert out.shape == image.shape and lab.shape == label.shape
+
+
+def test_3d_affine_turns_about_the_slice_axis_only():
+    # a volume that only varies along Z keeps every slice constant: no rotation tilts the slices
+    z = torch.arange(8, dtype=torch.float32)
+    volume = z.reshape(1, 1, 1, 1, 8).expand(4, 1, 16, 16, 8).clone()
+    out, _ = BatchAugment(3, **{**OFF, "p_affine": 1.0, "rotate_deg": 45.0, "scale": 0.0, "shift": 0.0})(
+        volume, None, _gen())
+    centre = out[:, 0, 6:10, 6:10, :]  # away from the corners the rotation pads with zeros
+    torch.testing.assert_close(centre, volume[:, 0, 6:10, 6:10, :], atol=1e-4, rtol=0)
+
+
+def test_intensity_operations_stay_in_their_ranges():
+    image = torch.rand(64, 1, 8, 8) + 1.0
+    out, _ = BatchAugment(2, **{**OFF, "p_intensity": 1.0})(image, None, _gen())
+    ratio = out / image  # (x + o) * f with |o| <= 0.1, 0.8 <= f <= 1.2
+    assert float(ratio.min()) > (1.0 - 0.1 / 1.0) * 0.8 - 1e-4 and float(ratio.max()) < (1.0 + 0.1) * 1.2 + 1e-4
+    out, _ = BatchAugment(2, **{**OFF, "p_gamma": 1.0})(image, None, _gen())
+    flat_in, flat_out = image.reshape(64, -1), out.reshape(64, -1)
+    torch.testing.assert_close(flat_out.amin(1), flat_in.amin(1), atol=1e-5, rtol=0)  # gamma keeps the range
+    torch.testing.assert_close(flat_out.amax(1), flat_in.amax(1), atol=1e-5, rtol=0)
+    assert not torch.allclose(out, image)
+    out, _ = BatchAugment(2, **{**OFF, "p_noise": 1.0, "noise_std": 0.05})(image, None, _gen())
+    assert 0.0 < float((out - image).std()) < 0.05
+
+
+def test_probabilities_are_drawn_per_sample():
+    image = torch.arange(400 * 4 * 4, dtype=torch.float32).reshape(400, 1, 4, 4)
+    out, _ = BatchAugment(2, **{**OFF, "p_flip": 0.3})(image, None, _gen())
+    first_axis = (out[:, 0, 0] != image[:, 0, 0]).any(dim=1) | (out[:, 0, :, 0] != image[:, 0, :, 0]).any(dim=1)
+    share = first_axis.float().mean().item()  # changed by at least one of two flips: 1 - 0.7^2 = 0.51
+    assert 0.43 < share < 0.59
+
+
+def test_a_seeded_generator_repeats_and_the_global_seed_drives_the_default():
+    image, label = _blobs()
+    aug = BatchAugment(2, "strong")
+    a = aug(image, label, _gen(7))
+    b = aug(image, label, _gen(7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    torch.manual_seed(5)
+    c = aug(image, label)
+    torch.manual_seed(5)
+    d = aug(image, label)
+    assert torch.equal(c[0], d[0])
+
+
+def test_strengths_and_knobs_match_the_per_sample_chain():
+    from scripts.transforms import AUGMENT_STRENGTHS
+
+    assert BatchAugment(2, "strong").knobs["p_affine"] == AUGMENT_STRENGTHS["strong"]["p_affine"] == 0.7
+    assert BatchAugment(2, "light", p_affine=0.1).knobs["p_affine"] == 0.1
+    assert BatchAugment(3).knobs["rotate_deg"] == 15.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"spatial_dims": 4}, "spatial_dims must be 2 or 3"),
+    ({"spatial_dims": 2, "strength": "extreme"}, "augment_strength must be one of"),
+    ({"spatial_dims": 2, "p_flip": 1.5}, "p_flip must be a probability"),
+    ({"spatial_dims": 2, "p_swirl": 0.5}, "unknown augmentation knob"),
+    ({"spatial_dims": 2, "scale": -0.1}, "scale must be >= 0"),
+])
+def test_bad_knobs_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BatchAugment(**kwargs)
+
+
+def test_bad_tensors_are_refused():
+    aug = BatchAugment(2)
+    with pytest.raises(ValueError, match="2 spatial axes"):
+        aug(torch.zeros(2, 1, 4, 4, 4))
+    with pytest.raises(ValueError, match="does not match"):
+        aug(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 5))
+    with pytest.raises(ValueError, match="augment_on must be"):
+        batch_augment_for(2, True, "epoch")
+
+
+def test_prepare_batch_augments_image_and_mask_together_and_guidance_reads_the_moved_mask():
+    image, label = _blobs(6)
+    batch = {"image": image, "label": label, "class": torch.arange(6) % 2, "has_seg": torch.ones(6),
+             "has_cls": torch.ones(6)}
+    aug = BatchAugment(2, **{**OFF, "p_flip": 1.0})
+    x, targets = prepare_batch(batch, "cpu", augment=aug)
+    assert torch.equal(targets[Task.SEG.value], label.flip(2).flip(3))
+    torch.testing.assert_close(x, image.flip(2).flip(3), atol=1e-4, rtol=0)
+    plain, plain_targets = prepare_batch(batch, "cpu")
+    assert torch.equal(plain, image) and torch.equal(plain_targets[Task.SEG.value], label)
+    x, targets, _, kwargs = prepare_guided_batch(batch, "cpu", rate=1.0, augment=aug)
+    assert torch.equal(kwargs["lesion"], (label.flip(2).flip(3) > 0).float())
+
+
+def _tiny_datalist(root: Path) -> Path:
+    (root / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        mask = np.zeros((40, 40), np.uint8)
+        mask[10:20, 12:24] = 255
+        Image.fromarray(mask).save(root / "img" / f"{i}_m.png")
+        items.append({"image": f"img/{i}.png", "label": f"img/{i}_m.png", "class": i % 2})
+    path = root / "datalist.json"
+    path.write_text(json.dumps({"name": "tiny", "spatial_dims": 2, "channels": ["T1"], "segments": ["bg", "tumor"],
+                                "classes": ["a", "b"], "training": items, "validation": items[:2], "test": []}))
+    return path
+
+
+def _parser(overrides: dict) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_meta(str(CONFIGS / "metadata.json"))
+    parser.read_config([str(CONFIGS / "train.json")])
+    parser.update({"device": "$torch.device('cpu')", **overrides})
+    return parser
+
+
+def _random_transforms(parser: ConfigParser) -> list[str]:
+    chain = parser.get_parsed_content("train#preprocessing")
+    return [type(t).__name__ for t in chain.transforms if isinstance(t, Randomizable)]
+
+
+def test_train_config_augments_batches_by_default_and_samples_on_request(tmp_path):
+    datalist = _tiny_datalist(tmp_path)
+    parser = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m")})
+    assert parser.get_parsed_content("augment_on") == "batch"
+    aug = parser.get_parsed_content("batch_augment")
+    assert isinstance(aug, BatchAugment) and aug.strength == parser.get_parsed_content("augment_strength")
+    assert _random_transforms(parser) == []  # the dataset chain is deterministic: cached once
+    step = parser.get_parsed_content("train_prepare_batch")
+    assert step.keywords["augment"] is aug
+    assert parser.get_parsed_content("train#trainer").prepare_batch is step
+    assert parser.get_parsed_content("validate#evaluator").prepare_batch is parser.get_parsed_content("prepare_batch")
+    per_sample = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment_on": "sample"})
+    assert per_sample.get_parsed_content("batch_augment") is None
+    assert "RandAffined" in _random_transforms(per_sample)
+    off = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment": False})
+    assert off.get_parsed_content("batch_augment") is None and _random_transforms(off) == []
