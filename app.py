@@ -40,7 +40,7 @@ import gradio as gr  # noqa: E402
 from mtunet_web import examples as web_examples  # noqa: E402
 from mtunet_web import text, uploads  # noqa: E402
 from scripts.inference import overlay  # noqa: E402
-from scripts.model_card import WEIGHTS_FILE  # noqa: E402
+from scripts.core.model_card import WEIGHTS_FILE  # noqa: E402
 
 log = logging.getLogger("webdemo")
 EXAMPLES = "data/webdemo_examples"  # inside the bundle; data/ is generated, never committed

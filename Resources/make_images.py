@@ -3,7 +3,7 @@
     .venv/bin/python Resources/make_images.py icon                 # Resources/MultiTaskUNet.png + module icon
     .venv/bin/python Resources/make_images.py screenshot BUNDLE    # Resources/Screenshot01.png
 
-The screenshot is real output: a synthetic study from ``scripts.synthetic.make_volume`` is written
+The screenshot is real output: a synthetic study from ``scripts.datasets.synthetic.make_volume`` is written
 to NRRD, the bundle's worker runs on it through the module's own ``MultiTaskUNetLib.job`` (exactly
 the path Slicer takes), and the label map and result JSON it wrote are drawn with matplotlib: three
 orthogonal slices with the segment outline, and the panel's diagnosis with all class probabilities.
@@ -59,7 +59,7 @@ def make_icon(paths: tuple[Path, ...] = ICON_PATHS, size: int = 128) -> None:
 def run_worker(bundle: Path, work: Path, seed: int = 7, label: int = 1):
     """Write a synthetic study and segment it with the real worker; returns (volume (X,Y,Z), result, label)."""
     import SimpleITK as sitk
-    from scripts.synthetic import make_volume
+    from scripts.datasets.synthetic import make_volume
 
     from MultiTaskUNetLib.job import InferenceJob, JobState
     from MultiTaskUNetLib.results import read_result

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.atomic import atomic_path
+from scripts.core.atomic import atomic_path
 
 
 def write_examples(folder: str | os.PathLike, seed: int = 0, size: int = 128) -> list[Path]:
@@ -15,7 +15,7 @@ def write_examples(folder: str | os.PathLike, seed: int = 0, size: int = 128) ->
 
     Written once (atomically); files already present are reused, so a restart costs nothing.
     """
-    from scripts import synthetic  # imported here: the page's other helpers do not need scipy
+    from scripts.datasets import synthetic  # imported here: the page's other helpers do not need scipy
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,6 +50,6 @@ def _save_png(path: str, image: np.ndarray) -> None:
 def _save_nifti(path: str, volume: np.ndarray, spacing: tuple[float, float, float]) -> None:
     import nibabel as nib
 
-    from scripts.synthetic import volume_affine  # i -> Left, j -> Posterior: viewers show the head upright
+    from scripts.datasets.synthetic import volume_affine  # i -> Left, j -> Posterior: viewers show the head upright
 
     nib.save(nib.Nifti1Image(volume.astype(np.float32), volume_affine(spacing)), path)

@@ -45,8 +45,8 @@ def write_random_model(bundle: str | os.PathLike, seed: int = 0) -> Path:
     bundle = Path(bundle).resolve()
     sys.path.insert(0, str(bundle))
     import torch
-    from scripts.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card
-    from scripts.atomic import write_json_atomic  # noqa: I001  (after model_card: its absence names the bundle problem)
+    from scripts.core.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card
+    from scripts.core.atomic import write_json_atomic  # noqa: I001  (after model_card: its absence names the bundle problem)
 
     card = load_model_card(bundle)
     card["network"]["channels"] = list(TINY_CHANNELS)

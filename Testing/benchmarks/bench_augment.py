@@ -7,9 +7,9 @@ Cases: a 2D batch as the CPU plan builds it for the generated brain set (16 x 1 
 width-8 U-Net) and a 3D batch as the 3D CPU plan builds it (2 x 1 x 64 x 64 x 32 patches, the strided
 stem). Rows per case:
 
-* ``per sample (MONAI)``: :func:`scripts.transforms.augmentations` at the plan's ``medium`` strength,
+* ``per sample (MONAI)``: :func:`scripts.core.transforms.augmentations` at the plan's ``medium`` strength,
   one sample at a time, as the dataset ran it until ``augment_on`` became ``batch``;
-* ``batch``: :class:`scripts.batch_augment.BatchAugment`, same strength, on the collated batch;
+* ``batch``: :class:`scripts.train.batch_augment.BatchAugment`, same strength, on the collated batch;
 * ``network step``: forward, loss, backward and AdamW step of the ``MultiTaskUNet`` on the batch.
 
 Printed: median milliseconds per batch and per sample (process CPU time, so another process on the
@@ -48,9 +48,9 @@ def main() -> None:
     import torch
     from monai.transforms import Compose
 
-    from scripts.batch_augment import BatchAugment
-    from scripts.networks import MultiTaskUNet
-    from scripts.transforms import augmentations
+    from scripts.train.batch_augment import BatchAugment
+    from scripts.core.networks import MultiTaskUNet
+    from scripts.core.transforms import augmentations
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

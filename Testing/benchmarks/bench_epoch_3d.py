@@ -191,8 +191,8 @@ def overrides_for(variant: str, datalist: Path, work: Path, epochs: int) -> dict
                 "train#dataset": cached("training", "@train#preprocessing"),
                 "validate#dataset": cached("validation", "@validate#preprocessing")}
     sys.path.insert(0, str(BUNDLE))
-    from scripts.datalist import load_datalist
-    from scripts.canonical import median_target_spacing
+    from scripts.core.datalist import load_datalist
+    from scripts.core.canonical import median_target_spacing
 
     spacing = median_target_spacing(load_datalist(datalist).split("training"))
     after = {**common, "target_spacing": spacing, "crop_foreground": True, "cache_dir": str(work / "cache")}

@@ -6,7 +6,7 @@
 One synthetic head volume (default 256 x 256 x 160, 1 x 1 x 2 mm, stored with ITK's identity
 direction, i.e. LPS) is written as NIfTI. For each path -- a 2D model slice-wise, a 3D model by
 sliding window on the stored grid (a card without ``target_spacing``), and a 3D model on the
-canonical grid (``scripts.canonical``: foreground crop, RAS, target spacing) either at the stored
+canonical grid (``scripts.core.canonical``: foreground crop, RAS, target spacing) either at the stored
 spacing (``3d-reindex``: flips only, nothing interpolated) or at 1.2 x 1.2 x 1.6 mm
 (``3d-resample``: interpolated there and back) -- two measurements run, each in its own fresh
 process (so peak memory is its own):
@@ -65,7 +65,7 @@ def make_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
 
 
 def card_for(path: str, roi3d: int) -> dict:
-    from scripts.model_card import DEFAULT_CARD
+    from scripts.core.model_card import DEFAULT_CARD
 
     dims = 2 if path == "2d" else 3
     card = json.loads(json.dumps(DEFAULT_CARD))
@@ -98,7 +98,7 @@ class TimedNetwork(torch.nn.Module):
 
 def network_input(predictor, nifti: Path) -> torch.Tensor:
     """The study as the model sees it: normalised, and for canonical cards cropped and resampled (untimed)."""
-    from scripts.canonical import affine_from_itk, canonical_grid, foreground_box, resample
+    from scripts.core.canonical import affine_from_itk, canonical_grid, foreground_box, resample
     from scripts.inference import read_study
 
     study = read_study(nifti)
@@ -146,7 +146,7 @@ def run_worker(mode: str, path: str, nifti: Path, out_dir: Path, device_name: st
     import psutil
 
     from scripts.inference import Predictor
-    from scripts.model_card import build_network
+    from scripts.core.model_card import build_network
 
     torch.manual_seed(0)
     card = card_for(path, roi3d)

@@ -10,7 +10,7 @@ Rows, each a fresh network (random weights, nothing downloaded) on random input:
   (``stem_stride`` 1, widths 16-32-64-128): two 3x3x3 convolutions at the patch's full resolution in
   the first encoder level and two in the last decoder level;
 * ``strided stem``: what the CPU plan builds now (``stem_stride`` 2, widths 16-32-64, one convolution
-  at full resolution in :class:`scripts.networks.LightUpBlock`);
+  at full resolution in :class:`scripts.core.networks.LightUpBlock`);
 * ``MONAI UNet``: ``monai.networks.nets.UNet`` with the baseline's settings (16-32-64-128-256, strides 2,
   2 residual units).
 
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "monai_bundle"))
 def _networks():
     from monai.networks.nets import UNet
 
-    from scripts.networks import MultiTaskUNet
+    from scripts.core.networks import MultiTaskUNet
 
     return [
         ("full resolution (stem 1, 16-128)",

@@ -23,14 +23,14 @@ resolution: the project through the CLI ``python -m scripts.infer <test images> 
 (model card, temperature and all), scoring the label maps it writes against the ground-truth masks;
 the baselines by their own forward pass resized back to the image. Printed per set and method (mean
 ± std over seeds): lesion Dice (over test images with a lesion), accuracy, balanced accuracy, ECE
-(MONAI ``CalibrationErrorMetric`` via ``scripts.calibration``), contradiction rate of the two heads
-(``scripts.metrics.contradictions``, project only), median ms per image at inference (read,
+(MONAI ``CalibrationErrorMetric`` via ``scripts.train.calibration``), contradiction rate of the two heads
+(``scripts.train.metrics.contradictions``, project only), median ms per image at inference (read,
 normalise, network, back to the image's size; the project's from its result JSON, writing not
 counted), epochs reached in the budget and seconds per epoch (validation included), then ratios
 project / baseline of the means. A markdown table is printed and every figure written to ``--out``.
 
 Sets (generated and prepared into ``--cache``, default ``monai_bundle/data/bench``, on first use):
-``synthetic`` (``scripts.synthetic.ensure_dataset``), ``brain-mri`` (``python -m scripts.datasets
+``synthetic`` (``scripts.datasets.synthetic.ensure_dataset``), ``brain-mri`` (``python -m scripts.datasets
 brain-mri`` -> ``prepare brisc``), ``ultrasound`` (``... ultrasound`` -> ``prepare busi``; skipped
 with a note while that generator does not exist), ``3d`` (``... brain-mri-3d`` -> ``prepare msd``).
 ``--quick``: tiny sets, 0.3 min budgets, seed 0 -- a smoke run of the whole path, not figures.
@@ -131,7 +131,7 @@ def generator_help(sub: str, env: dict[str, str]) -> str | None:
 def prepare_set(name: str, cache: Path, quick: bool, env: dict[str, str]) -> Path:
     """The datalist of a built-in set, generated and prepared under ``cache`` when missing."""
     if name == "synthetic":
-        from scripts.synthetic import ensure_dataset
+        from scripts.datasets.synthetic import ensure_dataset
 
         return Path(ensure_dataset(cache / "synthetic", seed=0, **(QUICK_SYNTHETIC if quick else {})))
     sub, adapter, extra, _ = REAL_SETS[name]
@@ -179,7 +179,7 @@ def read_array(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path, n_segments: int) -> np.ndarray:
-    from scripts.transforms import map_mask_values
+    from scripts.core.transforms import map_mask_values
 
     return map_mask_values(read_array(path), n_segments, str(path))[0]
 
@@ -190,8 +190,8 @@ def read_mask(path: str | Path, n_segments: int) -> np.ndarray:
 def score(test: list[dict], gts: list[np.ndarray | None], labels: list[np.ndarray] | None, probs: np.ndarray | None,
           classes: list[str], segments: list[str]) -> dict[str, Any]:
     """The figures of one model on the test split; a head the model lacks (None) is not scored."""
-    from scripts.calibration import expected_calibration_error
-    from scripts.metrics import MetricsAccumulator
+    from scripts.train.calibration import expected_calibration_error
+    from scripts.train.metrics import MetricsAccumulator
 
     acc = MetricsAccumulator(classes, segments)
     uniform = np.full(len(classes), 1.0 / len(classes))
@@ -381,7 +381,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def bench_set(name: str, args: argparse.Namespace, work: Path, env: dict[str, str]) -> dict[str, Any]:
-    from scripts.datalist import load_datalist
+    from scripts.core.datalist import load_datalist
 
     datalist = prepare_set(name, args.cache, args.quick, env)
     dl = load_datalist(datalist)

@@ -82,7 +82,7 @@ def parallel_headroom(loops: int = 20_000_000) -> float:
 def make_bundle(root: Path) -> Path:
     import torch
 
-    from scripts.model_card import DEFAULT_CARD, build_network
+    from scripts.core.model_card import DEFAULT_CARD, build_network
 
     card = json.loads(json.dumps(DEFAULT_CARD))
     card["name"], card["version"] = "ScaleBench", "0"

@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "monai_bundle"))
-from scripts.inferers import MultiTaskSimpleInferer  # noqa: E402
-from scripts.losses import MultiTaskLoss  # noqa: E402
-from scripts.networks import MultiTaskUNet  # noqa: E402
-from scripts.tasks import Keys  # noqa: E402
-from scripts.training import prepare_batch  # noqa: E402
+from scripts.core.sliding_window import MultiTaskSimpleInferer  # noqa: E402
+from scripts.train.losses import MultiTaskLoss  # noqa: E402
+from scripts.core.networks import MultiTaskUNet  # noqa: E402
+from scripts.core.tasks import Keys  # noqa: E402
+from scripts.train.training import prepare_batch  # noqa: E402
 
 
 def make_data(n: int, size: int, seed: int = 0) -> list[dict]:

@@ -36,7 +36,7 @@ def _inputs(folder: Path, size: int, slices: int) -> list[Path]:
     import nibabel as nib
     from PIL import Image
 
-    from scripts import synthetic
+    from scripts.datasets import synthetic
 
     image, _ = synthetic.make_slice(np.random.default_rng(0), 0, size)[:2]
     png = folder / "slice.png"
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from scripts.inference import Predictor
-    from scripts.inferers import FlipTTA
-    from scripts.tasks import Task
+    from scripts.core.sliding_window import FlipTTA
+    from scripts.core.tasks import Task
 
     class HeadsOnlyTTA(FlipTTA):
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

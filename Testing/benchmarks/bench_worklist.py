@@ -3,7 +3,7 @@
     python Testing/benchmarks/bench_worklist.py [--models DIR] [--seed 0] [--size 48] [--n-train 48]
            [--n-test 128] [--epochs 15] [--top 0.3] [--no-tta] [--root DIR]
 
-On the built-in synthetic set (``scripts.synthetic.ensure_dataset``): a small model is trained
+On the built-in synthetic set (``scripts.datasets.synthetic.ensure_dataset``): a small model is trained
 briefly (or ``--models DIR`` holding ``model.pt`` + ``model_card.json`` is used), the batch CLI
 (``python -m scripts.infer --tta``) runs over the test split, and the studies whose diagnosis is
 wrong are looked up in the worklist it wrote. Printed side by side, the share of wrong diagnoses in
@@ -47,7 +47,7 @@ def train_model(root: Path, args: argparse.Namespace) -> Path:
 
 
 def dataset(root: Path, args: argparse.Namespace) -> Path:
-    from scripts.synthetic import ensure_dataset
+    from scripts.datasets.synthetic import ensure_dataset
 
     return ensure_dataset(root / "data", seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
                           size=args.size)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_worklist_") as tmp:
         root = args.root or Path(tmp)
         models = args.models or train_model(root, args)
-        from scripts.datalist import load_datalist
+        from scripts.core.datalist import load_datalist
 
         test = [e for e in load_datalist(dataset(root, args), require_training=False).split("test") if "class" in e]
         truth = {str(Path(e["image"]).resolve()): int(e["class"]) for e in test}

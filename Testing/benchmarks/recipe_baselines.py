@@ -7,7 +7,7 @@
 
 Both take what the project's model card says (input size / patch, intensity normalisation, 3D
 target spacing and orientation of the plan), train with AdamW and a cosine learning rate over the
-wall-clock budget (the same budget rule as the bundle's ``scripts.schedule.BudgetSchedule``: the
+wall-clock budget (the same budget rule as the bundle's ``scripts.train.schedule.BudgetSchedule``: the
 clock starts after the data are cached and counts epochs with their validation; the run stops when
 the next epoch would overrun the budget by more than half an epoch), random flips only, and keep the
 weights of the best validation epoch (lesion Dice for ``unet``, balanced accuracy for ``densenet``).
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from scripts.datalist import load_datalist
-from scripts.metrics import overlap_scores
-from scripts.transforms import load_transforms, map_mask_values, match_channels, normalize, val_transforms
+from scripts.core.datalist import load_datalist
+from scripts.train.metrics import overlap_scores
+from scripts.core.transforms import load_transforms, map_mask_values, match_channels, normalize, val_transforms
 
 UNET_CHANNELS = (16, 32, 64, 128, 256)
 MIN_LR_RATIO = 0.01
@@ -69,7 +69,7 @@ def build_network(kind: str, dims: int, in_channels: int, n_segments: int, n_cla
 
 def cache_2d(samples: list[dict], spec: dict, keep: str) -> dict[str, torch.Tensor]:
     """The samples that carry ``keep`` ("seg" or "cls") as model-size tensors (the bundle's own loading,
-    channel matching, normalisation and resize: ``scripts.transforms.val_transforms``)."""
+    channel matching, normalisation and resize: ``scripts.core.transforms.val_transforms``)."""
     chain = val_transforms(2, spec["spatial_size"], spec["in_channels"], spec["n_segments"], spec["normalization"])
     images, labels, classes = [], [], []
     for s in samples:

@@ -1,8 +1,8 @@
 """3D diagnosis: the lesion-aware head, aggregated over sliding windows with the rule of 2D slices.
 
 The 3D configuration (``train.json`` + ``train_3d.json``) keeps ``cls_pooling: "lesion"``
-(:class:`scripts.networks.LesionAwareHead`), and validation as well as the Predictor combine the
-windows' class logits with :func:`scripts.inferers.aggregate_class_logits` (weight ``1 + tumor
+(:class:`scripts.core.networks.LesionAwareHead`), and validation as well as the Predictor combine the
+windows' class logits with :func:`scripts.core.sliding_window.aggregate_class_logits` (weight ``1 + tumor
 voxels`` of the window): a window that shows the lesion decides the study's diagnosis.
 """
 
@@ -15,9 +15,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import PersistentDataset
 
-from scripts.inferers import MultiTaskSlidingWindowInferer, aggregate_class_logits, label_map
-from scripts.networks import LesionAwareHead, MultiTaskUNet
-from scripts.tasks import Task
+from scripts.core.sliding_window import MultiTaskSlidingWindowInferer, aggregate_class_logits, label_map
+from scripts.core.networks import LesionAwareHead, MultiTaskUNet
+from scripts.core.tasks import Task
 
 CONFIGS = Path(__file__).resolve().parents[2] / "monai_bundle" / "configs"
 

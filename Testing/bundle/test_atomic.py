@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from scripts import atomic
-from scripts.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+from scripts.core import atomic
+from scripts.core.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 
 
 def test_writes_create_folders_and_readable_files(tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""Batch augmentation (``scripts.batch_augment.BatchAugment``): what each operation does to the image
+"""Batch augmentation (``scripts.train.batch_augment.BatchAugment``): what each operation does to the image
 and its mask, that they move together, the knobs and their errors, and how ``configs/train.json``
 wires it in (``augment_on``: ``batch`` by default, ``sample`` for the MONAI chain).
 """
@@ -15,9 +15,9 @@ from monai.bundle import ConfigParser
 from monai.transforms import Randomizable
 from PIL import Image
 
-from scripts.batch_augment import BatchAugment, batch_augment_for
-from scripts.tasks import Task
-from scripts.training import prepare_batch, prepare_guided_batch
+from scripts.train.batch_augment import BatchAugment, batch_augment_for
+from scripts.core.tasks import Task
+from scripts.train.training import prepare_batch, prepare_guided_batch
 
 CONFIGS = Path(__file__).resolve().parents[2] / "monai_bundle" / "configs"
 OFF = {"p_flip": 0.0, "p_rot90": 0.0, "p_affine": 0.0, "p_elastic": 0.0, "p_intensity": 0.0, "p_gamma": 0.0,
@@ -132,7 +132,7 @@ def test_a_seeded_generator_repeats_and_the_global_seed_drives_the_default():
 
 
 def test_strengths_and_knobs_match_the_per_sample_chain():
-    from scripts.transforms import AUGMENT_STRENGTHS
+    from scripts.core.transforms import AUGMENT_STRENGTHS
 
     assert BatchAugment(2, "strong").knobs["p_affine"] == AUGMENT_STRENGTHS["strong"]["p_affine"] == 0.7
     assert BatchAugment(2, "light", p_affine=0.1).knobs["p_affine"] == 0.1

@@ -7,7 +7,10 @@ The bundle (``monai_bundle/``) is what the Slicer extension installs (``CMakeLis
 Every image is read through one low-level package, ``scripts.imageio`` (suffix tables, the one
 ``Geometry``, the readers, headers, zips and the channel rule), which imports nothing of the bundle
 above it; the inference API's Study reader, prepare and training build on it, and no module imports
-one in a circle. Read as source (``ast``): nothing is imported here.
+one in a circle. ``scripts/`` is layered (``docs/contracts.md``, "Bundle layout"): imageio -> core ->
+train | inference (siblings) -> tools and shells; no module imports a layer above its own, and the
+top level holds only the packages and the entry-point modules. Read as source (``ast``): nothing is
+imported here.
 """
 
 from __future__ import annotations
@@ -56,7 +59,15 @@ READING_MODULES = {"scripts.inference.readers", "scripts.inference.dicom", "scri
                    "scripts.inference.study", "scripts.prepare.imageio"}
 #: an import circle older than the image layer (plan and fingerprint import the training chain lazily);
 #: allowed to stay as it is, no larger, and with no image-reading module in it
-KNOWN_CIRCLES = [{"scripts.canonical", "scripts.fingerprint", "scripts.plan", "scripts.transforms"}]
+KNOWN_CIRCLES = [{"scripts.core.canonical", "scripts.core.fingerprint", "scripts.core.plan", "scripts.core.transforms"}]
+#: each group of ``scripts/`` and its layer; a module imports its own group or a lower layer. ``train`` and
+#: ``inference`` share a layer and never import each other; the tools and shells (layer 3) may use one another
+LAYERS = {"scripts": 0, "scripts.imageio": 0, "scripts.core": 1, "scripts.train": 2, "scripts.inference": 2,
+          "scripts.prepare": 3, "scripts.datasets": 3, "scripts.infer": 3, "scripts.export": 3, "scripts.demo": 3}
+TOOLS_LAYER = 3
+#: the entry-point modules users run (``python -m scripts.infer``, ``python -m scripts.export``,
+#: ``python monai_bundle/scripts/demo.py``): the only modules at ``scripts/``'s top level
+ENTRY_POINTS = {"infer.py", "export.py", "demo.py"}
 
 
 def _module_name(path: Path) -> str:
@@ -188,7 +199,7 @@ def test_each_reading_name_is_defined_once_in_the_image_layer() -> None:
 def test_the_tools_reading_modules_are_not_imported_from_below() -> None:
     """Training, the datalist and the canonical grid read through the layer, not through prepare or the Study reader."""
     graph = _bundle_graph()
-    assert graph["scripts.transforms"] >= {"scripts.imageio", "scripts.imageio.monai_reader"}
+    assert graph["scripts.core.transforms"] >= {"scripts.imageio", "scripts.imageio.monai_reader"}
     for name, edges in graph.items():
         tool = ".".join(name.split(".")[:2])
         wrong = {m for m in edges & READING_MODULES if not m.startswith(tool + ".") and m != tool}
@@ -200,3 +211,65 @@ def test_no_import_circles_in_the_bundle() -> None:
     assert all(any(c <= known for known in KNOWN_CIRCLES) for c in circles), circles
     readers = {m for m in _bundle_graph() if m.startswith("scripts.imageio")} | READING_MODULES
     assert not any(c & readers for c in circles)
+
+
+def _group(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def test_scripts_top_level_holds_only_the_packages_and_the_entry_points() -> None:
+    top = BUNDLE / "scripts"
+    files = {p.name for p in top.glob("*.py")}
+    packages = {p.name for p in top.iterdir() if p.is_dir() and p.name != "__pycache__" and (p / "__init__.py").is_file()}
+    assert files == {"__init__.py"} | ENTRY_POINTS
+    assert {f"scripts.{n}" for n in packages} | {f"scripts.{Path(f).stem}" for f in ENTRY_POINTS} | {"scripts"} \
+        == set(LAYERS)
+    # no stray folder of modules without an __init__.py (it would import as a namespace package)
+    assert not [p.name for p in top.iterdir() if p.is_dir() and p.name != "__pycache__" and p.name not in packages]
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    graph = _bundle_graph()
+    assert {_group(m) for m in graph} <= set(LAYERS), sorted({_group(m) for m in graph} - set(LAYERS))
+    wrong = {}
+    for name, edges in graph.items():
+        mine = _group(name)
+        for target in edges:
+            theirs = _group(target)
+            if theirs == mine or LAYERS[theirs] < LAYERS[mine] or LAYERS[theirs] == LAYERS[mine] == TOOLS_LAYER:
+                continue
+            wrong.setdefault(name, []).append(target)
+    assert wrong == {}
+    # the layering the order stands for: the sibling API and training meet only in the core
+    assert graph["scripts.inference.predictor"] & {"scripts.core.model_card", "scripts.core.sliding_window"}
+    assert not any(_group(t) == "scripts.inference" for n, e in graph.items() if n.startswith("scripts.train") for t in e)
+
+
+def test_every_scripts_name_in_the_configs_exists() -> None:
+    """A config's ``_target_`` or ``$scripts....`` expression names a module that is there and a name it holds."""
+    import re
+
+    modules = {_module_name(p): p for p in _bundle_sources() if _module_name(p).startswith("scripts")}
+    named = set()
+    for config in (BUNDLE / "configs").glob("*.json"):
+        named |= set(re.findall(r"(?<![\w.])scripts(?:\.\w+)+", config.read_text(encoding="utf-8")))
+    assert len(named) > 20
+    missing = []
+    for dotted in sorted(named):
+        parts = dotted.split(".")
+        prefix = max((i for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in modules), default=0)
+        if prefix == 0:
+            missing.append(dotted)
+            continue
+        rest = parts[prefix:]
+        if not rest:
+            continue
+        tree = ast.parse(modules[".".join(parts[:prefix])].read_text(encoding="utf-8"))
+        held = _defined(modules[".".join(parts[:prefix])])
+        held |= {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+        held |= {t.target.id for t in tree.body if isinstance(t, ast.AnnAssign) and isinstance(t.target, ast.Name)}
+        held |= {e.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Tuple)
+                 for e in t.elts if isinstance(e, ast.Name)}
+        if rest[0] not in held:
+            missing.append(dotted)
+    assert missing == []

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.networks import MultiTaskUNet
+from scripts.core.networks import MultiTaskUNet
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_ZOO = Path(__file__).resolve().parent / "model_zoo.py"

@@ -1,4 +1,4 @@
-"""Temperature scaling, ECE and the reliability bins (scripts/calibration.py)."""
+"""Temperature scaling, ECE and the reliability bins (scripts/train/calibration.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.calibration import (
+from scripts.train.calibration import (
     card_temperature,
     expected_calibration_error,
     fit_temperature,

@@ -1,4 +1,4 @@
-"""The canonical grid of 3D studies (scripts.canonical) and the 3D training chain built on it.
+"""The canonical grid of 3D studies (scripts.core.canonical) and the 3D training chain built on it.
 
 Expected values come from geometry, not from the module: voxel positions are ``affine @ index``,
 interpolation is checked against ``scipy.ndimage.map_coordinates``, and a study stored in another
@@ -18,7 +18,7 @@ import torch
 from monai.data import PersistentDataset, get_track_meta, set_track_meta
 from scipy.ndimage import map_coordinates
 
-from scripts.canonical import (
+from scripts.core.canonical import (
     Grid,
     affine_from_itk,
     canonical_grid,
@@ -31,8 +31,8 @@ from scripts.canonical import (
     resample,
     target_spacing_from_spacings,
 )
-from scripts.inferers import label_map
-from scripts.transforms import preprocess_cache_dir, sample_hash, train_transforms, val_transforms
+from scripts.core.sliding_window import label_map
+from scripts.core.transforms import preprocess_cache_dir, sample_hash, train_transforms, val_transforms
 
 
 @pytest.fixture(autouse=True)

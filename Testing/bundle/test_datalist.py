@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.datalist import DatalistError, check_samples, load_datalist, read_header
+from scripts.core.datalist import DatalistError, check_samples, load_datalist, read_header
 
 
 def _png(path: Path, shape: tuple, value: int = 0) -> str:

@@ -1,4 +1,4 @@
-"""``scripts.training.LossGradientSync`` on two gloo processes: the learned task weights' gradients are
+"""``scripts.train.training.LossGradientSync`` on two gloo processes: the learned task weights' gradients are
 averaged with the same collective on every rank, also when one rank's batch has no mask.
 
 Per-parameter gradient hooks (the earlier design) fire only on ranks where the task had a target: a
@@ -21,8 +21,8 @@ WORKER = r'''
 import json, sys
 import torch
 import torch.distributed as dist
-from scripts.losses import MultiTaskLoss
-from scripts.training import LossGradientSync
+from scripts.train.losses import MultiTaskLoss
+from scripts.train.training import LossGradientSync
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

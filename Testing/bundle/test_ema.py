@@ -1,4 +1,4 @@
-"""The weight average that validation, the best checkpoint and calibration use (scripts/ema.py)."""
+"""The weight average that validation, the best checkpoint and calibration use (scripts/train/ema.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from scripts.ema import EMAHandler, ema_network
-from scripts.networks import MultiTaskUNet
-from scripts.training import unwrap
+from scripts.train.ema import EMAHandler, ema_network
+from scripts.core.networks import MultiTaskUNet
+from scripts.train.training import unwrap
 
 
 def test_the_average_follows_the_weights_with_a_warm_decay() -> None:
@@ -56,7 +56,7 @@ def test_the_handler_updates_after_every_iteration() -> None:
 
 
 def test_auto_decay_averages_over_about_one_epoch() -> None:
-    from scripts.ema import auto_decay
+    from scripts.train.ema import auto_decay
 
     assert auto_decay(40) == pytest.approx(0.975) and auto_decay(3) == 0.9 and auto_decay(10**6) == 0.999
     net = MultiTaskUNet(channels=(4, 8))

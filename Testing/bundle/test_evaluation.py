@@ -1,4 +1,4 @@
-"""Engine glue (scripts/evaluation.py): output transform, validation metric, report handler."""
+"""Engine glue (scripts/train/evaluation.py): output transform, validation metric, report handler."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from ignite.engine import Engine
 from monai.engines import SupervisedEvaluator
 from monai.transforms import Decollated
 
-from scripts.evaluation import (
+from scripts.train.evaluation import (
     MetricsReportHandler,
     MultiTaskValidationMetric,
     load_history,
     multitask_output_transform,
 )
-from scripts.metrics import MetricsAccumulator, classification_metrics, segmentation_metrics
-from scripts.networks import MultiTaskUNet
-from scripts.tasks import Keys, Task
-from scripts.training import prepare_batch
+from scripts.train.metrics import MetricsAccumulator, classification_metrics, segmentation_metrics
+from scripts.core.networks import MultiTaskUNet
+from scripts.core.tasks import Keys, Task
+from scripts.train.training import prepare_batch
 
 SEG, CLS = Task.SEG.value, Task.CLS.value
 CLASSES, SEGMENTS = ["x", "y", "z"], ["background", "tumor"]

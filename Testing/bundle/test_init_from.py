@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from scripts.model_card import DEFAULT_CARD, build_network, make_card
-from scripts.plan import file_sha256
+from scripts.core.model_card import DEFAULT_CARD, build_network, make_card
+from scripts.core.plan import file_sha256
 
 
 def _card(**changes) -> dict:

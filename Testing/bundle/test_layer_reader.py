@@ -18,9 +18,9 @@ from monai.data import PILReader, get_track_meta, set_track_meta
 from monai.transforms import LoadImaged
 from PIL import Image
 
-from scripts import transforms
+from scripts.core import transforms
 from scripts.imageio.monai_reader import LayerReader
-from scripts.tasks import Keys
+from scripts.core.tasks import Keys
 
 IMAGE, LABEL = Keys.IMAGE.value, Keys.LABEL.value
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.metrics import MetricsAccumulator, contradictions
-from scripts.networks import LesionAwareHead, MultiTaskUNet
-from scripts.tasks import tumor_free_class
+from scripts.train.metrics import MetricsAccumulator, contradictions
+from scripts.core.networks import LesionAwareHead, MultiTaskUNet
+from scripts.core.tasks import tumor_free_class
 
 
 @pytest.mark.parametrize("dims, shape, encoder", [
@@ -84,7 +84,7 @@ def test_metrics_report_the_contradiction_rate() -> None:
 
 
 def test_lesion_guidance_pools_with_the_true_mask_in_training_only() -> None:
-    from scripts.training import prepare_batch, prepare_guided_batch
+    from scripts.train.training import prepare_batch, prepare_guided_batch
 
     torch.manual_seed(0)
     net = MultiTaskUNet(spatial_dims=2, in_channels=1, num_classes=3, channels=(4, 8, 16), cls_pooling="lesion",
@@ -114,7 +114,7 @@ def test_lesion_guidance_pools_with_the_true_mask_in_training_only() -> None:
 
 
 def test_lesion_guidance_rate_guides_that_share_of_the_samples() -> None:
-    from scripts.training import prepare_guided_batch
+    from scripts.train.training import prepare_guided_batch
 
     label = torch.ones(400, 1, 2, 2, dtype=torch.long)
     batch = {"image": torch.zeros(400, 1, 2, 2), "label": label, "class": torch.zeros(400, dtype=torch.long),

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from scripts.losses import MultiTaskLoss, presence_logits
-from scripts.tasks import Keys, Task
+from scripts.train.losses import MultiTaskLoss, presence_logits
+from scripts.core.tasks import Keys, Task
 
 LN2, LN4 = math.log(2), math.log(4)
 # DiceCE on uniform logits (p = 0.5) over a 1x2 mask [0, 1]: Dice = 2*0.5/(1+1) per class -> loss 0.5; CE = ln 2
@@ -209,7 +209,7 @@ def test_pinned_seg_class_weights() -> None:
 
 
 def test_balanced_class_weights_follow_the_training_class_counts() -> None:
-    from scripts.losses import class_weights_for
+    from scripts.train.losses import class_weights_for
 
     samples = [{"class": 0}] * 6 + [{"class": 1}] * 3 + [{"class": 2}] * 1 + [{"image": "no class"}]
     assert class_weights_for("balanced", samples, 3) == pytest.approx([10 / 18, 10 / 9, 10 / 3], abs=1e-4)
@@ -304,7 +304,7 @@ def test_the_presence_term_costs_a_small_false_segment_on_a_tumour_free_image() 
 
 
 def test_class_log_prior_counts_the_training_classes() -> None:
-    from scripts.losses import class_log_prior
+    from scripts.train.losses import class_log_prior
 
     samples = [{"class": 0}] * 6 + [{"class": 1}] * 3 + [{"class": 2}] + [{"image": "no class"}]
     assert class_log_prior(samples, 3) == pytest.approx([math.log(0.6), math.log(0.3), math.log(0.1)], abs=1e-6)

@@ -1,4 +1,4 @@
-"""Evaluation numbers (scripts/metrics.py) pinned on tiny examples computed by hand."""
+"""Evaluation numbers (scripts/train/metrics.py) pinned on tiny examples computed by hand."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from scripts.metrics import (
+from scripts.train.metrics import (
     MetricsAccumulator,
     classification_metrics,
     combined_score,
@@ -24,7 +24,7 @@ from scripts.metrics import (
     segmentation_confusion,
     segmentation_metrics,
 )
-from scripts.tasks import Task
+from scripts.core.tasks import Task
 
 SEG, CLS = Task.SEG.value, Task.CLS.value
 CLASSES3 = ["a", "b", "c"]

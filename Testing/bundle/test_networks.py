@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scripts.networks import ENCODERS, MultiTaskUNet
-from scripts.tasks import Task
+from scripts.core.networks import ENCODERS, MultiTaskUNet
+from scripts.core.tasks import Task
 
 SMALL = (4, 8, 16, 32)
 

@@ -1,5 +1,5 @@
 """Where the plan is used: the configs default to it (overrides win), the model card keeps it, and
-training and the Predictor normalise with one definition (``scripts.transforms.normalize``).
+training and the Predictor normalise with one definition (``scripts.core.transforms.normalize``).
 
 Configs are parsed in-process with MONAI's ``ConfigParser`` exactly as ``monai.bundle run`` parses
 them (the full training runs of ``test_bundle_workflow`` / ``test_train_prepared`` go through the
@@ -20,10 +20,10 @@ from PIL import Image
 
 from scripts.inference import Predictor
 from scripts.inference.errors import InputError
-from scripts.model_card import DEFAULT_CARD, make_card
-from scripts.plan import MAX_EPOCHS, MIN_BATCH, load_or_create_plan
-from scripts.tasks import Task
-from scripts.transforms import (
+from scripts.core.model_card import DEFAULT_CARD, make_card
+from scripts.core.plan import MAX_EPOCHS, MIN_BATCH, load_or_create_plan
+from scripts.core.tasks import Task
+from scripts.core.transforms import (
     AUGMENT_STRENGTHS,
     IMAGE,
     check_normalization,

@@ -1,4 +1,4 @@
-"""The evaluation report (scripts/report.py): files, their content, plots, atomic writes."""
+"""The evaluation report (scripts/train/report.py): files, their content, plots, atomic writes."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from scripts import report as report_module
-from scripts.calibration import reliability_bins
-from scripts.metrics import MetricsAccumulator
-from scripts.report import FILES, history_series, plot_history, plot_roc, write_report
-from scripts.tasks import Task
+from scripts.train import report as report_module
+from scripts.train.calibration import reliability_bins
+from scripts.train.metrics import MetricsAccumulator
+from scripts.train.report import FILES, history_series, plot_history, plot_roc, write_report
+from scripts.core.tasks import Task
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 

@@ -1,4 +1,4 @@
-"""The learning-rate schedule and time budget (scripts/schedule.py), on a real ignite Engine."""
+"""The learning-rate schedule and time budget (scripts/train/schedule.py), on a real ignite Engine."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from scripts import schedule
-from scripts.schedule import BudgetSchedule
+from scripts.train import schedule
+from scripts.train.schedule import BudgetSchedule
 
 
 def _optimizer(lr: float = 1.0) -> torch.optim.Optimizer:
@@ -127,7 +127,7 @@ class _Validator(Engine):
 
 
 def _validated(interval: int, max_epochs: int, schedule_: BudgetSchedule | None = None, clock=None) -> list[int]:
-    from scripts.training import ValidationHandler
+    from scripts.train.training import ValidationHandler
 
     def step(engine: Engine, batch: int) -> None:
         if clock is not None:

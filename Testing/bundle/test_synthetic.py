@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts import synthetic
-from scripts.synthetic import CLASSES, GLIOMA, MENINGIOMA, NO_TUMOR, PITUITARY, ensure_dataset, make_slice, make_volume
-from scripts.transforms import normalize_intensity
+from scripts.datasets import synthetic
+from scripts.datasets.synthetic import CLASSES, GLIOMA, MENINGIOMA, NO_TUMOR, PITUITARY, ensure_dataset, make_slice, make_volume
+from scripts.core.transforms import normalize_intensity
 
 SMALL = {"n_train": 40, "n_val": 12, "n_test": 12, "size": 48}
 SPLITS = ("training", "validation", "test")
@@ -319,7 +319,7 @@ def test_tumor_types_have_their_location_and_size(realistic):
 
 
 def test_head_model_rejects_an_unknown_class():
-    from scripts.synthetic_anatomy import draw_patient  # the renderer behind make_slice / make_volume
+    from scripts.datasets.synthetic_anatomy import draw_patient  # the renderer behind make_slice / make_volume
 
     with pytest.raises(ValueError, match="no head model for class index 5"):
         draw_patient(np.random.default_rng(0), 5)

@@ -1,4 +1,4 @@
-"""MLflow tracking of the bundle (scripts.tracking, wired in train.json / evaluate.json).
+"""MLflow tracking of the bundle (scripts.train.tracking, wired in train.json / evaluate.json).
 
 A tiny training run with MONAI's own ``--tracking mlflow`` and its evaluation with ``--tracking_uri``
 are read back through MLflow's client: parameters (knobs, network, plan), per-epoch metrics, test
@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from ignite.engine import Engine, State
 
-from scripts.synthetic import ensure_dataset
-from scripts.tracking import (ENV_DEFAULTS, MLflowTracking, TrackingWarning, epoch_metrics, flatten_numbers,
+from scripts.datasets.synthetic import ensure_dataset
+from scripts.train.tracking import (ENV_DEFAULTS, MLflowTracking, TrackingWarning, epoch_metrics, flatten_numbers,
                               resolve_tracking_uri, run_params, server_unreachable)
 
 BUNDLE = Path(__file__).resolve().parents[2] / "monai_bundle"
@@ -193,7 +193,7 @@ def test_with_tracking_off_nothing_of_mlflow_is_imported(tmp_path, datalist):
         run("training", config_file={str(CONFIGS / 'train.json')!r}, logging_file=False,
             datalist_file={str(datalist)!r}, ckpt_dir={str(tmp_path / 'models')!r}, **{TINY!r})
         loaded = sorted(m for m, v in sys.modules.items() if m.split(".")[0] in ("mlflow", "sqlalchemy") and v is not None)
-        print("LOADED", loaded, "scripts.tracking" in sys.modules)
+        print("LOADED", loaded, "scripts.train.tracking" in sys.modules)
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -207,8 +207,8 @@ def test_the_tracking_handler_sits_before_the_three_log_handlers():
     """multi_gpu_train.json keeps the log handlers (ProgressBar, StatsHandler, TensorBoard) on rank 0 only."""
     handlers = json.loads((CONFIGS / "train.json").read_text())["train"]["handlers"]
     targets = [h.get("_target_") if isinstance(h, dict) else h for h in handlers]
-    assert targets[-4:] == ["scripts.tracking.MLflowTracking", "ignite.contrib.handlers.ProgressBar", "StatsHandler",
+    assert targets[-4:] == ["scripts.train.tracking.MLflowTracking", "ignite.contrib.handlers.ProgressBar", "StatsHandler",
                             "TensorBoardStatsHandler"]
     evaluate = json.loads((CONFIGS / "evaluate.json").read_text())["validate#handlers"]
-    assert [h["_target_"] for h in evaluate][-2:] == ["scripts.evaluation.MetricsReportHandler",
-                                                      "scripts.tracking.MLflowTracking"]
+    assert [h["_target_"] for h in evaluate][-2:] == ["scripts.train.evaluation.MetricsReportHandler",
+                                                      "scripts.train.tracking.MLflowTracking"]

@@ -21,11 +21,11 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import LrScheduleHandler, ValidationHandler
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from scripts.inferers import MultiTaskSimpleInferer
-from scripts.losses import MultiTaskLoss
-from scripts.networks import MultiTaskUNet
-from scripts.tasks import Keys
-from scripts.training import (CheckpointHandler, HistoryHandler, ResumeError, TaskWeightSchedule, prepare_batch,
+from scripts.core.sliding_window import MultiTaskSimpleInferer
+from scripts.train.losses import MultiTaskLoss
+from scripts.core.networks import MultiTaskUNet
+from scripts.core.tasks import Keys
+from scripts.train.training import (CheckpointHandler, HistoryHandler, ResumeError, TaskWeightSchedule, prepare_batch,
                               validated_this_epoch)
 
 LR, ETA_MIN = 0.01, 0.0001
@@ -161,7 +161,7 @@ def test_a_checkpoint_without_its_setup_is_refused(tmp_path):
 
 
 def test_history_json_never_lists_an_epoch_the_checkpoint_lacks(tmp_path, monkeypatch):
-    import scripts.training as training
+    import scripts.train.training as training
 
     written, write = [], training.write_json_atomic
 
@@ -218,7 +218,7 @@ def test_monai_evaluators_report_the_trainer_epoch_they_validated():
 
 
 def test_the_checkpoint_saves_the_best_model_without_the_history_handler(tmp_path, monkeypatch):
-    import scripts.training as training
+    import scripts.train.training as training
 
     saved, save = [], training.save_atomic
     monkeypatch.setattr(training, "save_atomic", lambda obj, path: (saved.append(Path(path).name), save(obj, path)))

@@ -11,8 +11,8 @@ import torch
 from monai.data import CacheDataset, DataLoader, get_track_meta, set_track_meta
 from PIL import Image
 
-from scripts.tasks import MISSING_CLASS, Keys
-from scripts.transforms import (
+from scripts.core.tasks import MISSING_CLASS, Keys
+from scripts.core.transforms import (
     LABEL_SOURCE,
     MapMaskValuesd,
     MatchChannelsd,
@@ -384,9 +384,9 @@ def test_rotate_knob_keeps_a_non_square_size_and_still_moves_the_sample(tmp_path
 
 
 def test_non_square_2d_training_step(tmp_path):
-    from scripts.losses import MultiTaskLoss
-    from scripts.networks import MultiTaskUNet
-    from scripts.training import prepare_batch
+    from scripts.train.losses import MultiTaskLoss
+    from scripts.core.networks import MultiTaskUNet
+    from scripts.train.training import prepare_batch
 
     set_track_meta(False)
     size = (48, 32)

@@ -17,7 +17,7 @@ import torch
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from scripts.model_card import DEFAULT_CARD, build_network
+from scripts.core.model_card import DEFAULT_CARD, build_network
 
 PYDICOM_DIRS = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
 CT_SERIES = PYDICOM_DIRS / "98892001" / "CT5N"  # real CT: 5 slices of 16x16, 2.5 mm, stored top-down

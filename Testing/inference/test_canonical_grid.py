@@ -23,9 +23,9 @@ import torch
 
 from infer_helpers import dice, oblique_direction, tiny_card, wire_threshold
 from scripts.inference import InputError, Predictor
-from scripts.model_card import build_network
-from scripts.tasks import Task
-from scripts.transforms import normalize_intensity
+from scripts.core.model_card import build_network
+from scripts.core.tasks import Task
+from scripts.core.transforms import normalize_intensity
 
 SHIFT, LEVEL, GAIN = 3, 0.75, 40.0
 RAS_DIRECTION = np.diag([-1.0, -1.0, 1.0])  # ITK (LPS) direction of a RAS-stored volume

@@ -12,8 +12,8 @@ from monai.inferers import sliding_window_inference
 from infer_helpers import dice, tiny_card, wire_threshold
 from scripts.inference import engine
 from scripts.inference.orientation import display_view
-from scripts.inferers import MultiTaskSlidingWindowInferer
-from scripts.model_card import build_network
+from scripts.core.sliding_window import MultiTaskSlidingWindowInferer
+from scripts.core.model_card import build_network
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 AXIAL = display_view(np.eye(3).ravel(), 2)  # an LPS volume cut along Z (orientation itself: test_orientation.py)

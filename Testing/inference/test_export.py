@@ -11,7 +11,7 @@ import torch
 from infer_helpers import make_bundle
 from scripts import export
 from scripts.inference import Predictor
-from scripts.model_card import build_network
+from scripts.core.model_card import build_network
 from infer_helpers import tiny_card
 
 

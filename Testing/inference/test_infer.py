@@ -27,8 +27,8 @@ from infer_helpers import (
     write_dicom_series,
 )
 from scripts.infer import main
-from scripts.model_card import build_network
-from scripts.transforms import normalize_intensity
+from scripts.core.model_card import build_network
+from scripts.core.transforms import normalize_intensity
 
 
 @pytest.fixture(scope="module")

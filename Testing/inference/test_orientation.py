@@ -18,9 +18,10 @@ from PIL import Image
 
 from infer_helpers import oblique_direction, tiny_card, write_dicom_series
 from scripts.inference import Predictor
-from scripts.inference.orientation import display_view, nearest_axes, to_lps
-from scripts.tasks import Task
-from scripts.transforms import normalize_intensity
+from scripts.imageio.geometry import nearest_axes
+from scripts.inference.orientation import display_view, to_lps
+from scripts.core.tasks import Task
+from scripts.core.transforms import normalize_intensity
 
 RAS_STORED = np.diag([-1.0, -1.0, 1.0])  # a NIfTI with a plain RAS affine, as ITK reports it in LPS
 PERMUTED = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], float)  # array axes (S, L, P)

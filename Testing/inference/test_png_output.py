@@ -19,8 +19,8 @@ from PIL import Image
 from infer_helpers import LEVEL, dice, mni_volume, tiny_card, wire_threshold
 from scripts.infer import main
 from scripts.inference import InputError, Predictor
-from scripts.model_card import build_network
-from scripts.transforms import normalize_intensity
+from scripts.core.model_card import build_network
+from scripts.core.transforms import normalize_intensity
 
 
 def _image(tmp_path, name: str = "lesion.png", fmt: str | None = None) -> tuple:

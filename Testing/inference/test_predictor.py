@@ -15,8 +15,8 @@ from PIL import Image
 
 from infer_helpers import CT_SERIES, dice, make_bundle, mni_volume, oblique_direction, tiny_card
 from scripts.inference import InputError, Predictor
-from scripts.model_card import build_network
-from scripts.transforms import normalize_intensity
+from scripts.core.model_card import build_network
+from scripts.core.transforms import normalize_intensity
 
 
 #: the Slicer terminology entry of a "tumor" segment (scripts.inference.terminology), as the result carries it

@@ -13,8 +13,8 @@ import torch
 from infer_helpers import tiny_card, wire_threshold
 from scripts.inference import InputError, Predictor
 from scripts.inference.settings import CONFIG_FILE, InferenceSettings, config_file, load_settings
-from scripts.inferers import FlipTTA
-from scripts.model_card import build_network
+from scripts.core.sliding_window import FlipTTA
+from scripts.core.model_card import build_network
 
 KEYS = ["device", "slice_batch_size", "sw_batch_size", "overlap", "window_mode", "amp", "tta"]
 

@@ -55,6 +55,6 @@ def test_empty_class_name_refused():
 def test_tumor_free_names_agree_between_metrics_and_dicom(name):
     # the contradiction rule and the metrics (tasks.tumor_free_class) and the SR's coded diagnosis
     # must read the same class names as tumour-free
-    from scripts.tasks import tumor_free_class
+    from scripts.core.tasks import tumor_free_class
     assert tumor_free_class(["glioma", name]) == 1
     assert class_code(name).value == "17621005"

@@ -1,4 +1,4 @@
-"""Flip test-time augmentation (scripts/inferers.FlipTTA) and the Predictor's calibrated diagnosis."""
+"""Flip test-time augmentation (scripts.core.sliding_window.FlipTTA) and the Predictor's calibrated diagnosis."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from PIL import Image
 from infer_helpers import make_bundle
 from scripts.inference import Predictor
 from scripts.inference.engine import diagnosis
-from scripts.inferers import FLIP_DISAGREEMENT, FlipTTA
-from scripts.networks import MultiTaskUNet
+from scripts.core.sliding_window import FLIP_DISAGREEMENT, FlipTTA
+from scripts.core.networks import MultiTaskUNet
 
 
 @pytest.mark.parametrize("dims, shape, flip", [(2, (2, 1, 32, 24), 3), (3, (1, 1, 16, 16, 8), 2)])

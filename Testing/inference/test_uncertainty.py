@@ -13,8 +13,8 @@ from PIL import Image
 from infer_helpers import make_bundle, tiny_card
 from scripts.inference import Predictor
 from scripts.inference.uncertainty import FlipUncertainty
-from scripts.inferers import FLIP_DISAGREEMENT, FlipTTA, MultiTaskSlidingWindowInferer
-from scripts.tasks import Task
+from scripts.core.sliding_window import FLIP_DISAGREEMENT, FlipTTA, MultiTaskSlidingWindowInferer
+from scripts.core.tasks import Task
 
 SIZE = 32
 

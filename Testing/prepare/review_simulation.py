@@ -66,8 +66,8 @@ def balanced_accuracy(true: list[int], pred: list[int]) -> float:
 
 def make_base(root: Path, seed: int, s: Setting) -> tuple[Path, list[dict], list[dict]]:
     """The synthetic set, ``base.json`` (its test split = the held-out half) and the pool / held-out samples."""
-    from scripts.datalist import load_datalist
-    from scripts.synthetic import ensure_dataset
+    from scripts.core.datalist import load_datalist
+    from scripts.datasets.synthetic import ensure_dataset
 
     datalist = ensure_dataset(root / "data", seed=seed, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test, size=s.size)
     raw = json.loads(datalist.read_text(encoding="utf-8"))

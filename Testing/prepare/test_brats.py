@@ -14,7 +14,7 @@ from scripts.prepare.__main__ import main
 from scripts.prepare.brats import CHANNELS, collect_brats
 from scripts.prepare.common import PrepareError
 from scripts.prepare.validate import validate
-from scripts.transforms import load_transforms
+from scripts.core.transforms import load_transforms
 
 
 def _bands(files) -> list[int]:

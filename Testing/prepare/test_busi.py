@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.datalist import load_datalist
+from scripts.core.datalist import load_datalist
 from scripts.prepare.__main__ import main
 from scripts.prepare.busi import CLASSES, collect_busi
 from scripts.prepare.common import PrepareError

@@ -13,7 +13,7 @@ from scripts.prepare.__main__ import main
 from scripts.prepare.common import PrepareError, read_class_table
 from scripts.prepare.msd import collect_msd, collect_nnunet
 from scripts.prepare.validate import validate
-from scripts.transforms import load_transforms
+from scripts.core.transforms import load_transforms
 
 
 def _bands(image) -> list[int]:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from scripts.datalist import load_datalist
+from scripts.core.datalist import load_datalist
 from scripts.prepare.__main__ import main
 from scripts.prepare.busi import collect_busi
 from scripts.prepare.common import Collection, PrepareError

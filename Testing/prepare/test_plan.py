@@ -1,6 +1,6 @@
 """The experiment plan: each decision on hand-made fingerprints, and real ``prepare plan`` runs.
 
-The decision functions of ``scripts.plan`` are pure: they are checked on fingerprints written by
+The decision functions of ``scripts.core.plan`` are pure: they are checked on fingerprints written by
 hand. ``python -m scripts.prepare plan`` is then run (in-process, through its ``main``) on tiny
 generated 2D and 3D training sets whose lesion sizes, spacings and empty masks are known.
 """
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from prepare_replicas import blob, save_nii, save_png, texture
 
-from scripts import plan as P
-from scripts.fingerprint import select_cases
+from scripts.core import plan as P
+from scripts.core.fingerprint import select_cases
 from scripts.prepare.__main__ import main
 
 # --- decisions on hand-made fingerprints ----------------------------------------------------------
@@ -343,7 +343,7 @@ def test_prepare_plan_on_ct_chooses_ct_normalization(tmp_path):
 
 
 def test_a_stale_plan_is_recomputed_with_a_warning(tmp_path, monkeypatch):
-    from scripts import fingerprint as F
+    from scripts.core import fingerprint as F
 
     datalist = _tiny_2d(tmp_path, n=12)
     calls = []
@@ -368,7 +368,7 @@ def test_a_stale_plan_is_recomputed_with_a_warning(tmp_path, monkeypatch):
 
 
 def test_a_plan_for_another_device_is_re_decided_without_measuring(tmp_path, monkeypatch):
-    from scripts import fingerprint as F
+    from scripts.core import fingerprint as F
 
     datalist = _tiny_2d(tmp_path, n=12)
     cpu = P.load_or_create_plan(datalist, device="cpu")

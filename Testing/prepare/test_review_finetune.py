@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from review_simulation import Setting, simulate
-from scripts.plan import file_sha256
+from scripts.core.plan import file_sha256
 
 
 def test_finetuning_on_corrections_beats_finetuning_on_uncorrected_answers(tmp_path):

@@ -21,16 +21,17 @@ from MultiTaskUNetLib.exports import review_report
 from MultiTaskUNetLib.results import read_result
 from MultiTaskUNetLib.review import ReviewRecord
 from MultiTaskUNetLib.worklist import Worklist
-from scripts.datalist import load_datalist
+from scripts.core.datalist import load_datalist
 from scripts.inference import Predictor
 from scripts.inference.writers import write_seg_nrrd
-from scripts.model_card import DEFAULT_CARD, build_network
+from scripts.core.model_card import DEFAULT_CARD, build_network
 from scripts.prepare.__main__ import main
 from scripts.prepare.imageio import read_image
-from scripts.prepare.reviewed import MERGED_NAME, provenance_counts
+from scripts.core.datalist import provenance_counts
+from scripts.prepare.reviewed import MERGED_NAME
 from scripts.prepare.segnrrd import SegNrrdError, label_map_for_image
 from scripts.prepare.validate import validate
-from scripts.synthetic import CLASSES, ensure_dataset
+from scripts.datasets.synthetic import CLASSES, ensure_dataset
 
 SIZE = 32
 

@@ -60,8 +60,8 @@ def test_not_a_bundle_and_broken_card(tmp_path):
 
 def test_file_names_agree_with_the_bundle():
     """The Lib may not import the bundle (no torch in Slicer's GUI process), so it keeps its own copy
-    of the names; they must be the bundle's (``scripts.model_card`` defines them once)."""
+    of the names; they must be the bundle's (``scripts.core.model_card`` defines them once)."""
     from MultiTaskUNetLib.bundles import CARD_FILE, WEIGHTS_FILE
-    from scripts import model_card
+    from scripts.core import model_card
 
     assert (CARD_FILE.as_posix(), WEIGHTS_FILE.as_posix()) == (model_card.CARD_FILE, model_card.WEIGHTS_FILE)

@@ -1,7 +1,7 @@
 """The real worker (``python -m scripts.infer``) driven by the Lib, its output imported with slicer-core.
 
 A tiny random-weight copy of the bundle (``MultiTaskUNetLib.tiny_bundle``, made in a subprocess as
-the Slicer self-test does) segments a synthetic volume from ``scripts.synthetic.make_volume``; the
+the Slicer self-test does) segments a synthetic volume from ``scripts.datasets.synthetic.make_volume``; the
 answers are meaningless, the plumbing is what is tested: protocol, files, geometry, terminology.
 """
 
@@ -30,7 +30,7 @@ def tiny(tmp_path_factory, bundle_root):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny):
     """(input file, finished job) for one synthetic study with anisotropic, rotated geometry."""
-    from scripts.synthetic import make_volume
+    from scripts.datasets.synthetic import make_volume
 
     work = tmp_path_factory.mktemp("study")
     vol, _ = make_volume(seed=3, label=1, shape=(40, 36, 12), spacing=(1.0, 1.1, 3.0))  # (X, Y, Z)

@@ -149,7 +149,7 @@ def test_segments_carry_the_workers_terminology_and_colour(result_file):
 def test_a_result_of_the_real_predictor_reads(tmp_path):
     """What the bundle's Predictor writes (a PNG study, TTA off) is what the Lib reads."""
     from scripts.inference import Predictor
-    from scripts.model_card import build_network, make_card
+    from scripts.core.model_card import build_network, make_card
 
     card = make_card({"spatial_dims": 2, "in_channels": 1, "seg_classes": 2, "num_classes": 2, "encoder": "unet",
                       "channels": [4, 8], "dropout": 0.0, "cls_hidden": 0}, channels=["x"],

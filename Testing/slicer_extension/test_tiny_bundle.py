@@ -27,8 +27,8 @@ def test_copy_refuses_bad_source_and_existing_target(tmp_path, bundle_root):
 
 
 def test_subprocess_failure_is_reported(tmp_path, fake_bundle):
-    # a fake bundle has no scripts.model_card: the model cannot be written
-    with pytest.raises(RuntimeError, match=r"(?s)making the tiny bundle in .* failed: .*No module named .scripts.model_card."):
+    # a fake bundle has no scripts.core.model_card: the model cannot be written
+    with pytest.raises(RuntimeError, match=r"(?s)making the tiny bundle in .* failed: .*No module named .scripts\.core."):
         tiny_bundle.make_in_subprocess(sys.executable, fake_bundle("ok"), tmp_path / "tiny")
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from app import EXAMPLES
 from webdemo_helpers import LAUNCHER, OUTBOUND, write_dicom_series_zip
-from scripts import synthetic
+from scripts.datasets import synthetic
 from scripts.inference import Predictor, overlay
 from scripts.inference.terminology import segment_term
 

@@ -17,10 +17,10 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 
-from scripts.atomic import write_json_atomic
-from scripts.model_card import CARD_FILE, WEIGHTS_FILE, build_network, make_card
-from scripts.tasks import Task
-from scripts.transforms import normalize_intensity
+from scripts.core.atomic import write_json_atomic
+from scripts.core.model_card import CARD_FILE, WEIGHTS_FILE, build_network, make_card
+from scripts.core.tasks import Task
+from scripts.core.transforms import normalize_intensity
 
 REPO = Path(__file__).resolve().parents[2]
 #: the tests' browser: Debian's chromium without sandbox or GPU, where no name resolves but 127.0.0.1 (no outbound calls)

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']"])
 
     sys.path.insert(0, str(BUNDLE))
-    from scripts.datalist import load_datalist
-    from scripts.synthetic import ensure_dataset
+    from scripts.core.datalist import load_datalist
+    from scripts.datasets.synthetic import ensure_dataset
 
     test = load_datalist(ensure_dataset(BUNDLE / "data" / "synthetic"), require_training=False).split("test")
     # one example image of each diagnosis (the test split lists a patient's slices together)

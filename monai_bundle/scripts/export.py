@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from scripts.atomic import atomic_path
+from scripts.core.atomic import atomic_path
 from scripts.inference.errors import InputError
 from scripts.inference.predictor import Predictor
-from scripts.tasks import Task
+from scripts.core.tasks import Task
 
 RTOL = 1e-4
 

@@ -6,7 +6,8 @@ the datalist's header checks, the canonical grid's spacings and training (``Load
 :class:`scripts.imageio.monai_reader.LayerReader`). It imports nothing of the bundle above it.
 
 - :mod:`~scripts.imageio.suffixes`: the suffix tables, defined once, and the file-name helpers;
-- :mod:`~scripts.imageio.geometry`: the one :class:`Geometry` (LPS) and :class:`ImageHeader`;
+- :mod:`~scripts.imageio.geometry`: the one :class:`Geometry` (LPS), :class:`ImageHeader` and each array
+  axis's nearest physical axis (``nearest_axes``);
 - :mod:`~scripts.imageio.channels`: the channel rule (grey <-> RGB, luminance);
 - :mod:`~scripts.imageio.raster`, :mod:`~scripts.imageio.volume`, :mod:`~scripts.imageio.dicom`:
   PNG/JPG/BMP/TIFF, NIfTI and SimpleITK volumes, DICOM headers and series, header-only reading;

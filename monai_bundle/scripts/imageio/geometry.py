@@ -1,7 +1,10 @@
-"""The one ``Geometry`` (physical placement of a grid, ITK's LPS convention) and the header of an image file."""
+"""The one ``Geometry`` (physical placement of a grid, ITK's LPS convention), the header of an image file, and
+the nearest physical axis of each array axis (:func:`nearest_axes`, for the display orientation and the canonical grid)."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,3 +97,39 @@ class ImageHeader:
     @property
     def direction(self) -> np.ndarray | None:
         return None if self.geometry is None else self.geometry.matrix
+
+
+def direction_matrix(direction: Sequence[float] | np.ndarray) -> np.ndarray:
+    """A ``3 x 3`` direction matrix (columns = array axes i, j, k in LPS) from ITK's flat row-major form.
+
+    A 2D grid's ``2 x 2`` matrix (4 values) is embedded as an axial plane: its third axis is S.
+
+    Raises:
+        ValueError: not 4 or 9 finite values, or a degenerate (singular) matrix.
+    """
+    d = np.asarray(direction, dtype=float)
+    if d.size == 4:
+        d = np.block([[d.reshape(2, 2), np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]])
+    if d.size != 9 or not np.isfinite(d).all():
+        raise ValueError(f"direction must hold 4 or 9 finite values (2x2 or 3x3, row-major), got {d.size}")
+    d = d.reshape(3, 3)
+    if abs(np.linalg.det(d)) < 1e-6:
+        raise ValueError(f"direction matrix is singular (its axes are not independent): {d.ravel().tolist()}")
+    return d
+
+
+def nearest_axes(direction: Sequence[float] | np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """For each array axis i, j, k: its nearest physical LPS axis and the sign along it.
+
+    Returns:
+        ``(physical, signs)``: ``physical[a]`` in 0..2 (L, P, S), all different; ``signs[a]`` +1 when
+        array index ``a`` grows towards +L/+P/+S, else -1.
+
+    Raises:
+        ValueError: see :func:`direction_matrix`.
+    """
+    d = direction_matrix(direction)
+    # permutation p: array axis a -> physical axis p[a], scored by |cos| of the angle between them
+    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[p[a], a]) for a in range(3)))
+    signs = tuple(1 if d[best[a], a] > 0 else -1 for a in range(3))
+    return tuple(best), signs

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scripts.atomic import write_json_atomic
+from scripts.core.atomic import write_json_atomic
 from scripts.imageio import DICOM_SUFFIXES, RASTER_SUFFIXES, VOLUME_SUFFIXES, ZIP_SUFFIXES, is_dicom_file
 from scripts.inference.dicomweb import DicomWebUrl, check_root, is_url, push_instances
 from scripts.inference.errors import InputError

@@ -45,7 +45,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code as PydicomCode
 
-from scripts.atomic import atomic_path
+from scripts.core.atomic import atomic_path
 from scripts.inference.dicom_seg import content_seed, content_uid, pydicom_code
 from scripts.inference.terminology import LOCAL_SCHEME, Code, class_code, segment_term
 

@@ -9,20 +9,20 @@ Rules (the Predictor's docstring points here):
   the network in the display orientation of a radiologist's viewer, as PNG/JPG exports show it
   (:mod:`.orientation`: axial rows A->P, columns R->L, ...); the label map goes back to the
   volume's own voxels by the exact inverse (permute/flip only, no resampling).
-- **3D model.** :class:`scripts.inferers.MultiTaskSlidingWindowInferer` (windows of the card's
+- **3D model.** :class:`scripts.core.sliding_window.MultiTaskSlidingWindowInferer` (windows of the card's
   ``spatial_size``, Gaussian blending) stitches the segmentation on the CPU while windows run
   batched on the device, so device memory is bounded by one window batch. A model whose card
   records a ``target_spacing`` (:func:`segment_canonical`) sees the study as training saw its
   volumes: cropped to the foreground box and resampled onto the canonical grid (orientation, voxel
-  size: :mod:`scripts.canonical`); the logits come back onto the study's own voxels by resampling
+  size: :mod:`scripts.core.canonical`); the logits come back onto the study's own voxels by resampling
   and are arg-maxed there. Cards without one (older models) see the volume in file index order.
 - **Diagnosis.** One rule for slices and windows, the one validation uses:
-  :func:`scripts.inferers.aggregate_class_logits` -- class logits averaged with weight
+  :func:`scripts.core.sliding_window.aggregate_class_logits` -- class logits averaged with weight
   ``1 + predicted tumor voxels`` of the slice/window. Slices that show tumor dominate; with no
   tumor anywhere every slice counts equally, so ``no_tumor`` comes out only when no slice shows
   tumor with enough weight. Disagreements between the two heads become result warnings.
 - **Uncertainty.** With flip TTA the network also reports the two passes' tumour probabilities
-  (:data:`scripts.inferers.FLIP_DISAGREEMENT`); given a :class:`.uncertainty.FlipUncertainty`, each
+  (:data:`scripts.core.sliding_window.FLIP_DISAGREEMENT`); given a :class:`.uncertainty.FlipUncertainty`, each
   path brings them onto the input's voxels the way it brings the logits (bilinear resize, stitching,
   resampling) and counts them there. The label map and the diagnosis do not depend on it.
 - **Device.** ``auto`` is CUDA when present; there the network runs under bf16 autocast. A CUDA
@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from scripts.canonical import Grid, canonical_grid, label_on_grid, resample
+from scripts.core.canonical import Grid, canonical_grid, label_on_grid, resample
 from scripts.inference.orientation import DisplayView
 from scripts.inference.uncertainty import FlipUncertainty
-from scripts.inferers import FLIP_DISAGREEMENT, MultiTaskSlidingWindowInferer, aggregate_class_logits, label_map
-from scripts.tasks import Task
+from scripts.core.sliding_window import FLIP_DISAGREEMENT, MultiTaskSlidingWindowInferer, aggregate_class_logits, label_map
+from scripts.core.tasks import Task
 
 Progress = Callable[[float], None]  # fraction done 0..1 of the network part
 T = TypeVar("T")
@@ -245,8 +245,8 @@ def segment_canonical(network: torch.nn.Module, image: np.ndarray, affine: np.nd
 
     Args:
         image: ``(C, X, Y, Z)`` normalised float32 on the study's grid.
-        affine: the study's RAS affine (:func:`scripts.canonical.affine_from_itk`).
-        box: ``(start, end)`` foreground box (:func:`scripts.canonical.foreground_box`), or None for the whole volume.
+        affine: the study's RAS affine (:func:`scripts.core.canonical.affine_from_itk`).
+        box: ``(start, end)`` foreground box (:func:`scripts.core.canonical.foreground_box`), or None for the whole volume.
         target_spacing, orientation: the model card's (what training resampled to).
         uncertainty: filled from a FlipTTA network's disagreement, resampled linearly onto the study
             (0 outside the box; map shape ``(X, Y, Z)``).

@@ -3,8 +3,8 @@
 ``Predictor.from_bundle(bundle_root)`` loads the model once, with the settings of the bundle's
 ``configs/inference.json`` (:mod:`.settings`; keyword arguments override them);
 ``predict(path, output_dir=...)`` reads a PNG/JPG, NIfTI, NRRD, DICOM file, DICOM series folder or zip of one (:mod:`.readers`, :mod:`.dicom`),
-prepares it exactly as training does (:func:`scripts.transforms.match_channels`, then
-:func:`scripts.transforms.normalize` with the model card's ``normalization`` -- the plan's choice,
+prepares it exactly as training does (:func:`scripts.core.transforms.match_channels`, then
+:func:`scripts.core.transforms.normalize` with the model card's ``normalization`` -- the plan's choice,
 per-image percentiles for cards without one -- over the whole image/volume: a 2D model on a
 volume sees its slices normalised together, so that slices outside the anatomy stay dark instead
 of having their noise stretched to full contrast), runs the network
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scripts.canonical import affine_from_itk, card_settings, foreground_box
+from scripts.core.canonical import affine_from_itk, card_settings, foreground_box
 from scripts.inference import engine
 from scripts.inference.errors import InputError
 from scripts.inference.orientation import DisplayView, display_view
@@ -48,9 +48,9 @@ from scripts.inference.uncertainty import FlipUncertainty
 from scripts.inference.worklist import annotate
 from scripts.inference.writers import (OutputSet, check_output_dir, write_json, write_nifti, write_overlay,
                                       write_png_mask, write_seg_nrrd, write_uncertainty_map)
-from scripts.inferers import FlipTTA, MultiTaskSlidingWindowInferer
-from scripts.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card, load_weights, state_sha256
-from scripts.transforms import check_normalization, match_channels, normalize
+from scripts.core.sliding_window import FlipTTA, MultiTaskSlidingWindowInferer
+from scripts.core.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card, load_weights, state_sha256
+from scripts.core.transforms import check_normalization, match_channels, normalize
 
 #: output format -> suffix of the segmentation file after the study name
 SEG_SUFFIXES = {"png": "_seg.png", "nifti": "_seg.nii.gz", "seg.nrrd": "_seg.seg.nrrd", "dicom-seg": "_seg.dcm"}
@@ -80,11 +80,11 @@ class Predictor:
 
     Args:
         network: the network the card describes (weights loaded from ``weights`` when given).
-        card: the model card (``scripts.model_card``).
+        card: the model card (``scripts.core.model_card``).
         weights: state_dict file; None keeps the network's current weights.
         settings: how to run it (:class:`.settings.InferenceSettings`: device, slices per batch of a
             2D model, batch, overlap and blending of a 3D model's windows of the card's ``spatial_size``,
-            AMP, flip TTA :class:`scripts.inferers.FlipTTA`); None reads this bundle's ``configs/inference.json``.
+            AMP, flip TTA :class:`scripts.core.sliding_window.FlipTTA`); None reads this bundle's ``configs/inference.json``.
         overrides: settings that win over ``settings``, e.g. ``device="cpu"``, ``tta=True`` (None keeps).
 
     Raises:

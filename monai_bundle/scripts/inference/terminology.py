@@ -16,7 +16,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from scripts.tasks import TUMOR_FREE_NAMES
+from scripts.core.tasks import TUMOR_FREE_NAMES
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Segmentation uncertainty from flip test-time-augmentation disagreement.
 
-With TTA on, :class:`scripts.inferers.FlipTTA` runs the network on the image and on its mirror
+With TTA on, :class:`scripts.core.sliding_window.FlipTTA` runs the network on the image and on its mirror
 image and reports, per voxel, the tumour probability ``p = 1 - P(background)`` of both passes
 (the mirrored one flipped back). From it:
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.atomic import write_bytes_atomic
+from scripts.core.atomic import write_bytes_atomic
 from scripts.inference.engine import consistency_warnings
 
 CONTRADICTION_WEIGHT = 0.5  # a contradiction alone puts a study at priority 0.5 at least

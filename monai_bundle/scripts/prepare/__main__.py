@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from scripts.core.datalist import provenance_counts
 from scripts.prepare.brats import SEGMENT_MODES, collect_brats
 from scripts.prepare.brisc import NO_TUMOR_MODES, collect_brisc
 from scripts.prepare.busi import collect_busi
@@ -22,7 +23,7 @@ from scripts.prepare.duplicates import NEAR_THRESHOLD
 from scripts.prepare.msd import collect_msd, collect_nnunet
 from scripts.prepare.pipeline import REPORT_FILE, Options, build
 from scripts.prepare.plain_csv import collect_csv
-from scripts.prepare.reviewed import collect_reviewed, merge_datalists, provenance_counts
+from scripts.prepare.reviewed import collect_reviewed, merge_datalists
 
 
 def _names(text: str) -> list[str]:
@@ -149,8 +150,8 @@ def _run_validate(path: Path) -> int:
 def _run_plan(args: argparse.Namespace) -> int:
     import time
 
-    from scripts.datalist import DatalistError
-    from scripts.plan import PLAN_FILE, load_or_create_plan  # the analysis imports MONAI (torch): only here
+    from scripts.core.datalist import DatalistError
+    from scripts.core.plan import PLAN_FILE, load_or_create_plan  # the analysis imports MONAI (torch): only here
 
     start = time.perf_counter()
     try:

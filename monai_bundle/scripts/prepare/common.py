@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scripts.tasks import Keys
+from scripts.core.tasks import Keys
 
 #: datalist split names, in the order they are written
 SPLITS = ("training", "validation", "test")

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from scripts.atomic import atomic_path, write_bytes_atomic
+from scripts.core.atomic import atomic_path, write_bytes_atomic
 from scripts.imageio import (
     NIFTI_SUFFIXES,
     RASTER_SUFFIXES,

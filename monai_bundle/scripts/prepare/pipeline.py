@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.atomic import write_json_atomic
+from scripts.core.atomic import write_json_atomic
 from scripts.prepare.common import SPLITS, Collection, PrepareError, count_table, sample_entry
 from scripts.prepare.duplicates import NEAR_THRESHOLD, cluster_report, find_clusters, fingerprints, regroup
 from scripts.prepare.splits import split_samples

@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scripts.core.datalist import REJECTED_KEY
 from scripts.prepare.common import Collection, PrepareError, Sample, class_lookup, path_for_datalist
 from scripts.prepare.imageio import read_image, save_png
 
 DECISIONS = ("pending", "accepted", "edited", "rejected", "overridden")
-REJECTED_KEY = "rejected"
 MERGED_NAME = "merged.json"
 RESULT_SUFFIX, REVIEW_SUFFIX = "_result.json", "_review.json"
 _WORKLIST_COLUMNS = ("study", "status", "result")
@@ -211,7 +211,7 @@ def _save_volume(label: Any, image: Path, target: Path) -> None:
     import numpy as np
     import SimpleITK as sitk
 
-    from scripts.atomic import atomic_path
+    from scripts.core.atomic import atomic_path
 
     _, geom = read_image(image, header_only=True)
     img = sitk.GetImageFromArray(np.ascontiguousarray(label.T))  # numpy wants (Z, Y, X)
@@ -347,7 +347,7 @@ def merge_datalists(base_file: Path, reviewed_file: Path, out: Path, absolute: b
     Raises:
         PrepareError: a reviewed image is in the base's validation or test split (names both files).
     """
-    from scripts.atomic import write_json_atomic
+    from scripts.core.atomic import write_json_atomic
 
     base, reviewed = _read_json(base_file), _read_json(reviewed_file)
     base_dir = base_file.resolve().parent
@@ -370,14 +370,3 @@ def merge_datalists(base_file: Path, reviewed_file: Path, out: Path, absolute: b
         merged[split] = kept + (new if split == "training" else [])
     merged[REJECTED_KEY] = [_rebase(e, reviewed_file.parent, out, absolute) for e in reviewed.get(REJECTED_KEY, [])]
     return write_json_atomic(out / MERGED_NAME, merged), warnings
-
-
-def provenance_counts(datalist: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """``{split or "rejected": {provenance: count}}``; entries without one count as ``"original"``."""
-    counts: dict[str, dict[str, int]] = {}
-    for key in ("training", "validation", "test", REJECTED_KEY):
-        for entry in datalist.get(key) or []:
-            prov = str(entry.get("provenance", "original")) if isinstance(entry, dict) else "original"
-            counts.setdefault(key, {}).setdefault(prov, 0)
-            counts[key][prov] += 1
-    return counts

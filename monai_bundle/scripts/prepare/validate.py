@@ -1,6 +1,6 @@
 """``validate``: check a datalist and every file it names, list every problem, count the samples.
 
-Built on :func:`scripts.datalist.load_datalist` (structure, class indices, path resolution). On top
+Built on :func:`scripts.core.datalist.load_datalist` (structure, class indices, path resolution). On top
 of it, every image and mask is read in full (a truncated file fails here, not in epoch 7):
 
 * every file exists and decodes;
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from monai.data import load_decathlon_datalist
 
-from scripts.datalist import DatalistError, load_datalist
+from scripts.core.datalist import DatalistError, load_datalist
 from scripts.imageio import ImageHeader
 from scripts.prepare.common import (  # noqa: F401 (the count table's names are re-exported)
     NO_CLASS,
@@ -37,7 +37,7 @@ from scripts.prepare.common import (  # noqa: F401 (the count table's names are 
     format_counts,
 )
 from scripts.prepare.imageio import read_image
-from scripts.tasks import Keys
+from scripts.core.tasks import Keys
 
 
 @dataclass
@@ -216,7 +216,7 @@ def _check_mask(label: str, image_file: str, image_geom: ImageHeader, header: di
         problems.append(f"{label}: mask has non-integer values {values[np.mod(values, 1) != 0][:5].tolist()} ({where})")
     bad = values[(values < 0) | (values > n_seg - 1)]
     if set(values.tolist()) <= {0, 255}:
-        bad = bad[:0]  # a binary mask stored 0/255: scripts.transforms.map_mask_values reads it as 0/1
+        bad = bad[:0]  # a binary mask stored 0/255: scripts.core.transforms.map_mask_values reads it as 0/1
     if bad.size:
         problems.append(
             f"{label}: mask values {bad[:10].tolist()} outside 0..{n_seg - 1} "

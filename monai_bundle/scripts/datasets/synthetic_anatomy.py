@@ -1,4 +1,4 @@
-"""The synthetic head model behind ``scripts.synthetic``: random patients and their rendering.
+"""The synthetic head model behind ``scripts.datasets.synthetic``: random patients and their rendering.
 
 A :class:`Patient` is drawn once and rendered at any set of points of its head frame, so the slices
 of one patient and a 3D volume of it are consistent. Units: the in-plane field of view spans -1..1;
@@ -39,7 +39,7 @@ class Waves:
 
 @dataclass
 class Tumor:
-    """One lesion in the head frame; ``label`` says which kind (see ``scripts.synthetic.CLASSES``)."""
+    """One lesion in the head frame; ``label`` says which kind (see ``scripts.datasets.synthetic.CLASSES``)."""
 
     label: int
     centre: np.ndarray  # (3,)
@@ -97,7 +97,7 @@ class Patient:
 
 
 def draw_patient(rng: np.random.Generator, label: int) -> Patient:
-    """A random head of class ``label`` (``scripts.synthetic.CLASSES`` index).
+    """A random head of class ``label`` (``scripts.datasets.synthetic.CLASSES`` index).
 
     Raises:
         ValueError: ``label`` is not one of the four class indices.

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from monai.inferers import Inferer, sliding_window_inference
 
-from scripts.tasks import Task
+from scripts.core.tasks import Task
 
 EPS_WEIGHT = 1.0  # a window without tumor still counts as one voxel's worth
 #: FlipTTA's third output: ``(B, 2, *spatial)`` = (|p - p_mirror|, max(p, p_mirror)) of the tumour probability

@@ -23,7 +23,7 @@ from monai.networks.nets.resnet import ResNet, get_inplanes
 from torch import nn
 from torch.nn import functional as F
 
-from scripts.tasks import Task
+from scripts.core.tasks import Task
 
 RESNET_ENCODERS = ("resnet18", "resnet34", "resnet50")
 CLS_POOLINGS = ("global", "lesion")
@@ -280,7 +280,7 @@ class MultiTaskUNet(nn.Module):
 
     ``"pred"`` is the same tensor as ``"seg"``: MONAI's bundle tooling (``verify_net_in_out``,
     ``ckpt_export``, the ``channel_def`` meta property) looks for the primary output under that
-    name. Code of this project reads the outputs by :class:`scripts.tasks.Task` only.
+    name. Code of this project reads the outputs by :class:`scripts.core.tasks.Task` only.
 
     Raises:
         ValueError: an argument is out of range; the message names it and the value.

@@ -13,7 +13,7 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
-from scripts.tasks import Keys, Task
+from scripts.core.tasks import Keys, Task
 
 WEIGHTINGS = ("fixed", "uncertainty")
 
@@ -138,7 +138,7 @@ class MultiTaskLoss(nn.Module):
 
     ``task_factors`` (public setting, ``{"seg": 1.0, "cls": 1.0}`` at construction) scales each task's
     contribution on top of its weighting, the way an optimizer's ``lr`` is set by a schedule:
-    :class:`scripts.training.TaskWeightSchedule` sets the diagnosis factor to 0 during the
+    :class:`scripts.train.training.TaskWeightSchedule` sets the diagnosis factor to 0 during the
     segmentation-only warm-up. A task with factor 0 adds nothing at all (with ``"uncertainty"`` not
     its ``0.5 * s`` either, so its log-variance gets no gradient); factors are not part of the
     state dict (the schedule sets them again from the epoch on a resume).

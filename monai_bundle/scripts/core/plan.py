@@ -2,7 +2,7 @@
 
 ``load_or_create_plan(datalist_file)`` returns the plan of a datalist: it reads ``plan.json`` beside
 the datalist, or -- the first time, or when the datalist changed since -- measures the training
-split (:func:`scripts.fingerprint.fingerprint`, MONAI's Auto3DSeg analyzers) and decides:
+split (:func:`scripts.core.fingerprint.fingerprint`, MONAI's Auto3DSeg analyzers) and decides:
 
 * ``spatial_size`` -- 2D: the input size (:func:`decide_input_size_2d`); 3D: the patch size
   (:func:`decide_patch_size_3d`) after resampling to ``target_spacing`` (:func:`decide_target_spacing`)
@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from scripts.atomic import write_json_atomic
+from scripts.core.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ AUGMENTATION_STEPS = ((200, "strong"), (2000, "medium"))
 TUMOR_FREE_SHARE = 0.95
 
 #: what the built-in synthetic demo keeps whatever the rules say, so that its published figures hold
-#: on every device (applied only to a datalist written by ``scripts.synthetic``: it has a
+#: on every device (applied only to a datalist written by ``scripts.datasets.synthetic``: it has a
 #: ``"synthetic"`` key); recorded under the plan's ``"pinned"``
 SYNTHETIC_DEMO_PINS: dict[int, dict[str, Any]] = {
     2: {"spatial_size": [96, 96], "network_channels": [8, 16, 32, 64, 128], "batch_size": 16,
@@ -288,7 +288,7 @@ def decide_batch_size(spatial_size: Sequence[int], network_channels: Sequence[in
 
 def decide_normalization(modality: str, foreground: Mapping[str, Any] | None,
                          global_: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The intensity normalisation (a spec for :func:`scripts.transforms.normalize`).
+    """The intensity normalisation (a spec for :func:`scripts.core.transforms.normalize`).
 
     CT: ``"ct"`` -- clip each channel to the dataset's foreground (under the masks) 0.5 / 99.5
     percentiles, then subtract the foreground mean and divide by its pooled standard deviation
@@ -309,7 +309,7 @@ def decide_normalization(modality: str, foreground: Mapping[str, Any] | None,
 
 def decide_augmentation(n_training: int) -> str:
     """``"strong"`` below 200 training cases, ``"medium"`` below 2000, else ``"light"``
-    (:data:`scripts.transforms.AUGMENT_STRENGTHS` maps each onto the augmentation knobs)."""
+    (:data:`scripts.core.transforms.AUGMENT_STRENGTHS` maps each onto the augmentation knobs)."""
     for limit, name in AUGMENTATION_STEPS:
         if n_training < limit:
             return name
@@ -447,7 +447,7 @@ def make_plan(fp: Mapping[str, Any], datalist_file: str | os.PathLike, device_ty
 
 
 def synthetic_pins(raw_datalist: Mapping[str, Any]) -> dict[str, Any]:
-    """The demo pins of a datalist written by :mod:`scripts.synthetic` (it has a ``"synthetic"`` key), else {}."""
+    """The demo pins of a datalist written by :mod:`scripts.datasets.synthetic` (it has a ``"synthetic"`` key), else {}."""
     if "synthetic" not in raw_datalist:
         return {}
     return json.loads(json.dumps(SYNTHETIC_DEMO_PINS.get(int(raw_datalist.get("spatial_dims", 2)), {})))
@@ -490,15 +490,15 @@ def load_or_create_plan(datalist_file: str | os.PathLike, device: Any = "auto", 
         datalist_file: the datalist JSON.
         device: ``"auto" | "cpu" | "cuda[:N]"`` or a torch.device: what batch size and widths are for.
         plan_file: where the plan lives (default ``plan.json`` beside the datalist).
-        max_cases: analyse at most this many training cases (default :data:`scripts.fingerprint.MAX_CASES`).
+        max_cases: analyse at most this many training cases (default :data:`scripts.core.fingerprint.MAX_CASES`).
         workers: DataLoader workers of the analysis (None: up to 2).
         recompute: measure again even if the plan is current.
 
     Raises:
-        scripts.datalist.DatalistError: the datalist cannot be read.
+        scripts.core.datalist.DatalistError: the datalist cannot be read.
         ValueError: a training file cannot be read (names it).
     """
-    from scripts.datalist import load_datalist
+    from scripts.core.datalist import load_datalist
 
     datalist_file = Path(datalist_file).expanduser().resolve()
     datalist = load_datalist(datalist_file)  # checks the structure; raises DatalistError listing problems
@@ -519,7 +519,7 @@ def load_or_create_plan(datalist_file: str | os.PathLike, device: Any = "auto", 
                           else f"plan version {old.get('version')} is not {PLAN_VERSION}")
                 warnings.warn(f"{path}: stale plan ({reason}); recomputing it", stacklevel=2)
                 logger.warning("%s: stale plan (%s); recomputing it", path, reason)
-            from scripts.fingerprint import MAX_CASES, fingerprint
+            from scripts.core.fingerprint import MAX_CASES, fingerprint
 
             fp = fingerprint(datalist, MAX_CASES if max_cases is None else max_cases, workers)
             raw = json.loads(datalist_file.read_text(encoding="utf-8"))

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monai.data import load_decathlon_datalist
-
+from scripts.core.tasks import Keys
 from scripts.imageio import channels_compatible
 from scripts.imageio import read_header as read_image_header
-from scripts.tasks import Keys
 
 SPLITS = ("training", "validation", "test")
+#: reviewed studies that train nothing (``python -m scripts.prepare reviewed``): listed, read by no split
+REJECTED_KEY = "rejected"
 MAX_LISTED_PROBLEMS = 20
 
 
@@ -100,6 +100,7 @@ def load_datalist(path: str | os.PathLike, require_training: bool = True) -> Dat
         DatalistError: the file is missing or not JSON, a header field is wrong, a sample lacks an
             image or both targets, a class index is out of range, or the training split is empty.
     """
+    from monai.data import load_decathlon_datalist  # MONAI (torch) only when a datalist is loaded: prepare stays light
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise DatalistError(path, ["datalist file not found"])
@@ -211,3 +212,14 @@ def load_and_check(path: str | os.PathLike, splits: tuple[str, ...] = ("training
     datalist = load_datalist(path)
     check_samples(datalist, splits)
     return datalist
+
+
+def provenance_counts(datalist: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """``{split or "rejected": {provenance: count}}``; entries without one count as ``"original"``."""
+    counts: dict[str, dict[str, int]] = {}
+    for key in ("training", "validation", "test", REJECTED_KEY):
+        for entry in datalist.get(key) or []:
+            prov = str(entry.get("provenance", "original")) if isinstance(entry, dict) else "original"
+            counts.setdefault(key, {}).setdefault(prov, 0)
+            counts[key][prov] += 1
+    return counts

@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel
 
 class EMANetwork(AveragedModel):
     """``AveragedModel`` called like the network. Its ``.module`` is the plain averaged network:
-    ``scripts.training.unwrap`` returns it, so ``model.pt`` written from it loads into a fresh
+    ``scripts.train.training.unwrap`` returns it, so ``model.pt`` written from it loads into a fresh
     network; its own ``state_dict`` (a checkpoint's ``"ema"`` entry) also holds the update count.
     """
 

@@ -17,7 +17,7 @@ class Task(str, Enum):
 
 
 class Keys(str, Enum):
-    """Keys of a sample dictionary after loading (see ``scripts.transforms``).
+    """Keys of a sample dictionary after loading (see ``scripts.core.transforms``).
 
     ``label`` is the segmentation mask ``(1, *spatial)``; ``class`` the diagnosis index. A sample
     without a mask has ``has_seg == 0`` and an all-zero ``label``; one without a diagnosis has

@@ -28,8 +28,8 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.metrics import CalibrationErrorMetric
 
-from scripts.atomic import write_json_atomic
-from scripts.model_card import CARD_NAME, WEIGHTS_NAME, load_weights
+from scripts.core.atomic import write_json_atomic
+from scripts.core.model_card import CARD_NAME, WEIGHTS_NAME, load_weights
 
 logger = logging.getLogger(__name__)
 #: temperatures are kept inside this range (a degenerate validation set cannot produce 0 or infinity)
@@ -193,7 +193,7 @@ class TemperatureScalingHandler:
         after = expected_calibration_error(torch.softmax(logits / t, 1), labels)
         self.temperature = t
         self.summary = {"ece_before": before, "ece_after": after, "n_samples": int(labels.numel()), "split": "validation"}
-        from scripts.training import is_main_process  # late: training imports the loss, which is heavier
+        from scripts.train.training import is_main_process  # late: training imports the loss, which is heavier
 
         if is_main_process():
             card = json.loads(card_path.read_text(encoding="utf-8"))

@@ -28,11 +28,11 @@ from ignite.engine import Engine, Events
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from scripts.losses import MultiTaskLoss
-from scripts.atomic import atomic_path, write_json_atomic
-from scripts.model_card import setup_differences
-from scripts.plan import file_sha256
-from scripts.tasks import Keys, Task
+from scripts.train.losses import MultiTaskLoss
+from scripts.core.atomic import atomic_path, write_json_atomic
+from scripts.core.model_card import setup_differences
+from scripts.core.plan import file_sha256
+from scripts.core.tasks import Keys, Task
 
 
 def prepare_batch(batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
@@ -42,7 +42,7 @@ def prepare_batch(batchdata: dict[str, Any], device: str | torch.device | None =
 
     ``augment`` (training only, ``configs/train.json``'s ``batch_augment``): called as
     ``augment(image, seg)`` on the device, it moves image and mask together
-    (:class:`scripts.batch_augment.BatchAugment`).
+    (:class:`scripts.train.batch_augment.BatchAugment`).
 
     Returns:
         ``image (B, C, *spatial)`` and ``{"seg": (B, 1, *spatial) long, "cls": (B,) long,
@@ -72,7 +72,7 @@ def prepare_guided_batch(batchdata: dict[str, Any], device: str | torch.device |
     """:func:`prepare_batch` for training with lesion guidance: also hands the network the ground-truth
     lesion mask ``(B, 1, *spatial)`` float (any non-background segment) as ``network(image, lesion=mask)``
     -- MONAI's ``SupervisedTrainer`` passes a 4-tuple's ``kwargs`` through its inferer to the network.
-    The lesion-aware head pools with it (:class:`scripts.networks.LesionAwareHead`); validation and
+    The lesion-aware head pools with it (:class:`scripts.core.networks.LesionAwareHead`); validation and
     inference use :func:`prepare_batch`.
 
     Only a random share ``rate`` of the samples is guided (scheduled sampling); the others -- and every
@@ -90,7 +90,7 @@ def prepare_guided_batch(batchdata: dict[str, Any], device: str | torch.device |
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`scripts.atomic.atomic_path` (no half-written checkpoint)."""
+    """``torch.save`` through :func:`scripts.core.atomic.atomic_path` (no half-written checkpoint)."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -121,7 +121,7 @@ class ValidationHandler(monai.handlers.ValidationHandler):
 
     Every ``interval``-th epoch is validated, as MONAI's does, and so is the last one: the
     ``max_epochs``-th, or the epoch after which ``schedule``'s time budget stops the run
-    (:meth:`scripts.schedule.BudgetSchedule.budget_ends_run`, asked before it decides). With
+    (:meth:`scripts.train.schedule.BudgetSchedule.budget_ends_run`, asked before it decides). With
     ``val_interval`` 2 (the 3D CPU default) a run would otherwise end on an unvalidated epoch -- the
     one trained at the lowest learning rate -- and a 1-epoch run would keep no model at all.
     Attach it before the handlers that read the evaluator (history, checkpoint) and before the

@@ -1,6 +1,6 @@
 """Training augmentations drawn per sample and applied to a whole batch at once (2D and 3D).
 
-:class:`BatchAugment` does what the per-sample MONAI chain of :func:`scripts.transforms.augmentations`
+:class:`BatchAugment` does what the per-sample MONAI chain of :func:`scripts.core.transforms.augmentations`
 does -- flips on every axis, rotate-90 in the image plane (180 degrees when the plane is not square),
 shift-scale-rotate, elastic deformation, brightness, contrast, gamma and Gaussian noise, each with its
 probability knob -- but on the collated ``(B, C, *spatial)`` tensor, on the training device:
@@ -21,7 +21,7 @@ axis first (x = W, y = H[, z = D]); with ``align_corners=False`` pixel centres s
 ``(2 i + 1) / n - 1``, so flips and square 90-degree turns move centres onto centres and a sample with
 only those operations keeps its exact values. Rotations and scaling are built in pixel units
 (``S^-1 R S`` with ``S`` the half sizes), so a non-square image turns without shearing. The image
-plane is tensor axes (0, 1), as in :func:`scripts.transforms.augmentations`; 3D rotations turn about
+plane is tensor axes (0, 1), as in :func:`scripts.core.transforms.augmentations`; 3D rotations turn about
 the slice axis only.
 """
 
@@ -33,9 +33,9 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from scripts.transforms import AUGMENT_STRENGTHS
+from scripts.core.transforms import AUGMENT_STRENGTHS
 
-#: the knobs of :func:`scripts.transforms.augmentations` and their defaults ("medium")
+#: the knobs of :func:`scripts.core.transforms.augmentations` and their defaults ("medium")
 DEFAULTS: dict[str, float] = {"p_flip": 0.5, "p_rot90": 0.5, "p_affine": 0.5, "p_elastic": 0.2, "p_intensity": 0.5,
                               "p_gamma": 0.25, "p_noise": 0.2, "rotate_deg": 15.0, "scale": 0.1, "shift": 0.0625,
                               "noise_std": 0.05}
@@ -58,12 +58,12 @@ class BatchAugment:
 
     Args:
         spatial_dims: 2 or 3.
-        strength: ``light`` / ``medium`` / ``strong`` (:data:`scripts.transforms.AUGMENT_STRENGTHS`,
+        strength: ``light`` / ``medium`` / ``strong`` (:data:`scripts.core.transforms.AUGMENT_STRENGTHS`,
             the plan's ``augmentation``).
         **knobs: single knobs over the strength's (``p_flip``, ``p_rot90``, ``p_affine``,
             ``p_elastic``, ``p_intensity``, ``p_gamma``, ``p_noise``, ``rotate_deg``, ``scale``,
             ``shift`` as a fraction of the size, ``noise_std``) -- the same names and meaning as
-            :func:`scripts.transforms.augmentations`.
+            :func:`scripts.core.transforms.augmentations`.
 
     Raises:
         ValueError: ``spatial_dims`` not 2 or 3, an unknown strength or knob, a probability outside 0..1,

@@ -59,15 +59,15 @@ from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 from monai.utils import path_to_sqlite_uri, path_to_uri
 
-from scripts.atomic import write_json_atomic
-from scripts.training import is_main_process
+from scripts.core.atomic import write_json_atomic
+from scripts.train.training import is_main_process
 
 logger = logging.getLogger(__name__)
 
 RUN_RECORD = "mlflow_run.json"
 DB_NAME = "mlruns.db"
 ARTIFACT_DIR = "mlruns"
-#: evaluation report files logged as artifacts (names of scripts.report.FILES)
+#: evaluation report files logged as artifacts (names of scripts.train.report.FILES)
 REPORT_FILES = ("metrics.json", "report.md", "per_image.csv", "confusion_matrix.png", "roc.png",
                 "reliability.png", "training_curves.png", "dice_histogram.png")
 #: the plan's keys that are measurements or explanations, not settings (kept in the model card artifact)

@@ -4,7 +4,7 @@ The array functions here (``normalize`` with ``normalize_intensity`` / ``normali
 ``normalize_ct``, ``map_mask_values``) and the image layer's channel rule (``match_channels``,
 :mod:`scripts.imageio.channels`) are the single definition of pre-processing shared by training
 and by the inference API; the normalisation is chosen by the
-experiment plan (``scripts.plan``) and kept in the model card.
+experiment plan (``scripts.core.plan``) and kept in the model card.
 
 ``train_transforms`` / ``val_transforms`` turn a datalist entry (``{"image": path or [paths],
 "label": path?, "class": int?, "group": str}``) into the sample dict of the contract: ``image``
@@ -14,7 +14,7 @@ error messages). The deterministic part comes first (load, channels first, parti
 count, mask values, intensity normalisation, 2D resize, types), so ``CacheDataset`` caches it; the
 random part (3D patch crop and the augmentations of the BUSI project) comes last. Both run under
 ``monai.data.set_track_meta(False)``: a 3D chain with a target spacing loads each volume's affine
-with it (``image_only=False``), resamples onto the canonical grid (:mod:`scripts.canonical`) and
+with it (``image_only=False``), resamples onto the canonical grid (:mod:`scripts.core.canonical`) and
 drops the metadata again.
 """
 
@@ -52,10 +52,10 @@ from monai.transforms import (
 from monai.transforms.traits import RandomizableTrait
 from monai.utils import convert_to_dst_type
 
-from scripts.canonical import ORIENTATION, Grid, canonical_grid, check_target_spacing, foreground_box, orientation_matrix, resample
+from scripts.core.canonical import ORIENTATION, Grid, canonical_grid, check_target_spacing, foreground_box, orientation_matrix, resample
 from scripts.imageio import match_channels
 from scripts.imageio.monai_reader import LayerReader
-from scripts.tasks import MISSING_CLASS, Keys
+from scripts.core.tasks import MISSING_CLASS, Keys
 
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
 IMAGE, LABEL, CLASS, GROUP, HAS_SEG, HAS_CLS = (k.value for k in Keys)
@@ -372,7 +372,7 @@ PREPROCESS_VERSION = 1
 class ForegroundBoxd(MapTransform):
     """Note the foreground box of the stored (not yet normalised) image under :data:`FOREGROUND_BOX`.
 
-    :func:`scripts.canonical.foreground_box`: voxels above 5 % of each channel's 0.5..99.5 percentile
+    :func:`scripts.core.canonical.foreground_box`: voxels above 5 % of each channel's 0.5..99.5 percentile
     range plus a margin -- the same box the Predictor computes on the study it reads. The crop
     itself happens in :class:`CanonicalGridd`, after the intensities were normalised over the whole
     volume, as the Predictor normalises them.
@@ -390,7 +390,7 @@ class ForegroundBoxd(MapTransform):
 class CanonicalGridd(MapTransform):
     """Crop to the foreground box (when noted) and resample onto the canonical grid (when a spacing is given).
 
-    The grid is :func:`scripts.canonical.canonical_grid` of the (cropped) stored grid: axes in
+    The grid is :func:`scripts.core.canonical.canonical_grid` of the (cropped) stored grid: axes in
     ``orientation``, voxels of ``target_spacing`` mm. The image is interpolated linearly, the label by
     nearest neighbour, both from the image's affine (``image_meta_dict``, as ``LoadImaged(image_only=False)``
     leaves it; the label file must share the image's grid, as the datalist check demands of its size).
@@ -458,7 +458,7 @@ def deterministic_transforms(spatial_dims: int, spatial_size: Sequence[int], in_
     ``normalization`` is a :func:`normalize` spec (the plan's; default per-image percentiles).
 
     3D only: ``crop_foreground`` crops each volume to its foreground box and ``target_spacing`` (mm
-    per axis of ``orientation``) resamples it onto its canonical grid (:mod:`scripts.canonical`),
+    per axis of ``orientation``) resamples it onto its canonical grid (:mod:`scripts.core.canonical`),
     exactly as the Predictor does for a card with these settings. ``target_spacing=None`` keeps the
     stored grid (file index order), as 3D models trained before canonical grids existed saw it.
 

@@ -2,11 +2,11 @@
 
 * :class:`MultiTaskValidationMetric` -- an ``ignite.metrics.Metric`` for a ``SupervisedEvaluator``'s
   ``key_val_metric``. ``compute()`` returns the combined score (mean of lesion Dice and balanced
-  accuracy, see :mod:`scripts.metrics`); the full metrics dict goes to
+  accuracy, see :mod:`scripts.train.metrics`); the full metrics dict goes to
   ``engine.state.metric_details[<metric name>]``.
 * :class:`MetricsReportHandler` -- attach to the evaluator of ``configs/evaluate.json``; collects
   every iteration and, when the run completes, writes ``metrics.json``, ``report.md`` and the plots
-  (:func:`scripts.report.write_report`).
+  (:func:`scripts.train.report.write_report`).
 * :func:`multitask_output_transform` -- reads the engine output of our ``prepare_batch``:
   ``output["pred"]`` = the network dict ``{"seg": (B, S, *sp) logits, "cls": (B, K) logits}`` and
   ``output["label"]`` = ``{"seg": (B, 1, *sp), "cls": (B,), "has_seg": (B,), "has_cls": (B,)}``,
@@ -36,11 +36,11 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from monai.utils.enums import CommonKeys
 
-from scripts.calibration import expected_calibration_error, reliability_bins, temper
-from scripts.inferers import label_map
-from scripts.metrics import MetricsAccumulator, as_numpy
-from scripts.report import write_report
-from scripts.tasks import Keys, Task
+from scripts.train.calibration import expected_calibration_error, reliability_bins, temper
+from scripts.core.sliding_window import label_map
+from scripts.train.metrics import MetricsAccumulator, as_numpy
+from scripts.train.report import write_report
+from scripts.core.tasks import Keys, Task
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class MultiTaskValidationMetric(Metric):
     """Combined validation score for ``SupervisedEvaluator(key_val_metric=...)``.
 
     ``compute()`` -> ``mean(lesion Dice, balanced accuracy)`` (a float, higher is better); the full
-    dict of :meth:`scripts.metrics.MetricsAccumulator.compute` is stored in
+    dict of :meth:`scripts.train.metrics.MetricsAccumulator.compute` is stored in
     ``engine.state.metric_details[name]`` and in :attr:`details`.
 
     Args:
@@ -179,7 +179,7 @@ class MetricsReportHandler:
     """Collects an evaluator's outputs and writes the evaluation report when the run completes.
 
     Files in ``out_dir``: ``metrics.json``, ``report.md``, ``per_image.csv`` and PNG plots
-    (see :func:`scripts.report.write_report`). The metrics also go to
+    (see :func:`scripts.train.report.write_report`). The metrics also go to
     ``engine.state.metric_details[name]`` and :attr:`metrics`; :attr:`paths` lists the files.
 
     Args:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scripts.tasks import MISSING_CLASS, tumor_free_class, Task
+from scripts.core.tasks import MISSING_CLASS, tumor_free_class, Task
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
 

@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from scripts.atomic import write_json_atomic
-from scripts.synthetic_anatomy import Patient, draw_patient, render
+from scripts.core.atomic import write_json_atomic
+from scripts.datasets.synthetic_anatomy import Patient, draw_patient, render
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 SEGMENTS = ["background", "tumor"]

@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 
-from scripts.canonical import ORIENTATION
-from scripts.networks import MultiTaskUNet
-from scripts.plan import card_plan, file_sha256
-from scripts.tasks import tumor_free_class
-from scripts.transforms import check_normalization
+from scripts.core.canonical import ORIENTATION
+from scripts.core.datalist import provenance_counts
+from scripts.core.networks import MultiTaskUNet
+from scripts.core.plan import card_plan, file_sha256
+from scripts.core.tasks import tumor_free_class
+from scripts.core.transforms import check_normalization
 
 #: a bundle's trained model: the folder, and the card and the weights in it
 MODELS_DIR, CARD_NAME, WEIGHTS_NAME = "models", "model_card.json", "model.pt"
@@ -133,7 +134,7 @@ def setup_differences(old: dict[str, Any], new: dict[str, Any], keys: tuple[str,
 
 
 def weights_path(models_dir: str | os.PathLike) -> str:
-    """``models_dir/model.pt`` (for configs: ``{"_target_": "scripts.model_card.weights_path", ...}``)."""
+    """``models_dir/model.pt`` (for configs: ``{"_target_": "scripts.core.model_card.weights_path", ...}``)."""
     return str(Path(models_dir) / WEIGHTS_NAME)
 
 
@@ -180,11 +181,11 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
     """Assemble a card from the training configuration.
 
     A 3D model trained on canonical grids (``target_spacing`` mm along the axes of ``orientation``,
-    volumes cropped to their foreground when ``crop_foreground``, see ``scripts.canonical``) records
+    volumes cropped to their foreground when ``crop_foreground``, see ``scripts.core.canonical``) records
     those three settings, and the Predictor brings every study onto the same grid. Without a
     ``target_spacing`` none of them is written (2D; 3D models of the stored grid).
 
-    ``plan`` (``scripts.plan``) is kept under ``"plan"`` (without MONAI's raw summaries);
+    ``plan`` (``scripts.core.plan``) is kept under ``"plan"`` (without MONAI's raw summaries);
     ``normalization`` -- the one training used, by default the plan's -- under ``"normalization"``,
     which inference applies. Cards written before plans existed have neither: inference then uses
     per-image percentile scaling, as training did then. The tumor-free class is found by name, else
@@ -230,8 +231,6 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
 
 def training_data(datalist_file: str | os.PathLike) -> dict[str, Any]:
     """``{"datalist", "sha256", "provenance": {split: {provenance: count}}}`` of a datalist file."""
-    from scripts.prepare.reviewed import provenance_counts
-
     path = Path(datalist_file).resolve()
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))

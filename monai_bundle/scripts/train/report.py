@@ -21,9 +21,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from scripts.atomic import write_bytes_atomic
-from scripts.metrics import as_numpy, roc_auc, roc_curve
-from scripts.tasks import Task
+from scripts.core.atomic import write_bytes_atomic
+from scripts.train.metrics import as_numpy, roc_auc, roc_curve
+from scripts.core.tasks import Task
 
 FILES = {"metrics": "metrics.json", "report": "report.md", "per_image": "per_image.csv",
          "confusion_matrix": "confusion_matrix.png", "roc": "roc.png",
@@ -223,12 +223,12 @@ def write_report(metrics: dict[str, Any], out_dir: str | os.PathLike, history: S
     """Write the evaluation report folder.
 
     Args:
-        metrics: the dict of :meth:`scripts.metrics.MetricsAccumulator.compute`.
+        metrics: the dict of :meth:`scripts.train.metrics.MetricsAccumulator.compute`.
         out_dir: created if missing.
         history: per-epoch dicts of the trainer (``history.json``) for the training curves.
         cls_prob: ``(N, K)`` probabilities and cls_true ``(N,)`` indices of the scored samples (ROC).
-        per_image: rows of :meth:`~scripts.metrics.MetricsAccumulator.per_image` (CSV, Dice histogram).
-        reliability: ``{name: scripts.calibration.reliability_bins(...)}`` for the reliability diagram.
+        per_image: rows of :meth:`~scripts.train.metrics.MetricsAccumulator.per_image` (CSV, Dice histogram).
+        reliability: ``{name: scripts.train.calibration.reliability_bins(...)}`` for the reliability diagram.
 
     Returns:
         name -> path of every file written (keys of :data:`FILES` that were produced).

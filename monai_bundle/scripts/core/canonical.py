@@ -3,7 +3,7 @@
 3D training and the Predictor both bring a volume onto its **canonical grid** before the network
 sees it, with the functions of this module (one definition, so the two cannot drift apart):
 
-1. intensity normalisation on the study's own voxels (``scripts.transforms.normalize``), then
+1. intensity normalisation on the study's own voxels (``scripts.core.transforms.normalize``), then
 2. :func:`resample` onto :func:`canonical_grid`: axes in the given ``orientation`` (nibabel
    axis codes, default ``"RAS"``: index 0 grows towards patient Right, 1 towards Anterior, 2
    towards Superior), voxels of ``target_spacing`` mm along those axes, covering the study's
@@ -27,7 +27,7 @@ oblique grids go through ``grid_sample``, in slabs (bounded memory).
 Affines follow nibabel / MONAI: a ``4 x 4`` matrix from voxel index ``(i, j, k, 1)`` to RAS
 millimetres. :func:`affine_from_itk` builds one from ITK's LPS spacing / origin / direction.
 
-Training takes ``target_spacing`` from the dataset plan (``scripts.plan``: nnU-Net's rule on the
+Training takes ``target_spacing`` from the dataset plan (``scripts.core.plan``: nnU-Net's rule on the
 fingerprint of the training split). :func:`median_target_spacing` applies the same rule to the file
 headers of a split alone (no image is read), for runs and tools without a plan.
 """
@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 from torch.nn import functional as F
+
+from scripts.imageio.geometry import nearest_axes
 
 #: the canonical axis codes of 3D models (nibabel convention: letters the axes grow towards)
 ORIENTATION = "RAS"
@@ -150,8 +152,6 @@ def canonical_grid(affine: np.ndarray, shape: Sequence[int], target_spacing: Seq
 
 def canonical_spacing(affine: np.ndarray, orientation: str = ORIENTATION) -> tuple[float, float, float]:
     """A study's voxel size along the canonical axes: each axis takes the spacing of the array axis nearest to it."""
-    from scripts.inference.orientation import nearest_axes
-
     affine = np.asarray(affine, float)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     physical, _ = nearest_axes((affine[:3, :3] / spacing).ravel())  # RAS and LPS share their axes, not signs
@@ -162,7 +162,7 @@ def canonical_spacing(affine: np.ndarray, orientation: str = ORIENTATION) -> tup
 def target_spacing_from_spacings(spacings: Sequence[Sequence[float]]) -> list[float]:
     """nnU-Net's target spacing of a set of studies: the median per axis; for anisotropic data the coarse axis is finer.
 
-    The rule is the dataset plan's (:func:`scripts.plan.decide_target_spacing`): when the median's
+    The rule is the dataset plan's (:func:`scripts.core.plan.decide_target_spacing`): when the median's
     largest axis exceeds 3 times its smallest, that axis (the out-of-plane one) takes the 10th
     percentile of its spacings instead, but never less than the other axes' largest. Rounded to 1e-4 mm.
 
@@ -172,7 +172,7 @@ def target_spacing_from_spacings(spacings: Sequence[Sequence[float]]) -> list[fl
     Raises:
         ValueError: no spacings, or not three positive values each.
     """
-    from scripts.plan import decide_target_spacing
+    from scripts.core.plan import decide_target_spacing
 
     s = np.asarray(spacings, float)
     if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] != 3 or not (np.isfinite(s).all() and (s > 0).all()):
@@ -341,14 +341,14 @@ def label_on_grid(logits: torch.Tensor, src: Grid, dst: Grid) -> np.ndarray:
     """Segment labels on ``dst`` from class logits ``(S, *src.shape)`` on ``src``: resample, then arg-max.
 
     The logits are interpolated linearly onto every ``dst`` voxel and arg-maxed there (first maximum
-    wins, as :func:`scripts.inferers.label_map`); ``dst`` voxels outside ``src`` are background (0).
+    wins, as :func:`scripts.core.sliding_window.label_map`); ``dst`` voxels outside ``src`` are background (0).
     Two segments: only their difference is resampled (the arg-max of a linear interpolation of two
     channels is the sign of the interpolated difference).
 
     Returns:
         ``dst.shape`` uint8.
     """
-    from scripts.inferers import label_map
+    from scripts.core.sliding_window import label_map
 
     logits = logits.float()
     if logits.shape[0] == 2:

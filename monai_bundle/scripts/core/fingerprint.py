@@ -1,8 +1,8 @@
 """The dataset fingerprint of an experiment plan, measured with MONAI's Auto3DSeg analyzers.
 
 :func:`fingerprint` reads (a deterministic, class-stratified subsample of) the training split the
-way training reads it (:func:`scripts.transforms.load_transforms`, channel matching and mask values
-of :mod:`scripts.transforms`; 3D volumes turned to RAS) and runs MONAI's case analyzers on each
+way training reads it (:func:`scripts.core.transforms.load_transforms`, channel matching and mask values
+of :mod:`scripts.core.transforms`; 3D volumes turned to RAS) and runs MONAI's case analyzers on each
 case -- :class:`monai.auto3dseg.SegSummarizer`, i.e. ``ImageStats`` (shape, spacing, intensity of
 the non-zero bounding box), ``FgImageStats`` (intensity under the mask) and ``LabelStats`` (per
 segment: pixel share and the bounding boxes of its connected components) -- then MONAI's summary
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from scripts.plan import guess_modality
+from scripts.core.plan import guess_modality
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class _AnalyseCase:
         from monai.auto3dseg import SegSummarizer
         from monai.transforms import Compose, Orientationd
 
-        from scripts.transforms import IMAGE, LABEL, MapMaskValuesd, MatchChannelsd, load_transforms
+        from scripts.core.transforms import IMAGE, LABEL, MapMaskValuesd, MatchChannelsd, load_transforms
 
         self.spatial_dims = spatial_dims
         self.load = Compose(load_transforms())
@@ -93,7 +93,7 @@ class _AnalyseCase:
         import torch
         from monai.data import MetaTensor, affine_to_spacing
 
-        from scripts.transforms import IMAGE, IMAGE_SOURCE, LABEL
+        from scripts.core.transforms import IMAGE, IMAGE_SOURCE, LABEL
 
         try:
             d = self.load(dict(sample))
@@ -252,7 +252,7 @@ def _intensity(summary: Mapping[str, Any], cases: list[dict[str, Any]], key: str
 
 
 def fingerprint(datalist: Any, max_cases: int = MAX_CASES, workers: int | None = None) -> dict[str, Any]:
-    """Measure the training split of a loaded :class:`scripts.datalist.Datalist`.
+    """Measure the training split of a loaded :class:`scripts.core.datalist.Datalist`.
 
     Args:
         datalist: the loaded datalist (sample paths absolute).
