@@ -9,6 +9,6 @@
 Each is deterministic by seed, built in a temporary folder and renamed when complete, and read by
 ``python -m scripts.prepare`` exactly like the real data set it imitates. ``preview`` draws a
 contact sheet and ``hardness`` scores the cheap baselines a prepared set must defeat. See
-``docs/prepare.md``. :mod:`.synthetic` (with :mod:`.synthetic_anatomy`) is the bundle's built-in set of
-simple shapes, generated on first use by the configs (``scripts.datasets.synthetic.ensure_dataset``).
+``docs/prepare.md``. :mod:`.synthetic` (with :mod:`.synthetic_anatomy`) is the bundle's built-in set (MRI-like
+head slices and volumes, three tumour types), generated on first use by the configs (``scripts.datasets.synthetic.ensure_dataset``).
 """
