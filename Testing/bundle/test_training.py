@@ -277,3 +277,53 @@ def test_the_task_weight_schedule_sets_the_factors_by_epoch():
     assert in_effect == {2: {"seg": 1.0, "cls": 0.0}, 3: {"seg": 1.0, "cls": 1.0}}
     with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
         TaskWeightSchedule(loss, warmup_epochs=-1)
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), (False, False), ("false", False), ("False", False),
+                                             ("TRUE", True), ("0", False), (1, True), ("no", False), ("on", True)])
+def test_on_off_knobs_read_the_words_a_command_line_sends(value, expected):
+    from scripts.train.training import flag
+
+    assert flag(value, "resume") is expected
+
+
+@pytest.mark.parametrize("value", ["flase", "", None, 2, [True]])
+def test_other_on_off_values_are_refused_by_name(value):
+    from scripts.train.training import flag
+
+    with pytest.raises(ValueError, match="resume must be true or false"):
+        flag(value, "resume")
+
+
+def test_lower_case_false_from_the_command_line_turns_the_knobs_off(tmp_path):
+    # `--resume false` reaches the config as the text 'false', which Python reads as true
+    from monai.bundle import ConfigParser
+    from monai.transforms import Randomizable
+
+    from scripts.train.training import prepare_batch as plain_prepare_batch
+
+    configs = Path(__file__).resolve().parents[2] / "monai_bundle" / "configs"
+    parser = ConfigParser()
+    parser.read_meta(str(configs / "metadata.json"))
+    parser.read_config([str(configs / "train.json")])
+    parser.update({"device": "$torch.device('cpu')", "dataset_dir": str(tmp_path / "syn"), "ckpt_dir": str(tmp_path / "m"),
+                   "datalist_file#n_train": 8, "datalist_file#n_val": 4, "datalist_file#n_test": 4,
+                   "resume": "false", "calibrate": "false", "augment": "false", "lesion_guidance": "false",
+                   "augment_on": "sample"})
+    handlers = parser.get_parsed_content("train#handlers")
+    checkpoint = next(h for h in handlers if isinstance(h, CheckpointHandler))
+    assert checkpoint.resume is False
+    assert not next(h for h in handlers if type(h).__name__ == "TemperatureScalingHandler").enabled
+    chain = parser.get_parsed_content("train#preprocessing")
+    assert not [t for t in chain.transforms if isinstance(t, Randomizable)]
+    assert parser.get_parsed_content("batch_augment") is None
+    step = parser.get_parsed_content("train_prepare_batch")
+    assert getattr(step, "func", step) is plain_prepare_batch  # no lesion guidance
+    parser.update({"resume": "maybe"})
+    with pytest.raises(Exception) as refused:
+        parser.get_parsed_content("train#handlers")
+    causes, error = [], refused.value
+    while error is not None:  # MONAI wraps the expression's error; the user sees the whole chain
+        causes.append(str(error))
+        error = error.__cause__
+    assert any("resume must be true or false, got 'maybe'" in c for c in causes)
