@@ -1,6 +1,6 @@
 """Batch augmentation (``scripts.train.batch_augment.BatchAugment``): what each operation does to the image
 and its mask, that they move together, the knobs and their errors, and how ``configs/train.json``
-wires it in (``augment_on``: ``batch`` by default, ``sample`` for the MONAI chain).
+wires it in (``augment_on``: ``sample``, the MONAI chain, by default in 2D; ``batch`` in 3D).
 """
 
 from __future__ import annotations
@@ -204,10 +204,13 @@ def _random_transforms(parser: ConfigParser) -> list[str]:
     return [type(t).__name__ for t in chain.transforms if isinstance(t, Randomizable)]
 
 
-def test_train_config_augments_batches_by_default_and_samples_on_request(tmp_path):
+def test_train_config_augments_samples_by_default_and_batches_on_request(tmp_path):
     datalist = _tiny_datalist(tmp_path)
-    parser = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m")})
-    assert parser.get_parsed_content("augment_on") == "batch"
+    default = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m")})
+    assert default.get_parsed_content("augment_on") == "sample"
+    assert default.get_parsed_content("batch_augment") is None
+    assert "RandAffined" in _random_transforms(default)
+    parser = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment_on": "batch"})
     aug = parser.get_parsed_content("batch_augment")
     assert isinstance(aug, BatchAugment) and aug.strength == parser.get_parsed_content("augment_strength")
     assert _random_transforms(parser) == []  # the dataset chain is deterministic: cached once
@@ -215,8 +218,12 @@ def test_train_config_augments_batches_by_default_and_samples_on_request(tmp_pat
     assert step.keywords["augment"] is aug
     assert parser.get_parsed_content("train#trainer").prepare_batch is step
     assert parser.get_parsed_content("validate#evaluator").prepare_batch is parser.get_parsed_content("prepare_batch")
-    per_sample = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment_on": "sample"})
-    assert per_sample.get_parsed_content("batch_augment") is None
-    assert "RandAffined" in _random_transforms(per_sample)
-    off = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment": False})
+    off = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment": False,
+                   "augment_on": "batch"})
     assert off.get_parsed_content("batch_augment") is None and _random_transforms(off) == []
+
+
+def test_3d_config_augments_batches():
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "train_3d.json")])
+    assert parser.get("augment_on") == "batch" and parser.get("patches_per_volume") == 4

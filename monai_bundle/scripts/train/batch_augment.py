@@ -13,8 +13,13 @@ probability knob -- but on the collated ``(B, C, *spatial)`` tensor, on the trai
 Why: on a CPU the per-sample chain costs about as much as the network. On the generated brain set
 (96x96, the plan's width-8 U-Net, one thread) it took 10.9 ms per image against 20 ms for the
 network's training step, so under a time budget a third of the epochs went to augmentation
-(``Testing/benchmarks/bench_augment.py`` measures both side by side). ``augment_on`` in
-``configs/train.json`` picks this (``"batch"``, the default) or the MONAI chain (``"sample"``).
+(``Testing/benchmarks/bench_augment.py`` measures both side by side). ``augment_on`` picks this
+(``"batch"``: the default of ``configs/train_3d.json``) or the MONAI chain (``"sample"``: the 2D
+default). In 2D the faster epochs did not win everywhere: at a 20-minute budget on the generated
+sets (2 seeds, 1 thread per run, 4 runs sharing 2 cores) the brain set gained (test Dice 0.311 ->
+0.387 and 0.256 -> 0.300, balanced accuracy 0.497 -> 0.547 and 0.456 -> 0.463), but the ultrasound
+diagnosis lost (balanced accuracy 0.747 -> 0.604 and 0.670 -> 0.614, Dice unchanged), for a reason
+not found (the operations' displacement and intensity statistics match the MONAI chain's).
 
 Conventions: ``grid_sample`` grids hold normalised coordinates in ``[-1, 1]`` with the *last* spatial
 axis first (x = W, y = H[, z = D]); with ``align_corners=False`` pixel centres sit at
