@@ -18,6 +18,7 @@ import pytest
 from prepare_replicas import blob, save_nii, save_png, texture
 
 from scripts.core import plan as P
+from scripts.core.fingerprint import guess_modality
 from scripts.core.fingerprint import select_cases
 from scripts.prepare.__main__ import main
 
@@ -129,13 +130,13 @@ def test_augmentation_is_stronger_for_small_datasets():
 
 
 def test_modality_guess_from_names_and_intensities():
-    assert P.guess_modality(["CT"], 1, 0.0, -1024, 2000)[0] == "CT"
-    assert P.guess_modality(["image"], 1, 0.0, -1024, 1500, True)[0] == "CT"  # Hounsfield range
-    assert P.guess_modality(["FLAIR", "T1", "T1c", "T2"], 4, 0.0, 0, 5000)[0] == "MR"
-    assert P.guess_modality(["t1n", "t2f"], 2, 0.0, 0, 800)[0] == "MR"
-    assert P.guess_modality(["US"], 3, 0.0, 0, 255)[0] == "US"
-    assert P.guess_modality(["rgb"], 3, 0.9, 0, 255)[0] == "photo"
-    modality, reason = P.guess_modality(["grey"], 1, 0.0, 0, 255)
+    assert guess_modality(["CT"], 1, 0.0, -1024, 2000)[0] == "CT"
+    assert guess_modality(["image"], 1, 0.0, -1024, 1500, True)[0] == "CT"  # Hounsfield range
+    assert guess_modality(["FLAIR", "T1", "T1c", "T2"], 4, 0.0, 0, 5000)[0] == "MR"
+    assert guess_modality(["t1n", "t2f"], 2, 0.0, 0, 800)[0] == "MR"
+    assert guess_modality(["US"], 3, 0.0, 0, 255)[0] == "US"
+    assert guess_modality(["rgb"], 3, 0.9, 0, 255)[0] == "photo"
+    modality, reason = guess_modality(["grey"], 1, 0.0, 0, 255)
     assert modality == "unknown" and "8-bit" in reason
 
 

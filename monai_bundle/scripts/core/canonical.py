@@ -45,6 +45,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
+from scripts.core.spacing import decide_target_spacing
 from scripts.imageio.geometry import nearest_axes
 
 #: the canonical axis codes of 3D models (nibabel convention: letters the axes grow towards)
@@ -162,7 +163,7 @@ def canonical_spacing(affine: np.ndarray, orientation: str = ORIENTATION) -> tup
 def target_spacing_from_spacings(spacings: Sequence[Sequence[float]]) -> list[float]:
     """nnU-Net's target spacing of a set of studies: the median per axis; for anisotropic data the coarse axis is finer.
 
-    The rule is the dataset plan's (:func:`scripts.core.plan.decide_target_spacing`): when the median's
+    The rule is the dataset plan's (:func:`scripts.core.spacing.decide_target_spacing`): when the median's
     largest axis exceeds 3 times its smallest, that axis (the out-of-plane one) takes the 10th
     percentile of its spacings instead, but never less than the other axes' largest. Rounded to 1e-4 mm.
 
@@ -172,8 +173,6 @@ def target_spacing_from_spacings(spacings: Sequence[Sequence[float]]) -> list[fl
     Raises:
         ValueError: no spacings, or not three positive values each.
     """
-    from scripts.core.plan import decide_target_spacing
-
     s = np.asarray(spacings, float)
     if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] != 3 or not (np.isfinite(s).all() and (s > 0).all()):
         raise ValueError(f"need one positive 3-value spacing per study, got shape {s.shape}")

@@ -22,13 +22,41 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from scripts.core.plan import guess_modality
+_CT = re.compile(r"^(ct|cta|cect|ncct|hu)$")
+_MR = re.compile(r"^(mr|mri|t1|t2|flair|pd|adc|dwi|swi|hbv|dce|dsc|asl)")
+_US = re.compile(r"^(us|ultrasound|echo|bmode)$")
+
+
+def guess_modality(channel_names: Sequence[str], raw_channels: int, colour_fraction: float, raw_min: float,
+                   raw_max: float, integer: bool = True) -> tuple[str, str]:
+    """``(modality, reason)``: ``"CT"``, ``"MR"``, ``"US"``, ``"photo"`` or ``"unknown"``.
+
+    Channel names decide first (``CT``; ``T1``, ``T2``, ``FLAIR``, ``ADC``, ...; ``US``), then the
+    intensities: values down to -500 or below with a maximum of 300 or more are Hounsfield units
+    (CT); images whose colour channels differ in half of the cases or more are photographs;
+    anything else is ``"unknown"`` (8-bit grey exports of MR or ultrasound look alike).
+    """
+    names = [re.sub(r"[\s_\-]", "", str(n).lower()) for n in channel_names]
+    if any(_CT.match(n) for n in names):
+        return "CT", f"channel name {list(channel_names)}"
+    if raw_min <= -500 and raw_max >= 300:
+        return "CT", f"intensities from {raw_min:g} to {raw_max:g} (Hounsfield units)"
+    if names and all(_MR.match(n) for n in names):
+        return "MR", f"channel names {list(channel_names)}"
+    if any(_US.match(n) for n in names):
+        return "US", f"channel name {list(channel_names)}"
+    if raw_channels >= 3 and colour_fraction >= 0.5:
+        return "photo", f"colour images ({colour_fraction:.0%} have differing RGB channels)"
+    depth = "8-bit grey" if integer and raw_min >= 0 and raw_max <= 255 else "grey"
+    return "unknown", f"{depth} images, channel names {list(channel_names)} say nothing"
+
 
 logger = logging.getLogger(__name__)
 

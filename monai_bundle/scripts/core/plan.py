@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.core.atomic import write_json_atomic
+from scripts.core.spacing import ANISOTROPY_RATIO, coarse_axis, decide_target_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,6 @@ MAX_INPUT_SIZE_DEVICE = {"cpu": 96, "cuda": MAX_INPUT_SIZE}
 ASPECT_TOLERANCE = 1.25
 
 # --- 3D spacing and patch --------------------------------------------------------------------------
-#: max / min target spacing above which the coarse axis takes its 10th-percentile spacing (nnU-Net)
-ANISOTROPY_RATIO = 3.0
 #: a resampled axis shorter than this (voxels) is a thin stack: its patch side is a multiple of 8
 THIN_STACK = 64
 THIN_MULTIPLE = 8
@@ -119,35 +117,6 @@ SYNTHETIC_DEMO_PINS: dict[int, dict[str, Any]] = {
         "val_batch_size": 1, "normalization": {"mode": "percentile"}, "max_epochs": 30},
 }
 
-_CT = re.compile(r"^(ct|cta|cect|ncct|hu)$")
-_MR = re.compile(r"^(mr|mri|t1|t2|flair|pd|adc|dwi|swi|hbv|dce|dsc|asl)")
-_US = re.compile(r"^(us|ultrasound|echo|bmode)$")
-
-
-def guess_modality(channel_names: Sequence[str], raw_channels: int, colour_fraction: float, raw_min: float,
-                   raw_max: float, integer: bool = True) -> tuple[str, str]:
-    """``(modality, reason)``: ``"CT"``, ``"MR"``, ``"US"``, ``"photo"`` or ``"unknown"``.
-
-    Channel names decide first (``CT``; ``T1``, ``T2``, ``FLAIR``, ``ADC``, ...; ``US``), then the
-    intensities: values down to -500 or below with a maximum of 300 or more are Hounsfield units
-    (CT); images whose colour channels differ in half of the cases or more are photographs;
-    anything else is ``"unknown"`` (8-bit grey exports of MR or ultrasound look alike).
-    """
-    names = [re.sub(r"[\s_\-]", "", str(n).lower()) for n in channel_names]
-    if any(_CT.match(n) for n in names):
-        return "CT", f"channel name {list(channel_names)}"
-    if raw_min <= -500 and raw_max >= 300:
-        return "CT", f"intensities from {raw_min:g} to {raw_max:g} (Hounsfield units)"
-    if names and all(_MR.match(n) for n in names):
-        return "MR", f"channel names {list(channel_names)}"
-    if any(_US.match(n) for n in names):
-        return "US", f"channel name {list(channel_names)}"
-    if raw_channels >= 3 and colour_fraction >= 0.5:
-        return "photo", f"colour images ({colour_fraction:.0%} have differing RGB channels)"
-    depth = "8-bit grey" if integer and raw_min >= 0 and raw_max <= 255 else "grey"
-    return "unknown", f"{depth} images, channel names {list(channel_names)} say nothing"
-
-
 def round_up(value: float, multiple: int) -> int:
     """The smallest multiple of ``multiple`` that is >= ``value`` (at least ``multiple``)."""
     return max(multiple, int(math.ceil(value / multiple - 1e-9)) * multiple)
@@ -180,32 +149,6 @@ def decide_input_size_2d(image_size: Sequence[float], lesion_width_p05: float | 
     ratio = long_ / short
     other = side if ratio <= ASPECT_TOLERANCE else min(top, max(side, round(side * ratio / SIZE_MULTIPLE) * SIZE_MULTIPLE))
     return [side, other] if h <= w else [other, side]
-
-
-def decide_target_spacing(spacing_median: Sequence[float], spacing_p10: Sequence[float]) -> list[float]:
-    """nnU-Net's target spacing (mm): the median spacing per axis; when the result is anisotropic
-    (max / min > :data:`ANISOTROPY_RATIO`), the coarse axis takes its 10th-percentile spacing instead,
-    but not finer than the coarsest other axis.
-
-    Raises:
-        ValueError: the two lists differ in length or hold a non-positive spacing.
-    """
-    med = [float(s) for s in spacing_median]
-    p10 = [float(s) for s in spacing_p10]
-    if len(med) != len(p10) or not med or min(med + p10) <= 0:
-        raise ValueError(f"need positive spacings of equal length, got {med} and {p10}")
-    target = list(med)
-    if max(target) / min(target) > ANISOTROPY_RATIO:
-        axis = target.index(max(target))
-        others = [s for i, s in enumerate(target) if i != axis]
-        target[axis] = max(p10[axis], max(others))
-    return [round(s, 4) for s in target]
-
-
-def coarse_axis(target_spacing: Sequence[float]) -> int:
-    """The out-of-plane axis: the coarsest spacing when anisotropic, else the last (z) axis."""
-    spacing = [float(s) for s in target_spacing]
-    return spacing.index(max(spacing)) if max(spacing) / min(spacing) > ANISOTROPY_RATIO else len(spacing) - 1
 
 
 def decide_patch_size_3d(median_shape: Sequence[float], target_spacing: Sequence[float], device_type: str = "cpu") -> list[int]:
