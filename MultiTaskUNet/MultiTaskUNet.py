@@ -772,11 +772,15 @@ def _workerStyleResult(volume, outDir):
     slicer.mrmlScene.RemoveNode(labelNode)
     if not ok:
         raise RuntimeError("could not write the test label map")
+    # what the worker writes for a segment named "tumor" (the bundle's scripts/inference/terminology.py)
+    tumorTerminology = ("Segmentation category and type - DICOM master list~SCT^49755003^Morphologically Altered Structure"
+                        "~SCT^108369006^Neoplasm~^^~Anatomic codes - DICOM master list~^^~^^")
     result = {"input": "input.nrrd",
               "diagnosis": {"label": "meningioma", "index": 1,
                             "probabilities": {"glioma": 0.2, "meningioma": 0.7, "no_tumor": 0.05, "pituitary": 0.05}},
               "segmentation": {"path": "input_seg.nii.gz", "format": "nifti",
-                               "segments": [{"name": "tumor", "value": 1, "voxels": int(label.sum()), "volume_ml": None}]},
+                               "segments": [{"name": "tumor", "value": 1, "voxels": int(label.sum()), "volume_ml": None,
+                                             "terminology": tumorTerminology, "color": "#e62828"}]},
               "model": {"name": "test", "version": "0", "sha256": ""}, "device": "cpu", "warnings": []}
     path = os.path.join(outDir, "input_result.json")
     with open(path, "w", encoding="utf-8") as f:

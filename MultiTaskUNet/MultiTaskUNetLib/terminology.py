@@ -1,4 +1,4 @@
-"""Standard terminology (name, color, SNOMED CT codes) for the segments a model produces.
+"""A segment's terminology (name, colour, coded category and type) as the result gives it.
 
 DICOM SEG export needs every segment to carry a coded category and type; 3D Slicer stores them as
 one string per segment::
@@ -6,19 +6,27 @@ one string per segment::
     <context>~<category>~<type>~<type modifier>~<anatomic context>~<region>~<region modifier>
 
 where each coded term is ``scheme^value^meaning`` (empty: ``^^``). The worker writes each segment's
-entry and colour into the result (the bundle's ``scripts/inference/terminology.py`` is the one table);
-:func:`segment_terminologies` takes them from there. Only results written before the worker did so
-fall back to this module's keyword rule (``tumor`` -> Neoplasm; an unknown name still gets a valid
-entry, ``Tissue``, so export works, and the caller can tell: ``known`` is False).
+entry and colour into the result (the bundle's ``scripts/inference/terminology.py`` is the one
+table); this module only reads and writes that string format. It holds no codes of its own: a
+result without a segment's entry or colour (written by an older worker, or by hand) is refused
+with a message that says what to do (:class:`MissingTerminology`), rather than coded by a guess.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 SEGMENTATION_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+#: what a user does about a result without terminology (the panel shows the message as it is)
+RERUN_ADVICE = ("Run Segment & Classify again, or re-run `python -m scripts.infer` with this version's bundle, "
+                "and open the new result")
+
+
+class MissingTerminology(ValueError):
+    """A result's segment carries no terminology entry or colour (the message names the file and segments)."""
 
 
 @dataclass(frozen=True)
@@ -33,33 +41,8 @@ class Code:
         return f"{self.scheme}^{self.value}^{self.meaning}"
 
 
-#: SNOMED CT "Morphologically abnormal structure" (DICOM CID 7150 category)
-ABNORMAL = Code("SCT", "49755003", "Morphologically Altered Structure")
-TISSUE = Code("SCT", "85756007", "Tissue")
-NEOPLASM = Code("SCT", "108369006", "Neoplasm")
-EDEMA = Code("SCT", "79654002", "Edema")
-NECROSIS = Code("SCT", "6574001", "Necrosis")
-BRAIN = Code("SCT", "12738006", "Brain")
-BREAST = Code("SCT", "76752008", "Breast")
-
-
 def _rgb(r: int, g: int, b: int) -> tuple[float, float, float]:
     return (r / 255.0, g / 255.0, b / 255.0)
-
-
-# FALLBACK ONLY, for results written before the worker put each segment's terminology and colour into the
-# result (the bundle's configs/result.schema.json); results of the current worker never come here.
-# Keyword in the segment name -> (type code, display color); first match wins, so the specific words
-# come first. Same codes and colors as the bundle's scripts/inference/terminology.py (the overlay and
-# .seg.nrrd the worker writes); Testing/slicer_extension/test_lib_terminology.py checks that the two agree.
-_KEYWORDS: tuple[tuple[tuple[str, ...], Code, tuple[float, float, float]], ...] = (
-    (("edema", "oedema"), EDEMA, _rgb(255, 214, 0)),
-    (("necro",), NECROSIS, _rgb(139, 69, 19)),
-    (("enhanc",), NEOPLASM, _rgb(255, 64, 64)),
-    (("tumor", "tumour", "lesion", "mass", "neoplasm", "cancer", "nodule"), NEOPLASM, _rgb(230, 40, 40)),
-)
-# colors for segments the keywords do not know (by label value), so neighbours stay distinguishable
-_PALETTE = (_rgb(60, 120, 255), _rgb(0, 200, 120), _rgb(200, 0, 200), _rgb(255, 140, 0))
 
 
 @dataclass(frozen=True)
@@ -72,7 +55,6 @@ class SegmentTerminology:
     type: Code
     type_modifier: Optional[Code] = None
     anatomic_region: Optional[Code] = None
-    known: bool = True  # False: no keyword matched and the generic ``Tissue`` code was used
 
     def to_slicer_string(self) -> str:
         """The 3D Slicer terminology entry string (the segment tag ``vtkSegment.GetTerminologyEntryTagName()``)."""
@@ -104,28 +86,6 @@ def parse_slicer_string(text: str) -> dict[str, Optional[Code]]:
     return {n: _parse_code(f, text) for n, f in zip(names, fields[1:]) if n is not None}
 
 
-def terminology_for_segment(name: str, value: int = 1, anatomic_region: Optional[Code] = None) -> SegmentTerminology:
-    """Terminology for a segment named by the model; ``value`` (its label value) picks a fallback color.
-
-    Raises:
-        ValueError: empty name.
-    """
-    if not name.strip():
-        raise ValueError("segment name is empty")
-    words = name.lower()
-    for keys, code, color in _KEYWORDS:
-        if any(k in words for k in keys):
-            return SegmentTerminology(name=name, color=color, category=ABNORMAL, type=code,
-                                      anatomic_region=anatomic_region)
-    return SegmentTerminology(name=name, color=_PALETTE[(value - 1) % len(_PALETTE)], category=TISSUE, type=TISSUE,
-                              anatomic_region=anatomic_region, known=False)
-
-
-def terminologies(segments: Iterable[tuple[str, int]], anatomic_region: Optional[Code] = None) -> dict[int, SegmentTerminology]:
-    """``{label value: terminology}`` for ``(name, value)`` pairs by the keyword rule (results without terminology)."""
-    return {value: terminology_for_segment(name, value, anatomic_region) for name, value in segments}
-
-
 def from_slicer_string(name: str, text: str, color: str, anatomic_region: Optional[Code] = None) -> SegmentTerminology:
     """The terminology a result gives a segment: its Slicer terminology string and ``#rrggbb`` colour.
     ``anatomic_region``, when given, replaces the string's (empty, from the worker) anatomic region.
@@ -138,23 +98,35 @@ def from_slicer_string(name: str, text: str, color: str, anatomic_region: Option
         raise ValueError(f"terminology {text!r}: no category or type")
     return SegmentTerminology(name=name, color=hex_to_color(color), category=codes["category"], type=codes["type"],
                               type_modifier=codes["type_modifier"],
-                              anatomic_region=anatomic_region or codes["anatomic_region"], known=codes["type"] != TISSUE)
+                              anatomic_region=anatomic_region or codes["anatomic_region"])
 
 
-def segment_terminologies(segments: Iterable[Any], anatomic_region: Optional[Code] = None) -> dict[int, SegmentTerminology]:
-    """``{label value: terminology}`` of a result's segments (``name``, ``value``, ``terminology``, ``color``):
-    as the result gives them; by the keyword rule for a segment without them (a result written before
-    the worker wrote terminology).
+def segment_terminologies(segments: Iterable[Any], anatomic_region: Optional[Code] = None,
+                          source: str | os.PathLike = "result") -> dict[int, SegmentTerminology]:
+    """``{label value: terminology}`` of a result's segments (``name``, ``value``, ``terminology``, ``color``),
+    as the result gives them; ``source`` (the result file) names the result in errors.
 
     Raises:
-        ValueError: a segment's terminology or colour is malformed.
+        MissingTerminology: a segment has no ``terminology`` or ``color`` (a result written by an older
+            worker, or by hand): the message names ``source``, the segments and what is missing, and
+            says what to do (:data:`RERUN_ADVICE`). No codes are made up for them.
+        ValueError: a segment's terminology or colour is malformed (names ``source`` and the segment).
     """
+    segments = list(segments)
+    missing = [(s, [f for f in ("terminology", "color") if getattr(s, f) is None]) for s in segments]
+    missing = [(s, fields) for s, fields in missing if fields]
+    if missing:
+        listed = "; ".join(f"{s.name!r} (value {s.value}): no {' and no '.join(fields)}" for s, fields in missing)
+        raise MissingTerminology(
+            f"{source}: the result does not give every segment its coded terminology and colour ({listed}). "
+            "It was written by an older MultiTaskUNet worker or by hand; the module takes each segment's codes "
+            f"and colour only from the result and does not guess them. {RERUN_ADVICE}.")
     out = {}
     for s in segments:
-        if s.terminology is not None and s.color is not None:
+        try:
             out[s.value] = from_slicer_string(s.name, s.terminology, s.color, anatomic_region)
-        else:
-            out[s.value] = terminology_for_segment(s.name, s.value, anatomic_region)
+        except ValueError as e:
+            raise ValueError(f"{source}: segment {s.name!r} (value {s.value}): {e}") from e
     return out
 
 

@@ -27,12 +27,16 @@ EXPORT_FORMATS = ("seg.nrrd", "nifti", "dicom-seg")
 def import_study(scene, result: StudyResult, reference, name: Optional[str] = None, segmentation_node=None,
                  anatomic_region: Optional[Code] = None):
     """Turn a worker result into a segmentation of ``reference`` with terminology, attributes and a
-    pending review record. Returns the segmentation node.
+    pending review record. Each segment's terminology and colour are the ones the worker wrote into the
+    result; nothing is added to the scene for a result without them. Returns the segmentation node.
 
     Raises:
-        ValueError: the label map cannot be imported (see :func:`import_label_map`).
+        MissingTerminology: a segment of the result has no terminology or colour (a result of an older
+            worker, or hand-made); the message names the result file and says to run the model again.
+        ValueError: the label map cannot be imported (see :func:`import_label_map`), or a segment's
+            terminology or colour is malformed.
     """
-    terms = segment_terminologies(result.segments, anatomic_region)  # as the worker wrote them into the result
+    terms = segment_terminologies(result.segments, anatomic_region, source=result.path)  # as the worker wrote them
     name = name or f"{reference.GetName()} MultiTaskUNet"
     seg = import_label_map(scene, result.segmentation_path, reference, terms, name, segmentation_node)
     set_segment_algorithm(seg, *segment_algorithm(False, result.model_name, result.model_version))

@@ -16,7 +16,10 @@ import slicer
 import MultiTaskUNetMRML as mrml
 from MultiTaskUNetLib.job import InferenceJob, JobState
 from MultiTaskUNetLib.results import read_result
-from MultiTaskUNetLib.terminology import BRAIN, parse_slicer_string, terminologies
+from MultiTaskUNetLib.terminology import Code, parse_slicer_string
+from extension_helpers import worker_terms
+
+BRAIN = Code("SCT", "12738006", "Brain")  # an anatomic region a caller may add (the worker writes none)
 
 
 @pytest.fixture
@@ -38,7 +41,7 @@ def _label(path):
 
 def test_import_names_colors_terminology_geometry(scene, worker_result, volume_file):
     ref = mrml.read_volume(scene, volume_file, "input")
-    terms = terminologies([("tumor", 1), ("edema", 2)], anatomic_region=BRAIN)  # edema: absent in the label map
+    terms = worker_terms([("tumor", 1), ("edema", 2)], anatomic_region=BRAIN)  # edema: absent in the label map
     seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terms, "result")
     tumor, edema = _segments(seg)
     assert [tumor.GetName(), edema.GetName()] == ["tumor", "edema"]
@@ -61,13 +64,13 @@ def test_placed_under_the_input_study(scene, worker_result, volume_file):
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "patient"), "study")
     sh.SetItemParent(sh.CreateItem(sh.GetSceneItemID(), ref), study)
-    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1)]), "result")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, worker_terms([("tumor", 1)]), "result")
     assert sh.GetItemParent(sh.GetItemByDataNode(seg)) == study
 
 
 def test_seg_nrrd_round_trip(scene, tmp_path, worker_result, volume_file):
     ref = mrml.read_volume(scene, volume_file, "input")
-    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1), ("cyst", 3)]), "r")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, worker_terms([("tumor", 1), ("cyst", 3)]), "r")
     path = mrml.write_segmentation(scene, seg, tmp_path / "exp" / "r.seg.nrrd")
     assert sorted(p.name for p in path.parent.iterdir()) == ["r.seg.nrrd"]  # no temporary file left
     back = mrml.read_segmentation(scene, path, "back")
@@ -80,7 +83,7 @@ def test_seg_nrrd_round_trip(scene, tmp_path, worker_result, volume_file):
 
 def test_nifti_export_keeps_values_and_geometry(scene, tmp_path, worker_result, volume_file):
     ref = mrml.read_volume(scene, volume_file, "input")
-    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1)]), "r")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, worker_terms([("tumor", 1)]), "r")
     seg.GetSegmentation().GetNthSegment(0).SetName("renamed by the reviewer")  # values come from the tag, not names
     path = mrml.export_label_map(scene, seg, ref, tmp_path / "r_label.nii.gz")
     out, source = sitk.ReadImage(str(path)), sitk.ReadImage(str(volume_file))
@@ -93,7 +96,7 @@ def test_nifti_export_keeps_values_and_geometry(scene, tmp_path, worker_result, 
 
 def test_3d_representation(scene, worker_result, volume_file):
     ref = mrml.read_volume(scene, volume_file, "input")
-    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1)]), "r")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, worker_terms([("tumor", 1)]), "r")
     mrml.show_in_3d(seg)
     surface = _segments(seg)[0].GetRepresentation("Closed surface")
     assert surface is not None and surface.GetNumberOfPoints() > 0
@@ -119,7 +122,7 @@ def test_unknown_label_value_is_refused(scene, tmp_path, volume_file):
     lab[2, 3, 4], lab[3, 3, 4] = 1, 7
     path = _write_label(tmp_path / "lab.nii.gz", lab, volume_file)
     with pytest.raises(ValueError, match=r"lab.nii.gz: label values \[7\] are not among the result's segments \[1\]"):
-        mrml.import_label_map(scene, path, ref, terminologies([("tumor", 1)]), "r")
+        mrml.import_label_map(scene, path, ref, worker_terms([("tumor", 1)]), "r")
     assert scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0
 
 
@@ -129,13 +132,13 @@ def test_geometry_mismatch_is_refused(scene, tmp_path, volume_file):
     small = sitk.GetImageFromArray(np.zeros((shape[0], shape[1], shape[2] - 1), np.uint8))
     sitk.WriteImage(small, str(tmp_path / "small.nii.gz"))
     with pytest.raises(ValueError, match="small.nii.gz: label map size"):
-        mrml.import_label_map(scene, tmp_path / "small.nii.gz", ref, terminologies([("tumor", 1)]), "r")
+        mrml.import_label_map(scene, tmp_path / "small.nii.gz", ref, worker_terms([("tumor", 1)]), "r")
     moved = sitk.GetImageFromArray(np.zeros(shape, np.uint8))
     moved.CopyInformation(sitk.ReadImage(str(volume_file)))
     moved.SetOrigin((0.0, 0.0, 0.0))
     sitk.WriteImage(moved, str(tmp_path / "moved.nii.gz"))
     with pytest.raises(ValueError, match="moved.nii.gz: label map spacing/origin/direction differ"):
-        mrml.import_label_map(scene, tmp_path / "moved.nii.gz", ref, terminologies([("tumor", 1)]), "r")
+        mrml.import_label_map(scene, tmp_path / "moved.nii.gz", ref, worker_terms([("tumor", 1)]), "r")
 
 
 def test_unreadable_files(scene, tmp_path):
@@ -160,7 +163,7 @@ def test_write_failure_names_the_file(scene, tmp_path):
 
 def test_dicom_seg_needs_slicer(scene, worker_result, volume_file, tmp_path):
     ref = mrml.read_volume(scene, volume_file, "input")
-    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1)]), "r")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, worker_terms([("tumor", 1)]), "r")
     assert not mrml.dicom_seg_available()
     with pytest.raises(RuntimeError, match="DICOM SEG export needs 3D Slicer 5.12 or later, or the QuantitativeReporting "
                                            "extension on Slicer 5.10"):
@@ -170,9 +173,9 @@ def test_dicom_seg_needs_slicer(scene, worker_result, volume_file, tmp_path):
 def test_terminology_is_stored_in_the_tag_every_slicer_reads(scene, worker_result, volume_file):
     """Written through ``vtkSegment.GetTerminologyEntryTagName()`` (Slicer 5.x), not ``SetTerminology`` (5.10+)."""
     ref = mrml.read_volume(scene, volume_file, "input")
-    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1)]), "r")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, worker_terms([("tumor", 1)]), "r")
     segment = _segments(seg)[0]
-    expected = terminologies([("tumor", 1)])[1].to_slicer_string()
+    expected = worker_terms([("tumor", 1)])[1].to_slicer_string()
     assert mrml.segment_tag(segment, slicer.vtkSegment.GetTerminologyEntryTagName()) == expected
     assert mrml.segment_terminology(segment) == expected
     if hasattr(segment, "GetTerminology"):  # slicer-core here is newer than 5.10: the API reads the same tag
@@ -186,7 +189,7 @@ def _node_classes(scene):
 def test_label_map_and_exports_leave_no_nodes_behind(scene, tmp_path, worker_result, volume_file):
     """Slicer's labelmap export makes a color table per temporary labelmap; none may pile up in the scene."""
     ref = mrml.read_volume(scene, volume_file, "input")
-    terms = terminologies([("tumor", 1), ("edema", 2)])
+    terms = worker_terms([("tumor", 1), ("edema", 2)])
     seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terms, "r")
     before = _node_classes(scene)
     assert "vtkMRMLColorTableNode" not in before
@@ -200,7 +203,7 @@ def test_label_map_and_exports_leave_no_nodes_behind(scene, tmp_path, worker_res
 
 def test_color_tables_that_existed_before_are_kept(scene, worker_result, volume_file):
     ref = mrml.read_volume(scene, volume_file, "input")
-    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1)]), "r")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, worker_terms([("tumor", 1)]), "r")
     mine = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "user colors")
     mrml.label_map_array(scene, seg, ref)
     assert scene.IsNodePresent(mine)
@@ -208,7 +211,7 @@ def test_color_tables_that_existed_before_are_kept(scene, worker_result, volume_
 
 def test_non_empty_segment_ids(scene, worker_result, volume_file):
     ref = mrml.read_volume(scene, volume_file, "input")
-    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1), ("edema", 2)]), "r")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, worker_terms([("tumor", 1), ("edema", 2)]), "r")
     segmentation = seg.GetSegmentation()
     assert mrml.non_empty_segment_ids(scene, seg, ref) == [segmentation.GetNthSegmentID(0)]  # edema has no voxels
 
@@ -252,7 +255,7 @@ def fake_dicom_seg_plugin(monkeypatch):
 def test_dicom_seg_export_skips_empty_segments_without_asking(scene, tmp_path, worker_result, volume_file,
                                                                fake_dicom_seg_plugin):
     ref = mrml.read_volume(scene, volume_file, "input")
-    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1), ("edema", 2)]), "r")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, worker_terms([("tumor", 1), ("edema", 2)]), "r")
     mrml.set_segment_algorithm(seg, "AUTOMATIC", "MultiTaskUNet 0.1.0")
     with pytest.raises(RuntimeError, match="needs the input volume loaded from DICOM"):
         mrml.export_dicom_seg(scene, seg, ref, tmp_path / "r_seg.dcm")
@@ -271,12 +274,12 @@ def test_dicom_seg_export_skips_empty_segments_without_asking(scene, tmp_path, w
 def test_dicom_seg_export_errors(scene, tmp_path, worker_result, volume_file, fake_dicom_seg_plugin):
     ref = mrml.read_volume(scene, volume_file, "input")
     ref.SetAttribute("DICOM.instanceUIDs", "1.2.3.4")
-    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, terminologies([("tumor", 1)]), "r")
+    seg = mrml.import_label_map(scene, worker_result.segmentation_path, ref, worker_terms([("tumor", 1)]), "r")
     fake_dicom_seg_plugin.fail = "Referenced volume files were not found in the DICOM database"
     with pytest.raises(RuntimeError, match="DICOM SEG export failed: Referenced volume files were not found"):
         mrml.export_dicom_seg(scene, seg, ref, tmp_path / "r_seg.dcm")
     assert fake_dicom_seg_plugin.calls[-1].cleaned  # the exporter's temporary folder is removed on failure too
     empty = mrml.import_label_map(scene, _write_label(tmp_path / "zero.nii.gz", np.zeros(slicer.util.arrayFromVolume(ref).shape),
-                                                      volume_file), ref, terminologies([("tumor", 1)]), "empty")
+                                                      volume_file), ref, worker_terms([("tumor", 1)]), "empty")
     with pytest.raises(RuntimeError, match="every segment is empty"):
         mrml.export_dicom_seg(scene, empty, ref, tmp_path / "e_seg.dcm")

@@ -52,17 +52,21 @@ def test_import_study_stores_result_and_pending_review(study):
 
 
 def test_segments_are_named_coded_and_coloured_as_the_result_says(scene, tmp_path, fake_bundle, volume_file):
-    """The worker writes each segment's terminology and colour into the result and the import takes them;
-    the Lib's keyword rule is only the fallback for a result without them (written before they were added)."""
-    from MultiTaskUNetLib.terminology import terminology_for_segment
+    """The worker writes each segment's terminology and colour into the result and the import takes them as
+    they are; a result without them is refused, naming the file, and leaves nothing in the scene."""
+    from scripts.inference.terminology import hex_color, segment_term, slicer_terminology_tag
+
+    from MultiTaskUNetLib.terminology import MissingTerminology
 
     job = InferenceJob(sys.executable, volume_file, tmp_path / "out", fake_bundle("ok"), device="cpu")
     job.start()
     assert job.wait(timeout=120) is JobState.SUCCEEDED, job.error
     path = job.result_paths[0]
     ref = mrml.read_volume(scene, volume_file, "input")
-    old = mrml.import_study(scene, read_result(path), ref, "old").GetSegmentation().GetNthSegment(0)
-    assert mrml.segment_terminology(old) == terminology_for_segment("tumor", 1).to_slicer_string()  # the fallback
+    first = mrml.import_study(scene, read_result(path), ref, "first").GetSegmentation().GetNthSegment(0)
+    assert mrml.segment_terminology(first) == slicer_terminology_tag(segment_term("tumor", 1))  # the bundle's table
+    assert first.GetColor() == pytest.approx(tuple(c / 255 for c in segment_term("tumor", 1).color))
+    assert hex_color(segment_term("tumor", 1).color) == read_result(path).segments[0].color
     edema = ("Segmentation category and type - DICOM master list~SCT^49755003^Morphologically Altered Structure"
              "~SCT^79654002^Edema~^^~Anatomic codes - DICOM master list~^^~^^")
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -71,6 +75,15 @@ def test_segments_are_named_coded_and_coloured_as_the_result_says(scene, tmp_pat
     new = mrml.import_study(scene, read_result(path), ref, "new").GetSegmentation().GetNthSegment(0)
     assert new.GetName() == "tumor" and mrml.segment_terminology(new) == edema
     assert new.GetColor() == pytest.approx((0.0, 1.0, 0.0))
+
+    for key in ("terminology", "color"):
+        del data["segmentation"]["segments"][0][key]  # a result of an older worker
+    path.write_text(json.dumps(data), encoding="utf-8")
+    nodes = scene.GetNumberOfNodes()
+    with pytest.raises(MissingTerminology, match="Run Segment & Classify again") as e:
+        mrml.import_study(scene, read_result(path), ref, "old")
+    assert str(path) in str(e.value) and "'tumor' (value 1): no terminology and no color" in str(e.value)
+    assert scene.GetNumberOfNodes() == nodes  # nothing half-imported
 
 
 def test_attributes_survive_saving_the_scene(scene, study, tmp_path):

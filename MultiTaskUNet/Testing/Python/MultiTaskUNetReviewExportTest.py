@@ -22,6 +22,10 @@ from MultiTaskUNet import MultiTaskUNetLogic
 from MultiTaskUNetLib.results import read_result
 from MultiTaskUNetLib.review import Decision
 
+# what the worker writes for a segment named "tumor" (the bundle's scripts/inference/terminology.py)
+TUMOR_TERMINOLOGY = ("Segmentation category and type - DICOM master list~SCT^49755003^Morphologically Altered Structure"
+                     "~SCT^108369006^Neoplasm~^^~Anatomic codes - DICOM master list~^^~^^")
+
 
 class MultiTaskUNetReviewExportTest(ScriptedLoadableModuleTest):
     def setUp(self):
@@ -71,7 +75,8 @@ class MultiTaskUNetReviewExportTest(ScriptedLoadableModuleTest):
                   "diagnosis": {"label": "meningioma", "index": 1,
                                 "probabilities": {"glioma": 0.2, "meningioma": 0.7, "no_tumor": 0.05, "pituitary": 0.05}},
                   "segmentation": {"path": "input_seg.nii.gz", "format": "nifti",
-                                   "segments": [{"name": "tumor", "value": 1, "voxels": int(label.sum()), "volume_ml": None}]},
+                                   "segments": [{"name": "tumor", "value": 1, "voxels": int(label.sum()), "volume_ml": None,
+                                                 "terminology": TUMOR_TERMINOLOGY, "color": "#e62828"}]},
                   "model": {"name": "test", "version": "0", "sha256": ""}, "device": "cpu", "warnings": []}
         path = os.path.join(out, "input_result.json")
         with open(path, "w") as f:

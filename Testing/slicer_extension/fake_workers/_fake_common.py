@@ -13,6 +13,11 @@ import sys
 from pathlib import Path
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+#: what the real worker writes for a segment named "tumor" (the bundle's scripts.inference.terminology;
+#: Testing/slicer_extension/test_lib_terminology.py checks that the two agree)
+TUMOR_TERMINOLOGY = ("Segmentation category and type - DICOM master list~SCT^49755003^Morphologically Altered Structure"
+                     "~SCT^108369006^Neoplasm~^^~Anatomic codes - DICOM master list~^^~^^")
+TUMOR_COLOR = "#e62828"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -71,7 +76,8 @@ def segment_and_classify(input_path: str, out_dir: str, device: str, uncertainty
     probs = {"glioma": 0.1, "meningioma": 0.7, "no_tumor": 0.05, "pituitary": 0.15}
     result = {"input": input_path, "diagnosis": {"label": "meningioma", "index": 1, "probabilities": probs},
               "segmentation": {"path": seg_path.name, "format": "nifti",
-                               "segments": [{"name": "tumor", "value": 1, "voxels": voxels, "volume_ml": voxels * voxel_ml}]},
+                               "segments": [{"name": "tumor", "value": 1, "voxels": voxels, "volume_ml": voxels * voxel_ml,
+                                            "terminology": TUMOR_TERMINOLOGY, "color": TUMOR_COLOR}]},
               "model": {"name": "FakeMultiTaskUNet", "version": "0.0.1", "sha256": "0" * 64},
               "device": "cpu" if device == "cpu" else "cuda:0", "timings_s": {"load": 0.0, "infer": 0.0, "write": 0.0},
               "warnings": []}
