@@ -489,6 +489,11 @@ def deterministic_transforms(spatial_dims: int, spatial_size: Sequence[int], in_
     return chain
 
 
+#: the intensity augmentations' ranges, shared with the batch augmentation (scripts.train.batch_augment)
+BRIGHTNESS = 0.1  # offset drawn from U(-0.1, 0.1)
+CONTRAST = 0.2  # factor drawn from 1 + U(-0.2, 0.2)
+GAMMA_RANGE = (0.7, 1.5)
+
 #: augmentation strengths (the plan's ``augmentation``) as :func:`augmentations` knobs; "medium" is its defaults
 AUGMENT_STRENGTHS: dict[str, dict[str, float]] = {
     "light": {"p_affine": 0.3, "p_elastic": 0.1, "p_intensity": 0.3, "p_gamma": 0.15, "p_noise": 0.1,
@@ -540,9 +545,9 @@ def augmentations(spatial_dims: int, spatial_size: Sequence[int], p_flip: float 
         chain.append(Rand3DElasticd(keys, sigma_range=(5.0, 8.0), magnitude_range=(50.0, 150.0), prob=p_elastic,
                                     mode=modes, padding_mode="zeros"))
     chain += [
-        RandShiftIntensityd(IMAGE, offsets=0.1, prob=p_intensity),  # brightness
-        RandScaleIntensityd(IMAGE, factors=0.2, prob=p_intensity),  # contrast
-        RandAdjustContrastd(IMAGE, gamma=(0.7, 1.5), prob=p_gamma),
+        RandShiftIntensityd(IMAGE, offsets=BRIGHTNESS, prob=p_intensity),  # brightness
+        RandScaleIntensityd(IMAGE, factors=CONTRAST, prob=p_intensity),  # contrast
+        RandAdjustContrastd(IMAGE, gamma=GAMMA_RANGE, prob=p_gamma),
         RandGaussianNoised(IMAGE, std=noise_std, prob=p_noise),
     ]
     return chain

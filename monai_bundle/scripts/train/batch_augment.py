@@ -32,18 +32,18 @@ the slice axis only.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from scripts.core.transforms import AUGMENT_STRENGTHS
+from scripts.core.transforms import AUGMENT_STRENGTHS, BRIGHTNESS, CONTRAST, GAMMA_RANGE, augmentations
 
-#: the knobs of :func:`scripts.core.transforms.augmentations` and their defaults ("medium")
-DEFAULTS: dict[str, float] = {"p_flip": 0.5, "p_rot90": 0.5, "p_affine": 0.5, "p_elastic": 0.2, "p_intensity": 0.5,
-                              "p_gamma": 0.25, "p_noise": 0.2, "rotate_deg": 15.0, "scale": 0.1, "shift": 0.0625,
-                              "noise_std": 0.05}
+#: the knobs of :func:`scripts.core.transforms.augmentations` and their defaults ("medium"), read from its signature
+DEFAULTS: dict[str, float] = {name: p.default for name, p in inspect.signature(augmentations).parameters.items()
+                              if p.default is not inspect.Parameter.empty}
 PROBABILITIES = ("p_flip", "p_rot90", "p_affine", "p_elastic", "p_intensity", "p_gamma", "p_noise")
 #: elastic deformation: control points every 1/8 of the image (at least 4 px), each moved by a normal
 #: offset of ``magnitude`` pixels (drawn per sample from this range), interpolated smoothly in between
@@ -53,9 +53,6 @@ PROBABILITIES = ("p_flip", "p_rot90", "p_affine", "p_elastic", "p_intensity", "p
 ELASTIC_MAGNITUDE = (0.5, 1.5)
 ELASTIC_CONTROL_FRACTION = 8
 ELASTIC_MIN_SPACING = 4
-GAMMA_RANGE = (0.7, 1.5)
-BRIGHTNESS = 0.1  # offset drawn from U(-0.1, 0.1)
-CONTRAST = 0.2  # factor drawn from 1 + U(-0.2, 0.2)
 
 
 class BatchAugment:
