@@ -159,6 +159,15 @@ def _image_header(image: str | list[str]) -> tuple[tuple[int, ...], int]:
     return shapes_channels[0][0], sum(c for _, c in shapes_channels)
 
 
+def _header_or_problem(read: Any, files: Any, problems: list[str]) -> tuple[tuple[int, ...], int] | None:
+    """``read(files)``, or None with its error added to ``problems`` when the files cannot be read."""
+    try:
+        return read(files)
+    except ValueError as e:
+        problems.append(str(e))
+        return None
+
+
 def check_samples(datalist: Datalist, splits: tuple[str, ...] = ("training", "validation")) -> None:
     """Check every file of the given splits exists and agrees with the datalist, reading headers only.
 
@@ -180,23 +189,19 @@ def check_samples(datalist: Datalist, splits: tuple[str, ...] = ("training", "va
             if missing:
                 problems += [f"{f}: file not found ({split})" for f in missing]
                 continue
-            try:
-                shape, channels = _image_header(image)
-            except ValueError as e:
-                problems.append(str(e))
+            header = _header_or_problem(_image_header, image, problems)
+            if header is None:
                 continue
+            shape, channels = header
             if not channels_compatible(channels, want_c):
                 problems.append(f"{files[0]}: has {channels} channel(s), the datalist declares {want_c} {datalist.channels}")
             squeezed = tuple(s for s in shape if s != 1) if len(shape) > datalist.spatial_dims else shape
             if len(squeezed) != datalist.spatial_dims:
                 problems.append(f"{files[0]}: is {len(shape)}D {shape}, the datalist declares spatial_dims {datalist.spatial_dims}")
-            if label is None:
+            label_header = None if label is None else _header_or_problem(read_header, label, problems)
+            if label_header is None:
                 continue
-            try:
-                label_shape, _ = read_header(label)
-            except ValueError as e:
-                problems.append(str(e))
-                continue
+            label_shape = label_header[0]
             if label_shape != shape:
                 problems.append(f"{label}: mask size {label_shape} differs from its image {files[0]} {shape}")
     if problems:
