@@ -5,21 +5,17 @@ wires it in (``augment_on``: ``sample``, the MONAI chain, by default in 2D; ``ba
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Randomizable
-from PIL import Image
 
+from bundle_config_helpers import tiny_datalist, train_parser
 from scripts.train.batch_augment import BatchAugment, batch_augment_for
 from scripts.core.tasks import Task
 from scripts.train.training import prepare_batch, prepare_guided_batch
 
-CONFIGS = Path(__file__).resolve().parents[2] / "monai_bundle" / "configs"
 OFF = {"p_flip": 0.0, "p_rot90": 0.0, "p_affine": 0.0, "p_elastic": 0.0, "p_intensity": 0.0, "p_gamma": 0.0,
        "p_noise": 0.0}
 
@@ -175,42 +171,18 @@ def test_prepare_batch_augments_image_and_mask_together_and_guidance_reads_the_m
     assert torch.equal(kwargs["lesion"], (label.flip(2).flip(3) > 0).float())
 
 
-def _tiny_datalist(root: Path) -> Path:
-    (root / "img").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    items = []
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / "img" / f"{i}.png")
-        mask = np.zeros((40, 40), np.uint8)
-        mask[10:20, 12:24] = 255
-        Image.fromarray(mask).save(root / "img" / f"{i}_m.png")
-        items.append({"image": f"img/{i}.png", "label": f"img/{i}_m.png", "class": i % 2})
-    path = root / "datalist.json"
-    path.write_text(json.dumps({"name": "tiny", "spatial_dims": 2, "channels": ["T1"], "segments": ["bg", "tumor"],
-                                "classes": ["a", "b"], "training": items, "validation": items[:2], "test": []}))
-    return path
-
-
-def _parser(overrides: dict) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_meta(str(CONFIGS / "metadata.json"))
-    parser.read_config([str(CONFIGS / "train.json")])
-    parser.update({"device": "$torch.device('cpu')", **overrides})
-    return parser
-
-
 def _random_transforms(parser: ConfigParser) -> list[str]:
     chain = parser.get_parsed_content("train#preprocessing")
     return [type(t).__name__ for t in chain.transforms if isinstance(t, Randomizable)]
 
 
 def test_train_config_augments_samples_by_default_and_batches_on_request(tmp_path):
-    datalist = _tiny_datalist(tmp_path)
-    default = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m")})
+    datalist = tiny_datalist(tmp_path)
+    default = train_parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m")})
     assert default.get_parsed_content("augment_on") == "sample"
     assert default.get_parsed_content("batch_augment") is None
     assert "RandAffined" in _random_transforms(default)
-    parser = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment_on": "batch"})
+    parser = train_parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment_on": "batch"})
     aug = parser.get_parsed_content("batch_augment")
     assert isinstance(aug, BatchAugment) and aug.strength == parser.get_parsed_content("augment_strength")
     assert _random_transforms(parser) == []  # the dataset chain is deterministic: cached once
@@ -218,12 +190,11 @@ def test_train_config_augments_samples_by_default_and_batches_on_request(tmp_pat
     assert step.keywords["augment"] is aug
     assert parser.get_parsed_content("train#trainer").prepare_batch is step
     assert parser.get_parsed_content("validate#evaluator").prepare_batch is parser.get_parsed_content("prepare_batch")
-    off = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment": False,
+    off = train_parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment": False,
                    "augment_on": "batch"})
     assert off.get_parsed_content("batch_augment") is None and _random_transforms(off) == []
 
 
 def test_3d_config_augments_batches():
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "train_3d.json")])
+    parser = train_parser({}, files=("train.json", "train_3d.json"))
     assert parser.get("augment_on") == "batch" and parser.get("patches_per_volume") == 4

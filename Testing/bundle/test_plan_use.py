@@ -9,15 +9,14 @@ same keys); the datasets are tiny and generated in ``tmp_path``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.transforms import RandAffined
 from PIL import Image
 
+from bundle_config_helpers import noisy_png, tiny_datalist, train_parser
 from scripts.inference import Predictor
 from scripts.inference.errors import InputError
 from scripts.core.model_card import DEFAULT_CARD, make_card
@@ -35,7 +34,6 @@ from scripts.core.transforms import (
     val_transforms,
 )
 
-CONFIGS = Path(__file__).resolve().parents[2] / "monai_bundle" / "configs"
 CT_SPEC = {"mode": "ct", "lower": [40.0], "upper": [200.0], "mean": [120.0], "std": [30.0]}
 
 # --- the normalisations --------------------------------------------------------------------------
@@ -76,16 +74,8 @@ def test_normalize_dispatches_on_the_spec():
         check_normalization("ct")
 
 
-def _png(path: Path, size: int = 40, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    img = (rng.uniform(0, 1, (size, size)) * 150 + 50).astype(np.uint8)
-    img[10:20, 12:24] = 250
-    Image.fromarray(img).save(path)
-    return path
-
-
 def test_training_chain_applies_the_chosen_normalization(tmp_path):
-    sample = {IMAGE: str(_png(tmp_path / "a.png")), "class": 1}
+    sample = {IMAGE: str(noisy_png(tmp_path / "a.png")), "class": 1}
     raw = np.asarray(Image.open(tmp_path / "a.png"), np.float32)[None]
     for spec in (None, "zscore", CT_SPEC):
         out = val_transforms(2, (40, 40), 1, 2, normalization=spec)(dict(sample))[IMAGE]
@@ -110,32 +100,9 @@ def test_augmentation_strength_sets_the_knobs():
 # --- the configs default to the plan --------------------------------------------------------------
 
 
-def _tiny_datalist(root: Path, n: int = 12, size: int = 40) -> Path:
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    train = []
-    for i in range(n):
-        _png(root / "img" / f"{i}.png", size, seed=i)
-        mask = np.zeros((size, size), np.uint8)
-        mask[10:20, 12:24] = 1
-        Image.fromarray(mask).save(root / "img" / f"{i}_m.png")
-        train.append({"image": f"img/{i}.png", "label": f"img/{i}_m.png", "class": i % 2})
-    path = root / "datalist.json"
-    path.write_text(json.dumps({"name": "tiny", "spatial_dims": 2, "channels": ["T1"], "segments": ["bg", "tumor"],
-                                "classes": ["a", "b"], "training": train, "validation": train[:4], "test": []}))
-    return path
-
-
-def _parser(overrides: dict, files: tuple[str, ...] = ("train.json",)) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_meta(str(CONFIGS / "metadata.json"))
-    parser.read_config([str(CONFIGS / f) for f in files])
-    parser.update({"device": "$torch.device('cpu')", **overrides})
-    return parser
-
-
 def test_train_config_takes_its_settings_from_the_plan(tmp_path):
-    datalist = _tiny_datalist(tmp_path)
-    parser = _parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "models")})
+    datalist = tiny_datalist(tmp_path)
+    parser = train_parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "models")})
     plan = parser.get_parsed_content("plan")
     assert (tmp_path / "plan.json").is_file() and plan == load_or_create_plan(datalist, device="cpu")
     assert parser.get_parsed_content("spatial_size") == plan["spatial_size"] == [96, 96]
@@ -152,8 +119,8 @@ def test_train_config_takes_its_settings_from_the_plan(tmp_path):
 
 
 def test_command_line_overrides_win_over_the_plan(tmp_path):
-    datalist = _tiny_datalist(tmp_path)
-    parser = _parser({"datalist_file": str(datalist), "spatial_size": [64, 64], "batch_size": 3,
+    datalist = tiny_datalist(tmp_path)
+    parser = train_parser({"datalist_file": str(datalist), "spatial_size": [64, 64], "batch_size": 3,
                       "normalization": "zscore", "augment_strength": "light", "max_epochs": 7})
     assert parser.get_parsed_content("max_epochs") == 7
     assert parser.get_parsed_content("spatial_size") == [64, 64]
@@ -164,12 +131,12 @@ def test_command_line_overrides_win_over_the_plan(tmp_path):
     assert card["plan"]["spatial_size"] == [96, 96]  # the card still shows what the plan said
     image = parser.get_parsed_content("validate#dataset")[0][IMAGE]
     assert tuple(image.shape) == (1, 64, 64) and float(image.min()) < 0  # z-scored, not 0..1
-    explicit = _parser({"datalist_file": str(datalist), "network_channels": [4, 8, 16]})
+    explicit = train_parser({"datalist_file": str(datalist), "network_channels": [4, 8, 16]})
     assert explicit.get_parsed_content("network_channels") == [4, 8, 16]
 
 
 def test_the_built_in_synthetic_default_keeps_the_demo_settings(tmp_path):
-    parser = _parser({"dataset_dir": str(tmp_path / "synthetic"), "datalist_file#n_train": 16,
+    parser = train_parser({"dataset_dir": str(tmp_path / "synthetic"), "datalist_file#n_train": 16,
                       "datalist_file#n_val": 4, "datalist_file#n_test": 4})
     plan = parser.get_parsed_content("plan")
     assert plan["pinned"] and plan["fingerprint"]["n_training"] == 16
@@ -183,7 +150,7 @@ def test_the_built_in_synthetic_default_keeps_the_demo_settings(tmp_path):
 
 
 def test_the_3d_config_takes_spacing_orientation_and_patch_from_the_plan(tmp_path):
-    parser = _parser({"dataset_dir": str(tmp_path / "synthetic3d"), "datalist_file#n_train": 4,
+    parser = train_parser({"dataset_dir": str(tmp_path / "synthetic3d"), "datalist_file#n_train": 4,
                       "datalist_file#n_val": 1, "datalist_file#n_test": 1, "datalist_file#size": 32},
                      ("train.json", "train_3d.json"))
     plan = parser.get_parsed_content("plan")
@@ -229,7 +196,7 @@ class _Spy(torch.nn.Module):
 @pytest.mark.parametrize("spec", [None, {"mode": "zscore"}, CT_SPEC])
 def test_predictor_normalises_like_training(tmp_path, spec):
     """The network sees in inference exactly what the validation chain gives for the same file."""
-    png = _png(tmp_path / "study.png", size=40)
+    png = noisy_png(tmp_path / "study.png", size=40)
     card = json.loads(json.dumps(DEFAULT_CARD))
     card["spatial_size"] = [40, 40]  # no resize: exact values
     if spec is not None:

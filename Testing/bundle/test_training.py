@@ -297,19 +297,15 @@ def test_other_on_off_values_are_refused_by_name(value):
 
 def test_lower_case_false_from_the_command_line_turns_the_knobs_off(tmp_path):
     # `--resume false` reaches the config as the text 'false', which Python reads as true
-    from monai.bundle import ConfigParser
+    from bundle_config_helpers import train_parser
     from monai.transforms import Randomizable
 
     from scripts.train.training import prepare_batch as plain_prepare_batch
 
-    configs = Path(__file__).resolve().parents[2] / "monai_bundle" / "configs"
-    parser = ConfigParser()
-    parser.read_meta(str(configs / "metadata.json"))
-    parser.read_config([str(configs / "train.json")])
-    parser.update({"device": "$torch.device('cpu')", "dataset_dir": str(tmp_path / "syn"), "ckpt_dir": str(tmp_path / "m"),
-                   "datalist_file#n_train": 8, "datalist_file#n_val": 4, "datalist_file#n_test": 4,
-                   "resume": "false", "calibrate": "false", "augment": "false", "lesion_guidance": "false",
-                   "augment_on": "sample"})
+    parser = train_parser({"dataset_dir": str(tmp_path / "syn"), "ckpt_dir": str(tmp_path / "m"),
+                           "datalist_file#n_train": 8, "datalist_file#n_val": 4, "datalist_file#n_test": 4,
+                           "resume": "false", "calibrate": "false", "augment": "false", "lesion_guidance": "false",
+                           "augment_on": "sample"})
     handlers = parser.get_parsed_content("train#handlers")
     checkpoint = next(h for h in handlers if isinstance(h, CheckpointHandler))
     assert checkpoint.resume is False
