@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup system-deps demo train evaluate infer test bench web verify clean
+.PHONY: setup test-setup system-deps demo train evaluate infer test bench web verify clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,21 @@ $(STAMP): requirements.txt
 	touch $@
 
 setup: $(STAMP)
+
+# for the tests only: folders beside the venv, installed with pip --target and without dependencies (the rest
+# comes from the venv), that the Slicer tests put first on PYTHONPATH in a subprocess: slicer-core 5.12 with
+# its own VTK (the MRML tests run on two slicer-core releases) and pydicom 2.4.4, the one 3D Slicer 5.10
+# ships (the worker under it); re-installed when their requirements file changes
+SIDE_PACKAGES := slicer-core-5.12 pydicom-2.4
+side_stamp = $(VENV)/$(1)/.installed-$(shell cat requirements-$(1).txt | cksum | cut -d' ' -f1)
+SIDE_STAMPS := $(foreach s,$(SIDE_PACKAGES),$(call side_stamp,$(s)))
+
+$(SIDE_STAMPS): | $(STAMP)
+	rm -rf $(@D)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(@D) -r requirements-$(notdir $(@D)).txt
+	touch $@
+
+test-setup: setup $(SIDE_STAMPS)
 
 # Debian packages the tests need: chromium drives the web demo's browser test (playwright never
 # downloads a browser), cmake + a compiler configure the Slicer extension's CMake files, dicom3tools'
@@ -44,7 +59,7 @@ infer: setup
 demo: setup
 	$(BIN)/python $(BUNDLE)/scripts/demo.py
 
-test: setup system-deps
+test: test-setup system-deps
 	$(BIN)/python -m pytest Testing -q -p no:cacheprovider --timeout 900
 
 bench: setup
