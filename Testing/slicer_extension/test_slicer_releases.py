@@ -27,8 +27,9 @@ REPO = HERE.parents[1]
 SLICER_CORE_5_12 = Path(sys.prefix) / "slicer-core-5.12"
 PYDICOM_2_4 = Path(sys.prefix) / "pydicom-2.4"
 
-#: every test file that touches MRML: the MRML package, the Logic on a scene (node-leak counts included)
-MRML_TESTS = ("test_mrml_segmentation.py", "test_mrml_study.py", "test_mrml_uncertainty.py", "test_module_logic.py")
+#: every test file that touches MRML: the MRML package, the Logic and the panel on a scene (node-leak counts included)
+MRML_TESTS = ("test_mrml_segmentation.py", "test_mrml_study.py", "test_mrml_uncertainty.py", "test_module_logic.py",
+              "test_module_panel.py")
 #: left out there, for time (each takes ~10 s): they test the DICOM SR that a child process writes with the bundle's
 #: code and highdicom, which loads no slicer-core; the SR test of an edited, reviewed study still runs
 NOT_ON_5_12 = ("test_mrml_study.py::test_pending_unsigned_review_gives_the_models_report",
