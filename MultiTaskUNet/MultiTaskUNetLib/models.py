@@ -14,6 +14,7 @@ place only once the bundle checks out, so a failed or cancelled download leaves 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import ipaddress
 import os
 import re
@@ -336,7 +337,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str, progress: Optional[
             try:
                 response = urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "MultiTaskUNet"}),
                                                   timeout=timeout)
-            except (OSError, ValueError) as e:  # URLError/HTTPError are OSErrors
+            except (OSError, ValueError, http.client.HTTPException) as e:  # URLError/HTTPError are OSErrors
                 raise ModelError(f"{url}: download failed ({e})") from e
             with response:
                 check_url(response.geturl())  # after redirects: plain http to another computer is refused
@@ -349,7 +350,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str, progress: Optional[
                 while True:
                     try:
                         block = response.read(1 << 20)
-                    except OSError as e:
+                    except (OSError, http.client.HTTPException) as e:  # IncompleteRead: a chunked transfer cut short
                         raise ModelError(f"{url}: download failed after {done} bytes ({e})") from e
                     if not block:
                         break

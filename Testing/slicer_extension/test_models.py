@@ -272,3 +272,40 @@ def test_download_http_error_and_cancel(tmp_path, server):
 def test_download_refuses_plain_http_elsewhere_before_connecting(tmp_path):
     with pytest.raises(ModelError, match="only https"):
         models.install_url("http://example.org/m.zip", "0" * 64, tmp_path / "store")
+
+
+@pytest.fixture
+def dropping_server():
+    """``(url, body)``: a server on 127.0.0.1 that sends half of ``body`` and closes the connection, once with a
+    Content-Length and once chunked (``?chunked``), as a dropped network connection or a killed server does."""
+    import socket
+
+    body = os.urandom(3 << 20)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                request = conn.recv(65536)
+                if b"?chunked" in request.split(b"\r\n", 1)[0]:
+                    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(body)
+                else:
+                    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                conn.sendall(head + body[: len(body) // 2])
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/brain.zip", body
+    listener.close()
+
+
+@pytest.mark.parametrize("query, match", [("", r"download incomplete \(1572864 of 3145728 bytes\)"),
+                                          ("?chunked", r"download failed after \d+ bytes \(IncompleteRead")])
+def test_interrupted_download_is_a_model_error_and_leaves_nothing(tmp_path, dropping_server, query, match):
+    url, body = dropping_server
+    with pytest.raises(ModelError, match=match):
+        models.install_url(url + query, hashlib.sha256(body).hexdigest(), tmp_path / "store")
+    assert list((tmp_path / "store").iterdir()) == []
