@@ -158,7 +158,7 @@ class MultiTaskUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             info = modelstore.require_model(bundle)
-            self.ui.modelInfoLabel.text = f"{info.describe()}\n{info.root}"
+            self.ui.modelInfoLabel.text = f"{info.describe()}\n{info.details()}\n{info.root}"
             self.logic.setSelectedModelDir(info.root)
         except modelstore.ModelError as e:
             self.ui.modelInfoLabel.text = str(e)

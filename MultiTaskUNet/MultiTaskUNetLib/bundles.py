@@ -27,6 +27,11 @@ class BundleInfo:
     classes: tuple[str, ...]
     segments: tuple[str, ...]
     has_weights: bool
+    #: the input channels the model reads, by name (``("T1c",)``), from the model card
+    channels: tuple[str, ...] = ()
+    #: what the model was trained on: the card's ``training_data`` (datalist and counts per split), else
+    #: the bundle metadata's ``data_source``; empty when neither says
+    training_data: str = ""
 
     def describe(self) -> str:
         """One line for the panel, e.g. ``MultiTaskUNet 0.1.0 - glioma, meningioma, ...``."""
@@ -36,6 +41,29 @@ class BundleInfo:
         if not self.has_weights:
             text += " (no trained weights in models/: train the bundle or pick another folder)"
         return text
+
+    def details(self) -> str:
+        """The panel's lines under :meth:`describe`: input channels and training data."""
+        channels = ", ".join(self.channels) if self.channels else "not stated in the model card"
+        return f"Input: {channels}\nTraining data: {self.training_data or 'not described in the model card'}"
+
+
+def _training_data(card: dict, meta: dict) -> str:
+    """One line on the training data: ``datalist.json: train 120, val 30 (20 reviewed)`` from the card's
+    ``training_data`` (``scripts.core.model_card.training_data``), else the metadata's ``data_source``."""
+    data = card.get("training_data")
+    if isinstance(data, dict) and data.get("datalist"):
+        splits, reviewed = [], 0
+        for split, counts in (data.get("provenance") or {}).items():
+            if isinstance(counts, dict):
+                numbers = [n for n in counts.values() if isinstance(n, int)]
+                splits.append(f"{split} {sum(numbers)}")
+                reviewed += sum(n for kind, n in counts.items() if kind != "original" and isinstance(n, int))
+        text = Path(str(data["datalist"]).replace("\\", "/")).name
+        if splits:
+            text += ": " + ", ".join(splits) + (f" ({reviewed} reviewed by radiologists)" if reviewed else "")
+        return text
+    return str(meta.get("data_source") or "")
 
 
 def default_bundle_dir(module_dir: str | os.PathLike) -> Optional[Path]:
@@ -73,4 +101,5 @@ def inspect_bundle(root: str | os.PathLike) -> BundleInfo:
     return BundleInfo(root=root, name=str(card.get("name") or meta.get("name") or root.name),
                       version=str(card.get("version") or meta.get("version") or ""),
                       classes=tuple(card.get("classes", ())), segments=tuple(card.get("segments", ())),
-                      has_weights=(root / WEIGHTS_FILE).is_file())
+                      has_weights=(root / WEIGHTS_FILE).is_file(), channels=tuple(str(c) for c in card.get("channels", ())),
+                      training_data=_training_data(card, meta))

@@ -65,3 +65,28 @@ def test_file_names_agree_with_the_bundle():
     from scripts.core import model_card
 
     assert (CARD_FILE.as_posix(), WEIGHTS_FILE.as_posix()) == (model_card.CARD_FILE, model_card.WEIGHTS_FILE)
+
+
+def test_panel_lines_name_the_input_channels_and_the_training_data(tmp_path):
+    """The card's ``training_data`` as the bundle writes it (``scripts.core.model_card.training_data``)."""
+    from scripts.core.model_card import training_data
+
+    datalist = tmp_path / "data" / "datalist.json"
+    datalist.parent.mkdir()
+    datalist.write_text(json.dumps({"training": [{"image": "a"}, {"image": "b", "provenance": "edited"}, {"image": "c"}],
+                                    "validation": [{"image": "d"}], "test": [{"image": "e", "provenance": "accepted"}]}))
+    card = {"name": "Brain", "version": "2", "classes": ["a", "b"], "channels": ["T1c", "FLAIR"],
+            "training_data": training_data(datalist)}
+    info = inspect_bundle(_bundle(tmp_path / "b", card=card, weights=True))
+    assert info.channels == ("T1c", "FLAIR")
+    assert info.details() == ("Input: T1c, FLAIR\nTraining data: datalist.json: training 3, validation 1, test 1 "
+                              "(2 reviewed by radiologists)")
+
+
+def test_training_data_from_the_metadata_or_said_to_be_missing(tmp_path):
+    meta = json.dumps({"name": "M", "data_source": "Built-in synthetic data"})
+    info = inspect_bundle(_bundle(tmp_path / "b", card={"name": "M", "channels": ["T2"]}, weights=True, meta=meta))
+    assert info.details() == "Input: T2\nTraining data: Built-in synthetic data"
+    info = inspect_bundle(_bundle(tmp_path / "c", card={"name": "M"}, weights=True))
+    assert info.details() == "Input: not stated in the model card\nTraining data: not described in the model card"
+

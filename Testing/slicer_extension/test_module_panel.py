@@ -20,7 +20,8 @@ from test_module_logic import module  # noqa: F401  (the module imported against
 
 
 def _ui():
-    names = ("progressBar", "statusLabel", "applyButton", "logCollapsibleButton", "segmentationSelector")
+    names = ("progressBar", "statusLabel", "applyButton", "logCollapsibleButton", "segmentationSelector", "modelInfoLabel",
+             "addModelCollapsibleButton")
     ui = types.SimpleNamespace(**{n: types.SimpleNamespace(value=0, text="", collapsed=True) for n in names})
     ui.progressBar.hide = lambda: None
     ui.segmentationSelector.setCurrentNode = lambda node: None
@@ -102,3 +103,23 @@ def test_input_removed_during_the_run_nothing_imported_folder_removed(panel, fak
     _poll_to_the_end(widget)
     assert "no longer in the scene" in widget.ui.statusLabel.text and not shown
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0 and not temp.exists()
+
+
+def test_model_line_names_version_classes_input_and_training_data(panel, tmp_path):
+    """What the panel shows for the chosen model, from its card (and the bundle metadata's data source)."""
+    import json
+
+    widget, _, _ = panel
+    root = tmp_path / "model"
+    for folder in ("scripts", "models", "configs"):
+        (root / folder).mkdir(parents=True)
+    (root / "scripts" / "infer.py").write_text("")
+    (root / "models" / "model.pt").write_bytes(b"w")
+    (root / "models" / "model_card.json").write_text(json.dumps(
+        {"name": "Brain MTU", "version": "1.2.0", "classes": ["glioma", "meningioma"], "channels": ["T1c"]}))
+    (root / "configs" / "metadata.json").write_text(json.dumps({"data_source": "BRISC 2025, 6000 slices"}))
+    widget.currentModelDir = lambda: str(root)
+    widget.onModelChanged()
+    assert widget.ui.modelInfoLabel.text == ("Brain MTU 1.2.0 - glioma, meningioma\nInput: T1c\n"
+                                             f"Training data: BRISC 2025, 6000 slices\n{root}")
+    assert sys.modules["qt"].QSettings().value(sys.modules["MultiTaskUNet"].MODEL_SETTING) == str(root)  # remembered
