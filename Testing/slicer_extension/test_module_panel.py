@@ -123,3 +123,33 @@ def test_model_line_names_version_classes_input_and_training_data(panel, tmp_pat
     assert widget.ui.modelInfoLabel.text == ("Brain MTU 1.2.0 - glioma, meningioma\nInput: T1c\n"
                                              f"Training data: BRISC 2025, 6000 slices\n{root}")
     assert sys.modules["qt"].QSettings().value(sys.modules["MultiTaskUNet"].MODEL_SETTING) == str(root)  # remembered
+
+
+def _node_classes(scene):
+    return sorted(scene.GetNthNode(i).GetClassName() for i in range(scene.GetNumberOfNodes()))
+
+
+def test_import_accept_reject_export_leave_no_node_behind(panel, fake_bundle, scene, tmp_path):
+    """The issue's target, through the Logic calls the panel makes: the import adds the segmentation (and its
+    display node) only; accepting, rejecting (each after an edit check) and exporting add nothing at all."""
+    from MultiTaskUNetLib.review import Decision
+
+    widget, volume, shown = panel
+    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)  # Slicer's scene always has it
+    before_run = _node_classes(scene)
+    _start(widget, volume, fake_bundle("ok"))
+    _poll_to_the_end(widget)
+    assert not shown
+    after_import = _node_classes(scene)
+    added = list(after_import)
+    for name in before_run:
+        added.remove(name)
+    assert sorted(added) == ["vtkMRMLSegmentationDisplayNode", "vtkMRMLSegmentationNode"], added
+    [seg] = [scene.GetNthNodeByClass(0, "vtkMRMLSegmentationNode")]
+    logic = widget.logic
+    logic.review(seg, "Dr A", Decision.ACCEPTED, finalDiagnosis="glioma", comment="ok")
+    logic.review(seg, "Dr A", Decision.REJECTED)
+    for _ in range(2):
+        written = logic.exportResult(seg, tmp_path / "export", ["seg.nrrd", "nifti"], reviewer="Dr A")
+    assert sorted(written) == ["nifti", "review", "seg.nrrd"]
+    assert _node_classes(scene) == after_import
