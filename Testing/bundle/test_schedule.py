@@ -157,3 +157,32 @@ def test_validation_runs_on_the_epoch_the_budget_ends(monkeypatch) -> None:
     assert _validated(2, 100, s, clock) == [2, 3]
     assert s.stopped_by_budget
     assert not BudgetSchedule(_optimizer(), max_epochs=5).budget_ends_run(10.0)  # no budget: never
+
+
+def test_initial_lr_is_a_tenth_when_fine_tuning() -> None:
+    from scripts.train.schedule import initial_lr
+
+    assert initial_lr(0.002) == 0.002  # training from scratch: as given
+    assert initial_lr(0.002, init_from="models/model.pt") == pytest.approx(0.0002)
+    assert initial_lr(0.002, init_from="models/model.pt", finetune_lr_factor=1.0) == 0.002
+    for bad in (0.0, 1.5, -0.1, "0.1"):
+        with pytest.raises(ValueError, match="finetune_lr_factor must be in"):
+            initial_lr(0.002, init_from="m.pt", finetune_lr_factor=bad)
+    with pytest.raises(ValueError, match="learning_rate must be a positive number"):
+        initial_lr(0.0)
+
+
+def test_train_config_gives_the_optimizer_the_fine_tuning_rate(tmp_path) -> None:
+    """train.json wires initial_lr into the optimizer: from a CLI override of init_from to AdamW's lr."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    bundle = Path(__file__).resolve().parents[2] / "monai_bundle"
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    assert parser.get_parsed_content("initial_lr") == parser["learning_rate"]
+    parser["init_from"] = str(tmp_path / "model.pt")
+    parser.parse()
+    assert parser.get_parsed_content("initial_lr") == pytest.approx(parser["learning_rate"] * parser["finetune_lr_factor"])
+    assert parser["optimizer"]["lr"] == "@initial_lr"

@@ -10,9 +10,11 @@ Used by ``test_review_finetune.py`` and ``benchmarks/bench_review.py``. One run:
 4. the reviewer writes ``<name>_review.json`` records: the ``fraction`` worst studies (by true
    error: a wrong diagnosis first, then a low Dice) are corrected -- the true mask as an edit, the
    true class as an overridden diagnosis -- and the others accepted as the model gave them;
-5. ``python -m scripts.prepare reviewed POOL --merge base.json`` -> ``merged.json``;
-6. fine-tuning from the model (``--init_from``) on that datalist, and on the same studies all
-   accepted uncorrected (the control: the same data and epochs without the corrections);
+5. ``python -m scripts.prepare reviewed POOL --merge base.json`` -> ``merged.json`` (accepted,
+   unedited masks left out by default: ``Setting.accepted_masks``);
+6. fine-tuning from the model (``--init_from``, train.json's fine-tuning learning rate unless
+   ``Setting.finetune_lr``) on that datalist, and on the same studies all accepted uncorrected (the
+   control: the same data and epochs without the corrections);
 7. each model scored on the held-out set: balanced accuracy and Dice (images with a tumour).
 """
 
@@ -43,9 +45,10 @@ class Setting:
     channels: tuple[int, ...] = (8, 16, 32)
     epochs: int = 15
     finetune_epochs: int = 6
-    finetune_lr: float = 0.0005  # a quarter of training's: fine-tuning adjusts, it does not start over
+    finetune_lr: float | None = None  # None: train.json's (a tenth of training's with init_from)
     batch_size: int = 8
     fraction: float = 0.2
+    accepted_masks: str = "skip"  # prepare reviewed --accepted-masks: what an accepted, unedited mask trains
 
 
 def _read_mask(path: str) -> np.ndarray:
@@ -82,18 +85,24 @@ def make_base(root: Path, seed: int, s: Setting) -> tuple[Path, list[dict], list
     return base, pool, held
 
 
-def train(datalist: Path, ckpt: Path, seed: int, s: Setting, epochs: int, init_from: Path | None = None) -> Path:
-    """``monai.bundle run training`` in this process with tiny settings; returns ``model.pt``."""
+def train(datalist: Path, ckpt: Path, seed: int, s: Setting, epochs: int, init_from: Path | None = None,
+          calibrate: bool = False, augment: bool = False) -> Path:
+    """``monai.bundle run training`` in this process with tiny settings; returns ``model.pt``.
+
+    ``calibrate`` / ``augment``: train.json's temperature scaling and augmentation (both on in its
+    defaults; off here unless asked, so the tiny runs stay short and comparable)."""
     from monai.bundle import run
 
     overrides: dict[str, Any] = {
         "datalist_file": str(datalist), "ckpt_dir": str(ckpt), "max_epochs": epochs, "seed": seed,
         "spatial_size": [s.size, s.size], "network_channels": list(s.channels), "batch_size": s.batch_size,
-        "val_batch_size": s.batch_size, "augment": False, "calibrate": False, "resume": False,
+        "val_batch_size": s.batch_size, "augment": augment, "calibrate": calibrate, "resume": False,
         "time_budget_min": None, "early_stop_patience": 1000, "num_workers": 0,
     }
     if init_from is not None:
-        overrides.update(init_from=str(init_from), learning_rate=s.finetune_lr)
+        overrides["init_from"] = str(init_from)
+        if s.finetune_lr is not None:  # the peak rate as given (train.json's factor 1)
+            overrides.update(learning_rate=s.finetune_lr, finetune_lr_factor=1.0)
     run("training", config_file=str(BUNDLE / "configs" / "train.json"), **overrides)
     return ckpt / "model.pt"
 
@@ -156,10 +165,11 @@ def review(model: Path, pool: list[dict], folder: Path, fraction: float,
     return counts, changed
 
 
-def prepare(review_dir: Path, base: Path, out: Path) -> Path:
+def prepare(review_dir: Path, base: Path, out: Path, accepted_masks: str = "skip") -> Path:
     from scripts.prepare.__main__ import main
 
-    code = main(["reviewed", str(review_dir), "--out", str(out), "--merge", str(base), "--no-duplicate-check"])
+    code = main(["reviewed", str(review_dir), "--out", str(out), "--merge", str(base), "--no-duplicate-check",
+                 "--accepted-masks", accepted_masks])
     if code != 0:
         raise RuntimeError(f"prepare reviewed {review_dir} failed ({code})")
     return out / "merged.json"
@@ -180,7 +190,7 @@ def simulate(root: Path, seed: int, s: Setting) -> dict[str, Any]:
         if correct:
             out["changed"] = len(changed)
             corrections = changed
-        merged = prepare(root / f"review_{name}", base, root / f"prepared_{name}")
+        merged = prepare(root / f"review_{name}", base, root / f"prepared_{name}", s.accepted_masks)
         tuned[name] = train(merged, root / f"tuned_{name}", seed, s, s.finetune_epochs, init_from=model)
         out[name] = score(tuned[name], held)
         out[f"card_{name}"] = json.loads(tuned[name].with_name("model_card.json").read_text(encoding="utf-8"))

@@ -16,6 +16,8 @@ measures it over seeds and larger settings.
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from review_simulation import Setting, simulate
@@ -42,6 +44,17 @@ def test_finetuning_on_corrections_beats_finetuning_on_uncorrected_answers(tmp_p
     assert review["overridden"] + review["edited"] == round(0.2 * res["pool"])
     assert card["init_from"]["sha256"] == file_sha256(tmp_path / "initial" / "model.pt")
     assert card["training_data"]["datalist"].endswith("merged.json")
+    # the product's defaults for fine-tuning on review: an accepted, unedited mask is the model's own
+    # output and trains no segmentation (prepare reviewed --accepted-masks skip); the reviewer's masks do
+    merged = json.loads((tmp_path / "prepared_corrected" / "merged.json").read_text(encoding="utf-8"))
+    reviewed = [e for e in merged["training"] if e["provenance"] != "original"]
+    assert all("label" not in e for e in reviewed if e["provenance"] == "accepted"), reviewed
+    assert all("label" in e for e in reviewed if e["provenance"] == "edited")
+    assert any("label" in e for e in reviewed), "no corrected mask reached the datalist"
+    # ... and init_from starts at a tenth of training's learning rate (train.json finetune_lr_factor)
+    peak = {name: max(e["lr"] for e in json.loads((tmp_path / name / "history.json").read_text(encoding="utf-8")))
+            for name in ("initial", "tuned_corrected")}
+    assert peak["tuned_corrected"] <= 0.1 * peak["initial"] * 1.001, peak
     start = torch.load(tmp_path / "initial" / "model.pt", weights_only=True)
     tuned = torch.load(tmp_path / "tuned_corrected" / "model.pt", weights_only=True)
     assert start.keys() == tuned.keys() and any(not torch.equal(start[k], tuned[k]) for k in start)

@@ -96,15 +96,15 @@ def test_script_records_follow_the_rules(studies, tmp_path):
     results = [json.loads(f.read_text()) for f in files]
     names = [Path(r["input"]).name for r in results]
     model_class = [CLASSES.index(r["diagnosis"]["label"]) for r in results]
-    # accepted: the model's label map and class
+    # accepted: the model's class; its mask, the model's own output, trains nothing (--accepted-masks skip)
     assert entries[names[0]]["provenance"] == "accepted" and entries[names[0]]["class"] == model_class[0]
-    assert Path(entries[names[0]]["label"]).name == Path(results[0]["segmentation"]["path"]).name
+    assert "label" not in entries[names[0]]
     # edited: the reviewer's mask, the model's class
     assert entries[names[1]]["provenance"] == "edited" and entries[names[1]]["class"] == model_class[1]
     assert Path(entries[names[1]]["label"]).name == "corrected.png" and truth["image"].endswith(names[1])
-    # overridden: the reviewer's class with the accepted mask
+    # overridden: the reviewer's class; the mask was accepted unedited, so no label either
     assert entries[names[2]]["provenance"] == "overridden" and entries[names[2]]["class"] == CLASSES.index(other)
-    assert "label" in entries[names[2]]
+    assert "label" not in entries[names[2]]
     # rejected: listed, no labels; rejected with another diagnosis: the class only
     assert entries[names[3]]["provenance"] == "rejected" and {"label", "class"}.isdisjoint(entries[names[3]])
     assert entries[names[4]]["provenance"] == "overridden" and "label" not in entries[names[4]]
@@ -112,6 +112,15 @@ def test_script_records_follow_the_rules(studies, tmp_path):
     dl = json.loads((out / "datalist.json").read_text())
     assert [Path(e["image"]).name for e in dl["rejected"]] == [names[3]]
     assert validate(out / "datalist.json").ok
+    # --accepted-masks train: the accepted masks become labels; nothing else changes
+    trained = tmp_path / "trained"
+    assert main(["reviewed", str(review), "--out", str(trained), "--no-duplicate-check", "--accepted-masks", "train"]) == 0
+    again = _entries(trained)
+    for i in (0, 2):
+        assert Path(again[names[i]]["label"]).name == Path(results[i]["segmentation"]["path"]).name
+        assert {k: v for k, v in again[names[i]].items() if k != "label"} == entries[names[i]]
+    assert all(again[n] == entries[n] for n in names[:5] if n not in (names[0], names[2]))
+    assert validate(trained / "datalist.json").ok
 
 
 def test_slicer_worklist_layout(studies, tmp_path):
@@ -247,8 +256,12 @@ def test_missing_inputs_name_the_file(studies, tmp_path, capsys):
     Path(json.loads(files[0].read_text())["segmentation"]["path"]).unlink(missing_ok=True)
     for f in review.glob("*_seg.png"):
         f.unlink()
-    assert main(["reviewed", str(review), "--out", str(tmp_path / "o1"), "--no-duplicate-check"]) == 1
+    # the accepted mask would be a label: its absence is an error; by default it is not read at all
+    assert main(["reviewed", str(review), "--out", str(tmp_path / "o1"), "--no-duplicate-check",
+                 "--accepted-masks", "train"]) == 1
     assert f"{files[0]}: the model's segmentation" in capsys.readouterr().err
+    assert main(["reviewed", str(review), "--out", str(tmp_path / "o0"), "--no-duplicate-check"]) == 0
+    capsys.readouterr()
     files[0].write_text("{not json", encoding="utf-8")
     assert main(["reviewed", str(review), "--out", str(tmp_path / "o2"), "--no-duplicate-check"]) == 1
     assert f"{files[0]}: not readable JSON" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from scripts.prepare.duplicates import NEAR_THRESHOLD
 from scripts.prepare.msd import collect_msd, collect_nnunet
 from scripts.prepare.pipeline import REPORT_FILE, Options, build
 from scripts.prepare.plain_csv import collect_csv
-from scripts.prepare.reviewed import collect_reviewed, merge_datalists
+from scripts.prepare.reviewed import ACCEPTED_MASKS, collect_reviewed, merge_datalists
 
 
 def _names(text: str) -> list[str]:
@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     reviewed.add_argument("--merge", type=Path, metavar="DATALIST",
                           help="also write OUT/merged.json: this datalist with the reviewed studies in its training split")
     reviewed.add_argument("--channels", type=_names, help="channel names, comma separated (default: --merge's)")
+    reviewed.add_argument("--accepted-masks", choices=ACCEPTED_MASKS, default="skip",
+                          help="a segmentation accepted unedited is the model's own output: 'skip' (default) trains "
+                               "only its diagnosis, 'train' also uses the mask as a label")
     val = sub.add_parser("validate", help="check a datalist and every file it names")
     val.add_argument("datalist", type=Path)
     plan = sub.add_parser("plan", help="fingerprint the training split and write plan.json beside the datalist")
@@ -131,7 +134,7 @@ def _collect(args: argparse.Namespace):
     if fmt == "brats":
         return collect_brats(src, out, args.segments, args.classes_csv, args.class_names)
     if fmt == "reviewed":
-        return collect_reviewed(src, out, args.channels, args.merge)
+        return collect_reviewed(src, out, args.channels, args.merge, args.accepted_masks)
     return collect_csv(src, out, args.channels, args.segments, args.class_names)
 
 

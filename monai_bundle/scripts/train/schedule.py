@@ -146,3 +146,23 @@ class BudgetSchedule:
 
     def completed(self, engine: Engine) -> None:
         self.elapsed_s, self._since = self.seconds(), 0.0
+
+
+def initial_lr(learning_rate: float, init_from: Any = None, finetune_lr_factor: float = 0.1) -> float:
+    """The peak learning rate of a run: ``learning_rate``, times ``finetune_lr_factor`` when fine-tuning.
+
+    A fine-tuning run (``init_from`` set) starts from a model whose own schedule ended at 1 % of
+    ``learning_rate``, with a fresh optimizer: restarting it at the full rate throws the model out of
+    the minimum it found (a small model's segmentation collapsed to empty masks, and its diagnosis to
+    one class, within a few epochs: ``Testing/benchmarks/README.md``, learning from review). A tenth of
+    training's rate, the usual fine-tuning step, adjusts the model instead of starting over. Factor 1
+    keeps ``learning_rate`` as given.
+
+    Raises:
+        ValueError: ``learning_rate`` not positive, or ``finetune_lr_factor`` not in (0, 1].
+    """
+    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    if not (isinstance(finetune_lr_factor, (int, float)) and 0 < finetune_lr_factor <= 1):
+        raise ValueError(f"finetune_lr_factor must be in (0, 1], got {finetune_lr_factor!r}")
+    return float(learning_rate) * (float(finetune_lr_factor) if init_from is not None else 1.0)
