@@ -6,12 +6,14 @@ reviewer corrects its worst 20 % (``review_simulation``); ``prepare reviewed --m
 studies with every answer accepted uncorrected, for the same epochs. On the studies the reviewer
 changed, the corrected fine-tune must give the reviewer's diagnosis more often than the control and
 than the model it started from: a fine-tune that ignored the corrections, or an ``init_from`` that
-did not load, fails here.
+did not load, fails here. It also checks the product's defaults on the way: the accepted, unedited
+masks (the model's own output) reach the merged datalist without a label while the reviewer's masks
+do, and the fine-tune starts at a tenth of training's learning rate.
 
 What this test does not claim: that the corrected fine-tune also scores higher on held-out patients.
 With 64 held-out images and 13 corrections that comparison is within the noise of one tiny run (it
 flipped between 1 and 2 threads, and between machines); ``Testing/benchmarks/bench_review.py``
-measures it over seeds and larger settings.
+measures it over seeds and larger settings (``--scale 2``: see ``Testing/benchmarks/README.md``).
 """
 
 from __future__ import annotations
