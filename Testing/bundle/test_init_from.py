@@ -64,15 +64,19 @@ def test_missing_card_or_bad_weights_name_the_file(trained):
 def test_the_card_records_the_data_and_the_starting_model(trained, tmp_path):
     path, _ = trained
     datalist = tmp_path / "merged.json"
-    datalist.write_text(json.dumps({"training": [{"image": "a", "provenance": "original"},
-                                                 {"image": "b", "provenance": "edited"},
-                                                 {"image": "c", "provenance": "edited"}],
+    datalist.write_text(json.dumps({"training": [{"image": "a", "label": "a_m", "provenance": "original"},
+                                                 {"image": "b", "label": "b_m", "provenance": "edited"},
+                                                 {"image": "c", "label": "c_m", "provenance": "edited"},
+                                                 {"image": "f", "class": 1, "provenance": "accepted"}],
                                     "validation": [{"image": "d"}], "rejected": [{"image": "e", "provenance": "rejected"}]}))
     card = make_card(_card()["network"], ["T1c"], ["background", "tumor"], DEFAULT_CARD["classes"], [96, 96],
                      datalist_file=datalist, init_from=path)
     assert card["training_data"] == {"datalist": str(datalist.resolve()), "sha256": file_sha256(datalist),
-                                     "provenance": {"training": {"original": 1, "edited": 2},
-                                                    "validation": {"original": 1}, "rejected": {"rejected": 1}}}
+                                     "provenance": {"training": {"original": 1, "edited": 2, "accepted": 1},
+                                                    "validation": {"original": 1}, "rejected": {"rejected": 1}},
+                                     # the entries that train the segmentation: the accepted study has no mask
+                                     "with_mask": {"training": {"original": 1, "edited": 2, "accepted": 0},
+                                                   "validation": {"original": 0}, "rejected": {"rejected": 0}}}
     assert card["init_from"] == {"path": str(path.resolve()), "sha256": file_sha256(path),
                                  "name": "MultiTaskUNet", "version": "0.1.0"}
     assert "training_data" not in make_card(_card()["network"], ["T1c"], ["background", "tumor"],

@@ -53,6 +53,9 @@ def test_finetuning_on_corrections_beats_finetuning_on_uncorrected_answers(tmp_p
     assert all("label" not in e for e in reviewed if e["provenance"] == "accepted"), reviewed
     assert all("label" in e for e in reviewed if e["provenance"] == "edited")
     assert any("label" in e for e in reviewed), "no corrected mask reached the datalist"
+    masks = card["training_data"]["with_mask"]["training"]  # the card says which of them trained the masks
+    assert masks["accepted"] == 0
+    assert masks.get("edited", 0) + masks.get("overridden", 0) == sum("label" in e for e in reviewed)
     # ... and init_from starts at a tenth of training's learning rate (train.json finetune_lr_factor)
     peak = {name: max(e["lr"] for e in json.loads((tmp_path / name / "history.json").read_text(encoding="utf-8")))
             for name in ("initial", "tuned_corrected")}

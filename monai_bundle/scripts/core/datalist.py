@@ -219,12 +219,17 @@ def load_and_check(path: str | os.PathLike, splits: tuple[str, ...] = ("training
     return datalist
 
 
-def provenance_counts(datalist: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """``{split or "rejected": {provenance: count}}``; entries without one count as ``"original"``."""
+def provenance_counts(datalist: dict[str, Any], with_mask: bool = False) -> dict[str, dict[str, int]]:
+    """``{split or "rejected": {provenance: count}}``; entries without one count as ``"original"``.
+
+    ``with_mask``: count only the entries with a ``label`` (those that train the segmentation; a
+    provenance whose entries have none counts 0), e.g. the accepted studies ``prepare reviewed``
+    leaves unlabelled."""
     counts: dict[str, dict[str, int]] = {}
     for key in ("training", "validation", "test", REJECTED_KEY):
         for entry in datalist.get(key) or []:
             prov = str(entry.get("provenance", "original")) if isinstance(entry, dict) else "original"
             counts.setdefault(key, {}).setdefault(prov, 0)
-            counts[key][prov] += 1
+            if not with_mask or (isinstance(entry, dict) and entry.get(Keys.LABEL.value) is not None):
+                counts[key][prov] += 1
     return counts

@@ -230,11 +230,14 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
 
 
 def training_data(datalist_file: str | os.PathLike) -> dict[str, Any]:
-    """``{"datalist", "sha256", "provenance": {split: {provenance: count}}}`` of a datalist file."""
+    """``{"datalist", "sha256", "provenance": {split: {provenance: count}}, "with_mask": {...}}`` of a
+    datalist file; ``with_mask`` counts the entries with a mask, the ones that train the segmentation
+    (``prepare reviewed`` gives accepted, unedited studies none)."""
     path = Path(datalist_file).resolve()
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read the datalist ({e})") from e
-    return {"datalist": str(path), "sha256": file_sha256(path),
-            "provenance": provenance_counts(raw if isinstance(raw, dict) else {})}
+    raw = raw if isinstance(raw, dict) else {}
+    return {"datalist": str(path), "sha256": file_sha256(path), "provenance": provenance_counts(raw),
+            "with_mask": provenance_counts(raw, with_mask=True)}
