@@ -109,8 +109,9 @@ class MultiTaskLoss(nn.Module):
             in [0, 1] (default 0: the batch Dice of nnU-Net's 2D setting). A batch Dice is dominated by
             the large lesions of the batch: a missed lesion of 30 pixels beside one of 3000 barely moves
             it. The per-image Dice counts every image's lesion alike, so small lesions pull as hard as
-            large ones; but an image with an empty mask gives it no gradient (its Dice is ~1 whatever is
-            predicted), so only the batch share and the CE term penalise segments on tumour-free images.
+            large ones; but an image with an empty mask gives it almost no gradient (its Dice is ~1
+            whatever is predicted, until the lesion logits sit some 15 below the background's), so only
+            the batch share and the CE term penalise segments on tumour-free images.
         presence_weight: weight of the lesion-presence term (default 0: none). The segmentation's
             own answer to "is there a lesion?" -- the mean lesion logit of its ``presence_top_k`` most
             lesion-like pixels (voxels), the lesion logit being ``logsumexp(foreground) - background`` --
