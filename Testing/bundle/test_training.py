@@ -24,7 +24,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from scripts.core.sliding_window import MultiTaskSimpleInferer
 from scripts.train.losses import MultiTaskLoss
 from scripts.core.networks import MultiTaskUNet
-from scripts.core.tasks import Keys
+from scripts.core.tasks import Keys, Task
 from scripts.train.training import (CheckpointHandler, HistoryHandler, ResumeError, TaskWeightSchedule, prepare_batch,
                               validated_this_epoch)
 
@@ -275,8 +275,64 @@ def test_the_task_weight_schedule_sets_the_factors_by_epoch():
     in_effect.clear()
     resumed.run([0])
     assert in_effect == {2: {"seg": 1.0, "cls": 0.0}, 3: {"seg": 1.0, "cls": 1.0}}
-    with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
-        TaskWeightSchedule(loss, warmup_epochs=-1)
+    for bad in (-1, "soon", 1.5, True):
+        with pytest.raises(ValueError, match="warmup_epochs must be a whole number >= 0 or 'auto'"):
+            TaskWeightSchedule(loss, warmup_epochs=bad)
+
+
+def _auto_run(schedule: TaskWeightSchedule, hits: dict[int, bool | str], max_epochs: int, resume_at: int = 0) -> dict:
+    """Drive ``schedule`` (attached to an engine whose output looks like the trainer's) for ``max_epochs``:
+    in epoch ``e`` the segmentation's argmax finds the one image's 16-pixel lesion exactly when ``hits[e]``
+    is True, overlaps it by 4 of 12 predicted pixels when it is ``"partial"`` (recall 0.25), else finds nothing.
+    Returns the diagnosis factor in effect per epoch."""
+    mask = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    mask[0, 0, 2:6, 2:6] = 1  # image 0 has a lesion, image 1 none
+
+    def step(engine: Engine, batch) -> dict:
+        seg = torch.zeros(2, 2, 8, 8)
+        seg[:, 0] = 1.0  # background everywhere...
+        hit = hits.get(engine.state.epoch, False)
+        if hit == "partial":
+            seg[0, 1, 2:6, 5:8] = 2.0
+        elif hit:
+            seg[0, 1, 2:6, 2:6] = 2.0  # ...but the lesion found
+        return {"pred": {Task.SEG.value: seg}, "label": {Task.SEG.value: mask, Keys.HAS_SEG.value: torch.ones(2)},
+                "cls_factor": schedule.loss.task_factors["cls"]}
+
+    engine = Engine(step)
+    schedule.attach(engine)
+    factors = {}
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: factors.__setitem__(e.state.epoch, e.state.output["cls_factor"]))
+    if resume_at:
+        engine.load_state_dict({"iteration": resume_at, "epoch_length": 1, "max_epochs": max_epochs})
+        engine.run([0])
+    else:
+        engine.run([0], max_epochs=max_epochs)
+    return factors
+
+
+def test_auto_warm_up_lasts_until_the_segmentation_finds_lesions(tmp_path):
+    loss = MultiTaskLoss(2, 4)
+    # found in epoch 3: epochs 1-3 train the segmentation alone, the diagnosis joins from epoch 4
+    assert _auto_run(TaskWeightSchedule(loss, "auto"), {3: True, 4: False}, 6) == {1: 0.0, 2: 0.0, 3: 0.0, 4: 1.0, 5: 1.0, 6: 1.0}
+    # found at once: one seg-only epoch
+    assert _auto_run(TaskWeightSchedule(loss, "auto"), {1: True}, 3) == {1: 0.0, 2: 1.0, 3: 1.0}
+    # never found: at most max_warmup_epochs
+    assert _auto_run(TaskWeightSchedule(loss, "auto", max_warmup_epochs=2), {}, 4) == {1: 0.0, 2: 0.0, 3: 1.0, 4: 1.0}
+    # a recall below found_recall does not end it (0.25 against 0.5), one above does (0.25 against 0.1)
+    assert _auto_run(TaskWeightSchedule(loss, "auto", found_recall=0.5, max_warmup_epochs=3), {1: "partial"}, 4) == {
+        1: 0.0, 2: 0.0, 3: 0.0, 4: 1.0}
+    assert _auto_run(TaskWeightSchedule(loss, "auto"), {1: "partial"}, 2) == {1: 0.0, 2: 1.0}
+    # a resumed run: after an epoch that trained both tasks no new warm-up; after seg-only epochs, it goes on
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps([{"epoch": 1, "seg_only": True}, {"epoch": 2, "seg_only": False}]))
+    assert _auto_run(TaskWeightSchedule(loss, "auto", history=history), {}, 4, resume_at=2) == {3: 1.0, 4: 1.0}
+    history.write_text(json.dumps([{"epoch": 1, "seg_only": True}, {"epoch": 2, "seg_only": True}]))
+    assert _auto_run(TaskWeightSchedule(loss, "auto", history=history), {}, 7, resume_at=2) == {3: 0.0, 4: 0.0, 5: 0.0, 6: 1.0, 7: 1.0}
+    # fine-tuning from a trained model: no warm-up
+    assert _auto_run(TaskWeightSchedule(loss, "auto", init_from="models/model.pt"), {}, 2) == {1: 1.0, 2: 1.0}
+    with pytest.raises(ValueError, match="found_recall must be in"):
+        TaskWeightSchedule(loss, "auto", found_recall=0.0)
 
 
 @pytest.mark.parametrize("value, expected", [(True, True), (False, False), ("false", False), ("False", False),
