@@ -231,7 +231,7 @@ class TaskWeightSchedule:
 
     def __call__(self, engine: Engine) -> None:
         self.loss.task_factors = self.factors(engine.state.epoch)
-        self._sums.zero_()
+        self._sums = torch.zeros(2, dtype=torch.float64)
 
     def resume(self, engine: Engine) -> None:
         """Auto: a run resumed after an epoch that trained both tasks does not warm up again."""
@@ -257,7 +257,9 @@ class TaskWeightSchedule:
                 return
             pred = batch["pred"][Task.SEG][has].argmax(dim=1) > 0
             true = label[Task.SEG][has].reshape(pred.shape) > 0
-            self._sums += torch.tensor([float((pred & true).sum()), float(true.sum())], dtype=torch.float64)
+            counts = torch.stack([(pred & true).sum(), true.sum()])  # on the device: no host sync per step
+            counts = counts.double() if counts.device.type != "mps" else counts.float()  # MPS has no float64
+            self._sums = counts + self._sums.to(counts.device, counts.dtype)
 
     def epoch_completed(self, engine: Engine) -> None:
         if not self.warming:
@@ -266,8 +268,7 @@ class TaskWeightSchedule:
         if dist.is_available() and dist.is_initialized():
             sums = sums.to(_sync_device())
             dist.all_reduce(sums)
-            sums = sums.cpu()
-        hit, true = sums.tolist()
+        hit, true = sums.cpu().tolist()
         if true > 0 and hit / true >= self.found_recall:
             self.warming = False
 
