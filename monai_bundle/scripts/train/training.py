@@ -250,13 +250,9 @@ class TaskWeightSchedule:
             return
         out = engine.state.output
         batch = out if isinstance(out, dict) else _collate_output(out)
-        label = batch["label"]
-        with torch.no_grad():
-            has = label[Keys.HAS_SEG].reshape(-1) > 0
-            if not has.any():
-                return
-            pred = batch["pred"][Task.SEG][has].argmax(dim=1) > 0
-            true = label[Task.SEG][has].reshape(pred.shape) > 0
+        with torch.no_grad():  # a sample without a mask has an all-zero label (Keys): it counts nothing
+            pred = batch["pred"][Task.SEG].argmax(dim=1) > 0
+            true = batch["label"][Task.SEG].reshape(pred.shape) > 0
             counts = torch.stack([(pred & true).sum(), true.sum()])  # on the device: no host sync per step
             counts = counts.double() if counts.device.type != "mps" else counts.float()  # MPS has no float64
             self._sums = counts + self._sums.to(counts.device, counts.dtype)
@@ -264,18 +260,12 @@ class TaskWeightSchedule:
     def epoch_completed(self, engine: Engine) -> None:
         if not self.warming:
             return
-        sums = self._sums.clone()
+        sums = self._sums.clone()  # on the training device, as LossGradientSync's all-reduce
         if dist.is_available() and dist.is_initialized():
-            sums = sums.to(_sync_device())
             dist.all_reduce(sums)
         hit, true = sums.cpu().tolist()
         if true > 0 and hit / true >= self.found_recall:
             self.warming = False
-
-
-def _sync_device() -> torch.device:
-    """Where a DDP all-reduce of a small tensor must live (NCCL: the rank's GPU; gloo: the CPU)."""
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 #: the former name of :class:`TaskWeightSchedule` (configs written for earlier versions)
