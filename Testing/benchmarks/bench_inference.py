@@ -134,7 +134,9 @@ def plain_call(timed: TimedNetwork, image: torch.Tensor, card: dict, device: tor
     amp = settings.amp and device.type == "cuda"
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         start, cpu = time.perf_counter(), time.process_time()
-        sliding_window_inference(x, card["spatial_size"], batch, lambda w: timed(w.to(device))["seg"], settings.overlap,
+        # on the device first, as the Predictor's engine moves its input (MONAI stitches the windows on the
+        # input's device, so a CPU input with CUDA windows fails)
+        sliding_window_inference(x.to(device), card["spatial_size"], batch, lambda w: timed(w)["seg"], settings.overlap,
                                  settings.window_mode)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
