@@ -31,6 +31,21 @@ def test_network_and_inferer_follow_the_model_card(bundle3d, bundle_root):
     assert str(predictor.device) in ("cpu", "cuda:0")  # "device": "auto"
 
 
+def test_the_config_has_monais_inference_properties(bundle3d, bundle_root):
+    """Every ID MONAI's ``InferProperties`` requires (``inferer`` among them, which the model-zoo checks ask
+    for) is in the file, and ``inferer`` is the Predictor's own sliding-window inferer with the file's settings,
+    not a second one."""
+    from monai.bundle.properties import InferProperties
+
+    parser = _parser(bundle3d, bundle_root, overlap=0.5, sw_batch_size=3)
+    required = [name for name, prop in InferProperties.items() if prop.get("required")]
+    assert "inferer" in required
+    assert [name for name in required if name not in parser] == []
+    inferer, predictor = parser.get_parsed_content("inferer"), parser.get_parsed_content("predictor")
+    assert inferer is predictor.inferer
+    assert (inferer.roi_size, inferer.overlap, inferer.sw_batch_size) == ((16, 16, 16), 0.5, 3)
+
+
 def test_the_configs_predictor_is_the_one_from_bundle_builds(bundle2d, bundle_root):
     """``monai.bundle run`` and ``Predictor.from_bundle`` read the same keys; an override reaches both."""
     parsed = _parser(bundle2d, bundle_root).get_parsed_content("predictor")
