@@ -197,9 +197,8 @@ def test_train_config_augments_samples_by_default_and_batches_on_request(tmp_pat
 
 
 def test_train_config_augments_batches_on_cuda(tmp_path):
-    """On a CUDA device the default is ``batch``: the per-sample chain on the CPU kept an H200 waiting (brain set,
-    1-minute budget: 10 epochs at about 5.5 s with ``sample``, 26 at 1.55 s with ``batch``). Only the parsed
-    value is checked here (no GPU needed: the device object is not used); an explicit choice still wins."""
+    """On a CUDA device the default is ``batch`` (why, with figures: the benchmarks README, *Training*). Only the
+    parsed value is checked here (no GPU needed: the device object is not used); an explicit choice still wins."""
     datalist = tiny_datalist(tmp_path)
     common = {"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "device": "$torch.device('cuda:0')"}
     assert train_parser(common).get_parsed_content("augment_on") == "batch"
