@@ -8,6 +8,7 @@ generated 2D and 3D training sets whose lesion sizes, spacings and empty masks a
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -171,7 +172,7 @@ def test_decide_reproduces_the_demo_settings_from_the_synthetic_fingerprint():
                              "time_budget_min"}
     # a wall-clock ceiling on CPU only; a GPU plan trains its epochs
     assert d["time_budget_min"] == P.TIME_BUDGET_MIN["cpu"] > 0
-    # 60 epochs in 2D (the demo pins its 30), 30 in 3D
+    # 60 epochs in 2D (the demo pins its 30); 3D: see test_3d_epochs_come_from_a_step_count
     assert d["max_epochs"] == P.MAX_EPOCHS[2] == 60 and "max_epochs" in d["why"]
     assert P.synthetic_pins({"synthetic": {}, "spatial_dims": 2})["max_epochs"] == 30
     assert P.decide(_fingerprint_2d(), "cuda", memory_gb=80.0)["time_budget_min"] is None
@@ -194,6 +195,23 @@ def test_decide_3d_gives_spacing_orientation_and_patch():
     plan = {"spatial_size": [64, 64, 32], "network_channels": [16, 32, 64], "stem_stride": 2, "device": "cpu"}
     assert P.network_channels_for(plan, [64, 64, 32]) == [16, 32, 64]
     assert P.network_channels_for(plan, [64, 64, 32], stem_stride=1) == [16, 32, 64, 128]
+
+
+def test_3d_epochs_come_from_a_step_count():
+    """A 3D epoch is ceil(volumes / batch) steps: the plan asks for about TRAIN_STEPS_3D steps, within bounds."""
+    assert P.decide_max_epochs(2, 960, 16) == P.MAX_EPOCHS[2] == 60  # 2D: a fixed count
+    assert P.decide_max_epochs(3, 24, 2) == math.ceil(P.TRAIN_STEPS_3D / 12) == 209
+    assert P.decide_max_epochs(3, 17, 2) == math.ceil(P.TRAIN_STEPS_3D / 9)  # a last short step counts
+    assert P.decide_max_epochs(3, 4, 2) == P.MAX_EPOCHS_3D  # a handful of volumes: capped
+    assert P.decide_max_epochs(3, 100000, 2) == P.MAX_EPOCHS[3]  # a huge set: at least MAX_EPOCHS[3]
+    for bad in ((1, 10, 2), (3, 0, 2), (3, 10, 0)):
+        with pytest.raises(ValueError, match="dims 2/3"):
+            P.decide_max_epochs(*bad)
+    fp = _fingerprint_2d(spatial_dims=3, n_training=24, image_size={"median": [64.0, 64.0, 32.0]},
+                         spacing={"median": [3.0, 3.0, 6.0], "p10": [3.0, 3.0, 6.0]},
+                         size_mm={"median": [192.0, 192.0, 192.0]})
+    d = P.decide(fp, "cpu")
+    assert d["batch_size"] == 2 and d["max_epochs"] == 209 and "209 epochs of 12 steps" in d["why"]["max_epochs"]
 
 
 def test_pins_win_but_the_rule_stays_visible(tmp_path):
