@@ -177,32 +177,31 @@ def _random_transforms(parser: ConfigParser) -> list[str]:
     return [type(t).__name__ for t in chain.transforms if isinstance(t, Randomizable)]
 
 
-def test_train_config_augments_samples_by_default_and_batches_on_request(tmp_path):
+def test_train_config_augments_batches_by_default_and_samples_on_request(tmp_path):
     datalist = tiny_datalist(tmp_path)
     default = train_parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m")})
-    assert default.get_parsed_content("augment_on") == "sample"
-    assert default.get_parsed_content("batch_augment") is None
-    assert "RandAffined" in _random_transforms(default)
-    parser = train_parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment_on": "batch"})
-    aug = parser.get_parsed_content("batch_augment")
-    assert isinstance(aug, BatchAugment) and aug.strength == parser.get_parsed_content("augment_strength")
-    assert _random_transforms(parser) == []  # the dataset chain is deterministic: cached once
-    step = parser.get_parsed_content("train_prepare_batch")
+    assert default.get_parsed_content("augment_on") == "batch"
+    aug = default.get_parsed_content("batch_augment")
+    assert isinstance(aug, BatchAugment) and aug.strength == default.get_parsed_content("augment_strength")
+    assert _random_transforms(default) == []  # the dataset chain is deterministic: cached once
+    step = default.get_parsed_content("train_prepare_batch")
     assert step.keywords["augment"] is aug
-    assert parser.get_parsed_content("train#trainer").prepare_batch is step
-    assert parser.get_parsed_content("validate#evaluator").prepare_batch is parser.get_parsed_content("prepare_batch")
-    off = train_parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment": False,
-                   "augment_on": "batch"})
+    assert default.get_parsed_content("train#trainer").prepare_batch is step
+    assert default.get_parsed_content("validate#evaluator").prepare_batch is default.get_parsed_content("prepare_batch")
+    sample = train_parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment_on": "sample"})
+    assert sample.get_parsed_content("batch_augment") is None
+    assert "RandAffined" in _random_transforms(sample)
+    off = train_parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "augment": False})
     assert off.get_parsed_content("batch_augment") is None and _random_transforms(off) == []
 
 
-def test_train_config_augments_batches_on_cuda(tmp_path):
-    """On a CUDA device the default is ``batch`` (why, with figures: the benchmarks README, *Training*). Only the
-    parsed value is checked here (no GPU needed: the device object is not used); an explicit choice still wins."""
+def test_train_config_augments_batches_on_every_device(tmp_path):
+    """``batch`` on the CPU and on CUDA, 2D and 3D (why, with figures: the benchmarks README, *Training
+    augmentations*). Only the parsed value is checked here (no GPU needed: the device object is not used)."""
     datalist = tiny_datalist(tmp_path)
-    common = {"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "device": "$torch.device('cuda:0')"}
-    assert train_parser(common).get_parsed_content("augment_on") == "batch"
-    assert train_parser({**common, "device": "$torch.device('cuda:1')"}).get_parsed_content("augment_on") == "batch"
+    common = {"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m")}
+    for device in ("$torch.device('cpu')", "$torch.device('cuda:0')", "$torch.device('cuda:1')"):
+        assert train_parser({**common, "device": device}).get_parsed_content("augment_on") == "batch"
     assert train_parser({**common, "augment_on": "sample"}).get_parsed_content("augment_on") == "sample"
     assert train_parser(common, files=("train.json", "train_3d.json")).get_parsed_content("augment_on") == "batch"
 

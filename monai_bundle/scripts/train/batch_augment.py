@@ -14,12 +14,12 @@ Why: on a CPU the per-sample chain costs about as much as the network. On the ge
 (96x96, the plan's width-8 U-Net, one thread) it took 10.9 ms per image against 20 ms for the
 network's training step, so under a time budget a third of the epochs went to augmentation
 (``Testing/benchmarks/bench_augment.py`` measures both side by side). ``augment_on`` picks this
-(``"batch"``: the default of ``configs/train_3d.json``) or the MONAI chain (``"sample"``: the 2D
-default). In 2D the faster epochs did not win everywhere: at a 20-minute budget on the generated
-sets (2 seeds, 1 thread per run, 4 runs sharing 2 cores) the brain set gained (test Dice 0.311 ->
-0.387 and 0.256 -> 0.300, balanced accuracy 0.497 -> 0.547 and 0.456 -> 0.463), but the ultrasound
-diagnosis lost (balanced accuracy 0.747 -> 0.604 and 0.670 -> 0.614, Dice unchanged), for a reason
-not found (the operations' displacement and intensity statistics match the MONAI chain's).
+(``"batch"``: the default, 2D and 3D, CPU and CUDA) or the MONAI chain (``"sample"``). Over seeds 0-2
+of ``bench_recipe.py``'s generated sets (12 CPU-minutes, idle 2 cores) ``batch`` took the brain set
+from test Dice 0.437 to 0.524 and balanced accuracy 0.542 to 0.636 (spread between seeds 0.055 ->
+0.011), kept the ultrasound Dice (0.727 -> 0.728) and lowered its balanced accuracy 0.733 -> 0.701
+(one seed -0.09, the others -0.01 and +0.01), for a reason not found: a trained model finds the two
+augmentations equally hard, and their displacement, intensity and mask statistics match.
 
 Conventions: ``grid_sample`` grids hold normalised coordinates in ``[-1, 1]`` with the *last* spatial
 axis first (x = W, y = H[, z = D]); with ``align_corners=False`` pixel centres sit at
