@@ -17,10 +17,10 @@ network's training step, so under a time budget a third of the epochs went to au
 (``"batch"``: the default, 2D and 3D, CPU and CUDA) or the MONAI chain (``"sample"``). Over seeds 0-2
 of ``bench_recipe.py``'s generated sets (12 CPU-minutes, idle 2 cores) ``batch`` took the brain set
 from test Dice 0.437 to 0.524 and balanced accuracy 0.542 to 0.636 (standard deviation over the
-seeds 0.055 -> 0.010). It kept the ultrasound Dice (0.727 -> 0.728) and lowered its balanced
-accuracy 0.733 -> 0.701 (one seed -0.09, the others -0.01 and +0.01), for a reason not found: a
-trained model finds the two augmentations equally hard, and their displacement, intensity and mask
-statistics match.
+seeds 0.055 -> 0.010). On the ultrasound set, over seeds 0-4, Dice 0.730 -> 0.740 and balanced
+accuracy 0.738 -> 0.729: seed 0 lost 0.09 (malignant cases called benign), seed 4 gained 0.06, the
+others moved by 0.01, for reasons not found: a trained model finds the two augmentations equally
+hard, and their displacement, intensity and mask statistics match.
 
 Conventions: ``grid_sample`` grids hold normalised coordinates in ``[-1, 1]`` with the *last* spatial
 axis first (x = W, y = H[, z = D]); with ``align_corners=False`` pixel centres sit at
