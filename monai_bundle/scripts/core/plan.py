@@ -237,6 +237,11 @@ def decide_batch_size(spatial_size: Sequence[int], network_channels: Sequence[in
     return int(max(low, min(fit, MAX_BATCH[(dims, device_type)], cap)))
 
 
+def steps_per_epoch(n_training: int, batch_size: int) -> int:
+    """Optimiser steps in one epoch: a last, shorter batch is a step too."""
+    return math.ceil(n_training / batch_size)
+
+
 def decide_max_epochs(dims: int, n_training: int, batch_size: int) -> int:
     """Training epochs: :data:`MAX_EPOCHS` in 2D; in 3D enough epochs for :data:`TRAIN_STEPS_3D` steps of
     ``batch_size`` volumes (``ceil(n_training / batch_size)`` steps per epoch), within
@@ -249,8 +254,7 @@ def decide_max_epochs(dims: int, n_training: int, batch_size: int) -> int:
         raise ValueError(f"need dims 2/3 and at least one training case and batch sample, got {dims}, {n_training}, {batch_size}")
     if dims == 2:
         return MAX_EPOCHS[2]
-    steps = math.ceil(n_training / batch_size)
-    return int(min(MAX_EPOCHS_3D, max(MAX_EPOCHS[3], math.ceil(TRAIN_STEPS_3D / steps))))
+    return int(min(MAX_EPOCHS_3D, max(MAX_EPOCHS[3], math.ceil(TRAIN_STEPS_3D / steps_per_epoch(n_training, batch_size)))))
 
 
 def decide_normalization(modality: str, foreground: Mapping[str, Any] | None,
@@ -344,10 +348,9 @@ def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | N
     out["normalization"] = decide_normalization(fp["modality"], fg, (fp.get("intensity") or {}).get("global"))
     why["normalization"] = f"modality {fp['modality']} ({fp['modality_reason']})"
     out["max_epochs"] = decide_max_epochs(dims, n, out["batch_size"])
-    why["max_epochs"] = ((f"{MAX_EPOCHS[dims]} epochs for 2D" if dims == 2 else
-                          f"{out['max_epochs']} epochs of {math.ceil(n / out['batch_size'])} steps: about {TRAIN_STEPS_3D} "
-                          f"steps for 3D") + (", or fewer when the time budget ends the run first"
-                                              if TIME_BUDGET_MIN[device_type] else ""))
+    rule = (f"{out['max_epochs']} epochs for 2D" if dims == 2 else f"{out['max_epochs']} epochs of "
+            f"{steps_per_epoch(n, out['batch_size'])} steps: about {TRAIN_STEPS_3D} steps for 3D")
+    why["max_epochs"] = rule + (", or fewer when the time budget ends the run first" if TIME_BUDGET_MIN[device_type] else "")
     out["time_budget_min"] = TIME_BUDGET_MIN[device_type]
     why["time_budget_min"] = (f"a ceiling of {TIME_BUDGET_MIN[device_type]:g} min on {device_type}: the schedule fits "
                               "whichever of budget and max_epochs ends first" if TIME_BUDGET_MIN[device_type]

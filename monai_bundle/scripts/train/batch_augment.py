@@ -14,13 +14,9 @@ Why: on a CPU the per-sample chain costs about as much as the network. On the ge
 (96x96, the plan's width-8 U-Net, one thread) it took 10.9 ms per image against 20 ms for the
 network's training step, so under a time budget a third of the epochs went to augmentation
 (``Testing/benchmarks/bench_augment.py`` measures both side by side). ``augment_on`` picks this
-(``"batch"``: the default, 2D and 3D, CPU and CUDA) or the MONAI chain (``"sample"``). Over seeds 0-2
-of ``bench_recipe.py``'s generated sets (12 CPU-minutes, idle 2 cores) ``batch`` took the brain set
-from test Dice 0.437 to 0.524 and balanced accuracy 0.542 to 0.636 (standard deviation over the
-seeds 0.055 -> 0.010). On the ultrasound set, over seeds 0-4, Dice 0.730 -> 0.740 and balanced
-accuracy 0.738 -> 0.729: seed 0 lost 0.09 (malignant cases called benign), seed 4 gained 0.06, the
-others moved by 0.01, for reasons not found: a trained model finds the two augmentations equally
-hard, and their displacement, intensity and mask statistics match.
+(``"batch"``: the default, 2D and 3D, CPU and CUDA) or the MONAI chain (``"sample"``). What each
+costs and what each reaches on the generated sets (3-5 seeds): the benchmarks README, *Training
+augmentations* and *Session 10*.
 
 Conventions: ``grid_sample`` grids hold normalised coordinates in ``[-1, 1]`` with the *last* spatial
 axis first (x = W, y = H[, z = D]); with ``align_corners=False`` pixel centres sit at
