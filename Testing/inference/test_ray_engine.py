@@ -240,3 +240,50 @@ def test_a_worker_killed_mid_batch_loses_and_repeats_no_study(bundle_root, bundl
     with open(out / "worklist.csv", encoding="utf-8") as f:
         assert sorted(r["study"] for r in csv.DictReader(f)) == [f"v{k:02d}.nii.gz" for k in range(n)]
     assert not psutil.pid_exists(killed.pid) or killed.status() == psutil.STATUS_ZOMBIE
+
+
+def test_workers_that_die_before_any_study_are_started_once_more(bundle_root, bundle2d, tmp_path, monkeypatch,
+                                                                  caplog):
+    """A worker lost before it ran anything (in CI once: "The actor never ran - it was cancelled before it
+    started running") costs a second start, not the batch. Here a real local Ray loses the first workers:
+    they are killed before they run (ray.kill, as a cluster cancels them); the second ones run the batch.
+    A worker whose Predictor cannot load is not started again: its error comes at once."""
+    import ray
+    from ray.exceptions import RayActorError
+    from scripts.inference.distributed import PredictorSpec, RayBatchRunner
+
+    monkeypatch.setenv("PYTHONPATH", str(bundle_root))
+    studies = [_png(tmp_path / f"us{k}.png", k) for k in range(2)]
+    starts = []
+
+    class FirstWorkersLost(RayBatchRunner):
+        def _actors(self, ray_, pending):
+            actors = super()._actors(ray_, pending)
+            starts.append(len(actors))
+            if len(starts) == 1:
+                for actor in actors:
+                    ray.kill(actor, no_restart=True)
+            return actors
+
+    runner = FirstWorkersLost(PredictorSpec(str(bundle2d), overrides={"device": "cpu"}), studies, tmp_path / "out",
+                              workers=1, overlay=False)
+    with caplog.at_level("WARNING", logger="scripts.inference.distributed"):
+        outcomes = runner.run()
+    assert starts == [1, 1]
+    assert [o.ok for o in outcomes] == [True, True], [o.error for o in outcomes]
+    assert len(runner.worker_pids) == 1
+    assert any("died before it ran any study" in r.getMessage() for r in caplog.records), caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"us{k}_{kind}" for k in range(2) for kind in ("result.json", "seg.png"))
+
+    starts.clear()
+
+    class Counted(RayBatchRunner):
+        def _actors(self, ray_, pending):
+            starts.append(pending)
+            return super()._actors(ray_, pending)
+
+    with pytest.raises(RayActorError, match="no_bundle/models/model.pt: no trained weights"):
+        Counted(PredictorSpec(str(tmp_path / "no_bundle"), overrides={"device": "cpu"}), studies, tmp_path / "out2",
+                workers=1, overlay=False).run()
+    assert starts == [2]  # one start: Ray's own restarts already tried it

@@ -27,6 +27,7 @@ run the network with the same number of threads). Outcomes come back in input or
   names and renamed at the end (:class:`~scripts.inference.writers.OutputSet`), so a study cut off
   halfway leaves no result, and the temporary files of a killed worker are removed when the batch
   ends. No study is lost or reported twice; a study whose worker died more often than that is failed.
+  Workers that die before they run anything (Ray cancelled their start) are started once more.
 - **Resume.** Studies kept from an earlier run (``resume``) are not sent to the cluster at all.
 """
 
@@ -138,6 +139,31 @@ class RayBatchRunner(BatchRunner):
             max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
         return [actor.remote(self.spec, self.threads, os.getcwd()) for _ in range(workers)]
 
+    def _started_actors(self, ray, pending: int) -> list:
+        """The actors of :meth:`_actors`, each answering once.
+
+        Before any study is sent, a worker can die without having run (Ray cancelled its start on a busy
+        or reconnecting cluster: "The actor never ran"); new actors are asked for once, with a warning,
+        and a second loss is raised. A worker whose Predictor cannot load (Ray has already restarted it
+        :data:`MAX_RESTARTS` times) is raised at once: starting it again would fail again.
+        """
+        from ray.exceptions import RayActorError
+
+        actors = self._actors(ray, pending)
+        try:
+            self.worker_pids = ray.get([a.pid.remote() for a in actors])
+            return actors
+        except RayActorError as e:
+            if e.actor_init_failed:
+                raise
+            log.warning("a Ray worker died before it ran any study (%s): starting the workers once more",
+                        (str(e).strip().splitlines() or [type(e).__name__])[0])
+            for a in actors:
+                ray.kill(a, no_restart=True)
+        actors = self._actors(ray, pending)
+        self.worker_pids = ray.get([a.pid.remote() for a in actors])
+        return actors
+
     def run(self, progress: Callable[[int, int, int, str], None] | None = None,
             on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
         """Predict every study on the cluster; return their outcomes in input order (see :meth:`BatchRunner.run`)."""
@@ -174,8 +200,7 @@ class RayBatchRunner(BatchRunner):
 
         started = self._start(ray)
         try:
-            actors = self._actors(ray, len(queue))
-            self.worker_pids = ray.get([a.pid.remote() for a in actors])
+            actors = self._started_actors(ray, len(queue))
             queue = list(reversed(queue))  # pop() takes the next study in input order
             running: dict[Any, tuple[int, Any]] = {}
 
