@@ -20,7 +20,7 @@ from bundle_config_helpers import noisy_png, tiny_datalist, train_parser
 from scripts.inference import Predictor
 from scripts.inference.errors import InputError
 from scripts.core.model_card import DEFAULT_CARD, make_card
-from scripts.core.plan import MAX_EPOCHS, MIN_BATCH, load_or_create_plan
+from scripts.core.plan import MAX_EPOCHS_CAP, MIN_BATCH, load_or_create_plan
 from scripts.core.tasks import Task
 from scripts.core.transforms import (
     AUGMENT_STRENGTHS,
@@ -109,8 +109,9 @@ def test_train_config_takes_its_settings_from_the_plan(tmp_path):
     assert parser.get_parsed_content("network_channels") == plan["network_channels"]
     assert parser.get_parsed_content("batch_size") == plan["batch_size"] == MIN_BATCH[2]
     assert parser.get_parsed_content("augment_strength") == plan["augmentation"] == "strong"
-    assert parser.get_parsed_content("max_epochs") == plan["max_epochs"] == MAX_EPOCHS[2] == 60
-    assert parser.get_parsed_content("early_stop_patience") == 20  # a third of the epochs: the cosine's tail runs
+    # 12 images in batches of 4: 3 steps an epoch, so the 7200 steps' epochs are capped
+    assert parser.get_parsed_content("max_epochs") == plan["max_epochs"] == MAX_EPOCHS_CAP == 1000
+    assert parser.get_parsed_content("early_stop_patience") == 333  # a third of the epochs: the cosine's tail runs
     card = parser.get_parsed_content("model_card")
     assert card["plan"]["spatial_size"] == [96, 96] and card["plan"]["datalist_sha256"] == plan["datalist_sha256"]
     assert "monai" not in card["plan"]["fingerprint"] and card["normalization"] == {"mode": "percentile"}

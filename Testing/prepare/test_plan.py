@@ -172,8 +172,8 @@ def test_decide_reproduces_the_demo_settings_from_the_synthetic_fingerprint():
                              "time_budget_min"}
     # a wall-clock ceiling on CPU only; a GPU plan trains its epochs
     assert d["time_budget_min"] == P.TIME_BUDGET_MIN["cpu"] > 0
-    # 60 epochs in 2D (the demo pins its 30); 3D: see test_3d_epochs_come_from_a_step_count
-    assert d["max_epochs"] == P.MAX_EPOCHS[2] == 60 and "max_epochs" in d["why"]
+    # 800 images in batches of 16: 50 steps an epoch, 144 epochs for the 7200 steps (the demo pins its 30)
+    assert d["max_epochs"] == math.ceil(P.TRAIN_STEPS[2] / 50) == 144 and "7200 steps for 2D" in d["why"]["max_epochs"]
     assert P.synthetic_pins({"synthetic": {}, "spatial_dims": 2})["max_epochs"] == 30
     assert P.decide(_fingerprint_2d(), "cuda", memory_gb=80.0)["time_budget_min"] is None
 
@@ -197,12 +197,14 @@ def test_decide_3d_gives_spacing_orientation_and_patch():
     assert P.network_channels_for(plan, [64, 64, 32], stem_stride=1) == [16, 32, 64, 128]
 
 
-def test_3d_epochs_come_from_a_step_count():
-    """A 3D epoch is ceil(volumes / batch) steps: the plan asks for about TRAIN_STEPS_3D steps, within bounds."""
-    assert P.decide_max_epochs(2, 960, 16) == P.MAX_EPOCHS[2] == 60  # 2D: a fixed count
-    assert P.decide_max_epochs(3, 24, 2) == math.ceil(P.TRAIN_STEPS_3D / 12) == 209
-    assert P.decide_max_epochs(3, 17, 2) == math.ceil(P.TRAIN_STEPS_3D / 9)  # a last short step counts
-    assert P.decide_max_epochs(3, 4, 2) == P.MAX_EPOCHS_3D  # a handful of volumes: capped
+def test_epochs_come_from_a_step_count():
+    """An epoch is ceil(cases / batch) steps: the plan asks for about TRAIN_STEPS[dims] steps, within bounds."""
+    assert P.decide_max_epochs(2, 960, 16) == math.ceil(P.TRAIN_STEPS[2] / 60) == 120  # the generated brain set
+    assert P.decide_max_epochs(2, 468, 16) == math.ceil(P.TRAIN_STEPS[2] / 30) == 240  # the ultrasound set
+    assert P.decide_max_epochs(2, 100000, 32) == P.MAX_EPOCHS[2] == 60  # a huge 2D set: at least MAX_EPOCHS[2]
+    assert P.decide_max_epochs(3, 24, 2) == math.ceil(P.TRAIN_STEPS[3] / 12) == 209
+    assert P.decide_max_epochs(3, 17, 2) == math.ceil(P.TRAIN_STEPS[3] / 9)  # a last short step counts
+    assert P.decide_max_epochs(3, 4, 2) == P.decide_max_epochs(2, 8, 4) == P.MAX_EPOCHS_CAP  # a handful: capped
     assert P.decide_max_epochs(3, 100000, 2) == P.MAX_EPOCHS[3]  # a huge set: at least MAX_EPOCHS[3]
     for bad in ((1, 10, 2), (3, 0, 2), (3, 10, 0)):
         with pytest.raises(ValueError, match="dims 2/3"):
@@ -292,7 +294,7 @@ def test_prepare_plan_on_a_tiny_2d_set(tmp_path, capsys):
     datalist = _tiny_2d(tmp_path)
     assert main(["plan", str(datalist), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "plan.json" in out and "spatial_size" in out and "max_epochs        60" in out and "time_budget_min" in out
+    assert "plan.json" in out and "spatial_size" in out and "max_epochs        1000" in out and "time_budget_min" in out
     plan = json.loads((tmp_path / "plan.json").read_text())
     fp = plan["fingerprint"]
     assert fp["n_training"] == fp["n_analysed"] == 24 and not fp["subsampled"]

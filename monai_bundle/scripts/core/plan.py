@@ -41,7 +41,7 @@ from scripts.core.spacing import ANISOTROPY_RATIO, coarse_axis, decide_target_sp
 logger = logging.getLogger(__name__)
 
 #: bump when a decision rule or the fingerprint changes: older plans are recomputed
-PLAN_VERSION = 6  # 6: 3D max_epochs from steps (decide_max_epochs)
+PLAN_VERSION = 7  # 6: 3D max_epochs from steps (decide_max_epochs); 7: 2D too
 PLAN_FILE = "plan.json"
 
 # --- 2D input size -------------------------------------------------------------------------------
@@ -93,18 +93,25 @@ MAX_BATCH = {(2, "cpu"): 32, (2, "cuda"): 64, (3, "cpu"): 8, (3, "cuda"): 8}
 MAX_BATCH_SHARE = 0.05
 
 # --- epochs and time budget -------------------------------------------------------------------------
-#: training epochs per spatial dims: a from-scratch 2D U-Net on a few hundred to a few thousand images
-#: was still learning at epoch 30 (generated brain set at 96^2: validation Dice 0.50 / balanced accuracy
-#: 0.59 at epoch 30 of 60, 0.58 / 0.71 at 55). 3D: the least; the plan asks for steps (below)
+#: at least this many training epochs per spatial dims (a huge training set gets these, and the time
+#: budget may end the run first)
 MAX_EPOCHS = {2: 60, 3: 30}
-#: 3D: optimiser steps to train for. A 3D epoch is one pass over the training volumes, ``batch_size``
-#: volumes per step, so a few dozen volumes make epochs of a dozen steps, and 30 epochs stopped a CPU
-#: run after about 3.5 of its 20 minutes with the loss still falling (generated 3D set, 24 training
-#: volumes, seed 0: test lesion Dice 0.063 over 42 lesions after 30 epochs, 0.132 after 68 = 816 steps
-#: in 7.5 minutes on 2 cores). 2500 steps of 2 x 4 48^3 patches take about 20 minutes on 2 cores, so on
-#: a CPU the time budget binds first; on a GPU they are minutes.
-TRAIN_STEPS_3D = 2500
-MAX_EPOCHS_3D = 1000
+#: optimiser steps to train for, per spatial dims: the plan's epochs are ``ceil(steps / steps per epoch)``.
+#: 2D: 7200 steps are 120 epochs of the generated brain set (960 images, batch 16) and 240 of the
+#: ultrasound set (468 images): on 2 cores about 16-18 minutes, inside the 20-minute CPU budget. A fixed
+#: 60 epochs (plan v6) ended such a run after 9 (brain) or 4 (ultrasound) of its 20 minutes with the
+#: model still improving. Test splits, 60 epochs -> the step count, 2 cores: brain seeds 0 / 1 lesion
+#: Dice 0.542 / 0.523 -> 0.646 / 0.664, balanced accuracy 0.635 / 0.638 -> 0.736 / 0.752; ultrasound
+#: seed 0 Dice 0.713 -> 0.734, balanced accuracy 0.644 -> 0.740 (Testing/benchmarks/README.md).
+#: 3D: 2500 steps. A 3D epoch is one pass over the training volumes, ``batch_size`` volumes per step,
+#: so a few dozen volumes make epochs of a dozen steps, and 30 epochs stopped a CPU run after about 3.5
+#: of its 20 minutes with the loss still falling (generated 3D set, 24 training volumes, seed 0: test
+#: lesion Dice 0.063 over 42 lesions after 30 epochs, 0.132 after 68 = 816 steps in 7.5 minutes on 2
+#: cores). 2500 steps of 2 x 4 48^3 patches take about 20 minutes on 2 cores. On a CPU the time budget
+#: often binds first; on a GPU these are minutes.
+TRAIN_STEPS = {2: 7200, 3: 2500}
+#: at most this many epochs (a handful of training cases makes one-step epochs)
+MAX_EPOCHS_CAP = 1000
 #: the default training time budget (wall minutes) per device type: a ceiling so that a CPU run with the
 #: defaults ends in predictable time (the epochs bind first on a machine that is fast enough); None: epochs only
 TIME_BUDGET_MIN = {"cpu": 20.0, "cuda": None}
@@ -243,18 +250,16 @@ def steps_per_epoch(n_training: int, batch_size: int) -> int:
 
 
 def decide_max_epochs(dims: int, n_training: int, batch_size: int) -> int:
-    """Training epochs: :data:`MAX_EPOCHS` in 2D; in 3D enough epochs for :data:`TRAIN_STEPS_3D` steps of
-    ``batch_size`` volumes (``ceil(n_training / batch_size)`` steps per epoch), within
-    ``MAX_EPOCHS[3]..MAX_EPOCHS_3D``.
+    """Training epochs: enough for :data:`TRAIN_STEPS` ``[dims]`` optimiser steps of ``batch_size``
+    cases (``ceil(n_training / batch_size)`` steps per epoch), within ``MAX_EPOCHS[dims]..MAX_EPOCHS_CAP``.
 
     Raises:
         ValueError: ``dims`` not 2/3, or fewer than one training case or batch sample.
     """
     if dims not in MAX_EPOCHS or n_training < 1 or batch_size < 1:
         raise ValueError(f"need dims 2/3 and at least one training case and batch sample, got {dims}, {n_training}, {batch_size}")
-    if dims == 2:
-        return MAX_EPOCHS[2]
-    return int(min(MAX_EPOCHS_3D, max(MAX_EPOCHS[3], math.ceil(TRAIN_STEPS_3D / steps_per_epoch(n_training, batch_size)))))
+    wanted = math.ceil(TRAIN_STEPS[dims] / steps_per_epoch(n_training, batch_size))
+    return int(min(MAX_EPOCHS_CAP, max(MAX_EPOCHS[dims], wanted)))
 
 
 def decide_normalization(modality: str, foreground: Mapping[str, Any] | None,
@@ -348,8 +353,8 @@ def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | N
     out["normalization"] = decide_normalization(fp["modality"], fg, (fp.get("intensity") or {}).get("global"))
     why["normalization"] = f"modality {fp['modality']} ({fp['modality_reason']})"
     out["max_epochs"] = decide_max_epochs(dims, n, out["batch_size"])
-    rule = (f"{out['max_epochs']} epochs for 2D" if dims == 2 else f"{out['max_epochs']} epochs of "
-            f"{steps_per_epoch(n, out['batch_size'])} steps: about {TRAIN_STEPS_3D} steps for 3D")
+    rule = (f"{out['max_epochs']} epochs of {steps_per_epoch(n, out['batch_size'])} steps: about "
+            f"{TRAIN_STEPS[dims]} steps for {dims}D, within {MAX_EPOCHS[dims]}..{MAX_EPOCHS_CAP} epochs")
     why["max_epochs"] = rule + (", or fewer when the time budget ends the run first" if TIME_BUDGET_MIN[device_type] else "")
     out["time_budget_min"] = TIME_BUDGET_MIN[device_type]
     why["time_budget_min"] = (f"a ceiling of {TIME_BUDGET_MIN[device_type]:g} min on {device_type}: the schedule fits "
