@@ -98,17 +98,11 @@ MAX_BATCH_SHARE = 0.05
 MAX_EPOCHS = {2: 60, 3: 30}
 #: optimiser steps to train for, per spatial dims: the plan's epochs are ``ceil(steps / steps per epoch)``.
 #: 2D: 7200 steps are 120 epochs of the generated brain set (960 images, batch 16) and 240 of the
-#: ultrasound set (468 images): on 2 cores about 16-18 minutes, inside the 20-minute CPU budget. A fixed
-#: 60 epochs (plan v6) ended such a run after 9 (brain) or 4 (ultrasound) of its 20 minutes with the
-#: model still improving. Test splits, 60 epochs -> the step count, 2 cores: brain seeds 0 / 1 lesion
-#: Dice 0.542 / 0.523 -> 0.646 / 0.664, balanced accuracy 0.635 / 0.638 -> 0.736 / 0.752; ultrasound
-#: seed 0 Dice 0.713 -> 0.734, balanced accuracy 0.644 -> 0.740 (Testing/benchmarks/README.md).
-#: 3D: 2500 steps. A 3D epoch is one pass over the training volumes, ``batch_size`` volumes per step,
-#: so a few dozen volumes make epochs of a dozen steps, and 30 epochs stopped a CPU run after about 3.5
-#: of its 20 minutes with the loss still falling (generated 3D set, 24 training volumes, seed 0: test
-#: lesion Dice 0.063 over 42 lesions after 30 epochs, 0.132 after 68 = 816 steps in 7.5 minutes on 2
-#: cores). 2500 steps of 2 x 4 48^3 patches take about 20 minutes on 2 cores. On a CPU the time budget
-#: often binds first; on a GPU these are minutes.
+#: ultrasound set (468 images), about 16-18 minutes on 2 cores, inside the 20-minute CPU budget; a fixed
+#: 60 epochs (plan v6) ended such runs after 9 or 4 minutes with the model still improving. 3D: 2500
+#: steps; a fixed 30 epochs of a dozen steps stopped a CPU run after about 3.5 of its 20 minutes. On a
+#: CPU the time budget often binds first; on a GPU these are minutes. The measurements behind both:
+#: Testing/benchmarks/README.md (sessions 10 and 11).
 TRAIN_STEPS = {2: 7200, 3: 2500}
 #: at most this many epochs (a handful of training cases makes one-step epochs)
 MAX_EPOCHS_CAP = 1000
