@@ -1,7 +1,7 @@
 """Recipe benchmark: the project's training recipe vs single-task MONAI baselines at the same wall-clock budget.
 
     .venv/bin/python Testing/benchmarks/bench_recipe.py [--sets synthetic brain-mri ultrasound 3d | all]
-                     [--budget-min 6] [--budget-3d-min 7.5] [--seeds 0 1 2] [--device auto|cpu|cuda]
+                     [--budget-min 6] [--budget-3d-min 7.5 | --defaults] [--seeds 0 1 2] [--device auto|cpu|cuda]
                      [--out FILE.json] [--cache DIR] [--work DIR] [--keep] [--quick]
 
 For every built-in set, per seed, three models train for the same wall-clock minutes
@@ -11,6 +11,9 @@ For every built-in set, per seed, three models train for the same wall-clock min
   normalisation, augmentation), in a copy of the bundle in a work folder, through
   ``python -m monai.bundle run training --config_file COPY/configs/train.json --datalist_file P/datalist.json
   --time_budget_min M --max_epochs 1000 --seed S`` (3D: ``+ train_3d.json``, ``--budget-3d-min``);
+  with ``--defaults``, ``... --seed S`` alone: the plan's own epochs and time ceiling, which is what a
+  user's run gives (on 2 CPU cores 15-20 minutes), and the baselines of that seed get the wall minutes
+  the project's training took;
 * ``unet``: ``monai.networks.nets.UNet`` (16-32-64-128-256, strides 2, 2 residual units), segmentation
   only, DiceCE; ``densenet``: ``monai.networks.nets.DenseNet121`` (2D, random init), diagnosis only,
   CE (``recipe_baselines.py``). Both take the input size / 3D patch, normalisation, 3D spacing and
@@ -232,14 +235,18 @@ def copy_bundle(dest: Path) -> Path:
     return dest
 
 
-def run_project(datalist: Path, test: list[dict], dims: int, seed: int, budget: float, run_dir: Path, device: str,
+def run_project(datalist: Path, test: list[dict], dims: int, seed: int, budget: float | None, run_dir: Path, device: str,
                 env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any], list, np.ndarray]:
-    """Train the bundle (a copy) and infer the test split with the CLI; ``(info, card, label maps, probs)``."""
+    """Train the bundle (a copy) and infer the test split with the CLI; ``(info, card, label maps, probs)``.
+
+    ``budget`` None: the defaults (the plan's epochs and time ceiling), nothing overridden but the seed.
+    """
     bundle = copy_bundle(run_dir / "bundle")
     configs = [bundle / "configs" / "train.json"] + ([bundle / "configs" / "train_3d.json"] if dims == 3 else [])
     config = str(configs[0]) if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    fixed = [] if budget is None else ["--time_budget_min", budget, "--max_epochs", 1000]
     train_s = run([PY, "-m", "monai.bundle", "run", "training", "--config_file", config, "--datalist_file", datalist,
-                   "--time_budget_min", budget, "--max_epochs", 1000, "--seed", seed], run_dir, run_dir / "train.log", env)
+                   *fixed, "--seed", seed], run_dir, run_dir / "train.log", env)
     models = bundle / "models"
     history = json.loads((models / "history.json").read_text(encoding="utf-8"))
     card = json.loads((models / "model_card.json").read_text(encoding="utf-8"))
@@ -348,18 +355,23 @@ def cell(fig: dict | None, key: str) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     cfg = results["config"]
+    budget = ("the defaults: the plan's epochs and time ceiling for the project, the project's training minutes of "
+              "the same seed for the baselines" if cfg.get("defaults") else
+              f"budget {cfg['budget_min']:g} wall min per 2D model run, {cfg['budget_3d_min']:g} per 3D run "
+              f"(x {cfg['cpu_count']} cores = {cfg['budget_min'] * cfg['cpu_count']:g} / "
+              f"{cfg['budget_3d_min'] * cfg['cpu_count']:g} CPU-min)")
     lines = [f"Recipe benchmark{' (QUICK SMOKE RUN: tiny sets, not figures)' if cfg['quick'] else ''}: "
-             f"seeds {cfg['seeds']}, budget {cfg['budget_min']:g} wall min per 2D model run, {cfg['budget_3d_min']:g} per 3D run "
-             f"(x {cfg['cpu_count']} cores = {cfg['budget_min'] * cfg['cpu_count']:g} / {cfg['budget_3d_min'] * cfg['cpu_count']:g} "
-             f"CPU-min), device {cfg['device']}, "
+             f"seeds {cfg['seeds']}, {budget}, device {cfg['device']}, "
              f"torch {cfg['torch']}, load average {cfg['load_average_start']} at start"]
     for name, res in results["sets"].items():
         lines.append("")
         if "error" in res:
             lines.append(f"### {name}: not run ({res['error']})")
             continue
+        minutes = [r["budget_min"] for r in res["runs"].get("project", []) if r.get("budget_min") is not None]
+        spent = f"; project training {', '.join(f'{m:.1f}' for m in minutes)} min by seed" if cfg.get("defaults") and minutes else ""
         lines.append(f"### {name} ({res['layout']}): {res['n_test']} test images, {res['n_lesion']} with a lesion, "
-                     f"{res['n_classified']} with a class")
+                     f"{res['n_classified']} with a class{spent}")
         lines.append("")
         lines.append("| method | " + " | ".join(HEADERS) + " |")
         lines.append("| --- |" + " ---: |" * len(HEADERS))
@@ -389,13 +401,13 @@ def bench_set(name: str, args: argparse.Namespace, work: Path, env: dict[str, st
     if not test:
         raise Unavailable(f"{datalist} has no test split")
     gts = [read_mask(s["label"], len(dl.segments)) if s.get("label") else None for s in test]
-    budget = args.budget_3d_min if name == "3d" else args.budget_min
+    budget = None if args.defaults else args.budget_3d_min if name == "3d" else args.budget_min
     methods = ["project", "unet"] + ([] if name == "3d" else ["densenet"])
     runs: dict[str, list] = {m: [] for m in methods}
     for seed in args.seeds:
         base = work / name / f"seed{seed}"
         base.mkdir(parents=True, exist_ok=True)
-        card = None
+        card, seed_budget = None, budget
         for method in methods:
             t0 = time.perf_counter()
             record: dict[str, Any] = {"seed": seed}
@@ -403,11 +415,15 @@ def bench_set(name: str, args: argparse.Namespace, work: Path, env: dict[str, st
                 if method == "project":
                     info, card, labels, probs = run_project(datalist, test, dl.spatial_dims, seed, budget,
                                                             base / "project", args.device, env)
+                    if budget is None:  # --defaults: the baselines get the minutes the project's training took
+                        seed_budget = round(info["train_process_s"] / 60, 2)
+                    info["budget_min"] = seed_budget
                 else:
                     if card is None:
                         raise RuntimeError("the project run of this seed failed: no model card to take sizes from")
-                    info, labels, probs = run_baseline(method, datalist, card, seed, budget, base / method,
+                    info, labels, probs = run_baseline(method, datalist, card, seed, seed_budget, base / method,
                                                        args.device, args.baseline_lr, env)
+                    info["budget_min"] = seed_budget
                 ms = info.pop("ms_per_image")
                 record.update(score(test, gts, labels, probs, dl.classes, dl.segments), **info,
                               ms_per_image=float(np.median(ms)), ms_per_image_mean=float(np.mean(ms)))
@@ -433,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="built-in sets (default: the 2D ones; 'all' adds 3d)")
     ap.add_argument("--budget-min", type=float, help="wall minutes per 2D model run (default 6 = 12 CPU-min on 2 cores)")
     ap.add_argument("--budget-3d-min", type=float, help="wall minutes per 3D model run (default 7.5 = 15 CPU-min on 2 cores)")
+    ap.add_argument("--defaults", action="store_true",
+                    help="train the project with its plan's own epochs and time ceiling, as a user's run; each "
+                         "baseline gets the wall minutes the project's training of its seed took")
     ap.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (cpu hides the GPU from every run)")
     ap.add_argument("--baseline-lr", type=float, default=1e-3, help="AdamW learning rate of the baselines")
@@ -460,13 +479,15 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"config": {
         "quick": args.quick, "sets": args.sets, "seeds": args.seeds, "budget_min": args.budget_min,
-        "budget_3d_min": args.budget_3d_min, "device": args.device, "cuda": torch.cuda.is_available(),
+        "budget_3d_min": args.budget_3d_min, "defaults": args.defaults, "device": args.device, "cuda": torch.cuda.is_available(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "machine": platform.machine(), "load_average_start": [round(x, 2) for x in os.getloadavg()],
         "baseline_lr": args.baseline_lr, "cache": str(args.cache), "work": str(work),
         "started": time.strftime("%Y-%m-%d %H:%M:%S")}, "sets": {}}
-    log(f"recipe benchmark: sets {args.sets}, seeds {args.seeds}, budget {args.budget_min} min (3D {args.budget_3d_min}), "
-        f"cache {args.cache}, work {work}")
+    log(f"recipe benchmark: sets {args.sets}, seeds {args.seeds}, "
+        + ("the defaults (baselines: the project's minutes), " if args.defaults else
+           f"budget {args.budget_min} min (3D {args.budget_3d_min}), ")
+        + f"cache {args.cache}, work {work}")
     t0 = time.perf_counter()
     try:
         for name in args.sets:
