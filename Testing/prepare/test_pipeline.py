@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -71,3 +72,73 @@ def test_module_entry_point(busi_replica, tmp_path, bundle_root, from_bundle):
     assert run.returncode == 0, run.stderr
     assert "BUSI: 12 samples ->" in run.stdout and "next: python -m scripts.prepare validate" in run.stdout
     assert main(["validate", str(out / "datalist.json")]) == 0
+
+
+def _patients(per_class: int) -> dict[str, str]:
+    """Key -> patient of a BUSI replica: every two images of a class are one patient."""
+    return {f"{c} ({n})": f"{c}-patient-{(n - 1) // 2}" for c in ("benign", "malignant", "normal")
+            for n in range(1, per_class + 1)}
+
+
+def test_groups_csv_keeps_each_patient_in_one_split(busi_replica, tmp_path, capsys):
+    source = busi_replica(per_class=8)
+    patients = _patients(8)
+    table = tmp_path / "patients.csv"
+    rows = ["image,patient,plane"]  # the aliases of case,group; extra columns are ignored
+    for i, (key, patient) in enumerate(sorted(patients.items())):
+        if key == "normal (8)":
+            continue  # not listed: keeps a group of its own
+        rows.append(f"{key}.png,{patient},ax" if i % 2 else f"{key},{patient},ax")  # file name or key
+    rows.append("benign (99),benign-patient-9,ax")  # a case the data set does not have
+    table.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert main(["busi", str(source), "--out", str(out), "--groups-csv", str(table), "--no-duplicate-check",
+                 "--val-fraction", "0.3", "--test-fraction", "0.3"]) == 0
+    printed = capsys.readouterr().out
+    assert "groups: 23 samples in 12 groups from" in printed and "(1 sample(s) not listed)" in printed
+
+    dl = json.loads((out / "datalist.json").read_text())
+    split_of: dict[str, set] = {}
+    for split in ("training", "validation", "test"):
+        assert dl[split], split
+        for s in dl[split]:
+            split_of.setdefault(s["group"], set()).add(split)
+    assert all(len(splits) == 1 for splits in split_of.values())  # no patient straddles two splits
+    assert len(split_of) == 13 and "normal (8)" in split_of and "benign-patient-0" in split_of
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["groups"] == {"samples_grouped": 23, "groups": 12, "samples_not_listed": 1, "cases_not_found": 1}
+    assert any("1 case(s) of the group table are not in the data set, e.g. ['benign (99)']" in w
+               for w in report["warnings"])
+    assert any("1 sample(s) not in the group table keep a group of their own, e.g. ['normal (8)']" in w
+               for w in report["warnings"])
+    assert not any("no patient ids" in w for w in report["warnings"])
+
+
+def test_without_patient_ids_the_report_says_validation_is_drawn_image_by_image(busi_replica, tmp_path, capsys):
+    source = busi_replica()
+    assert main(["busi", str(source), "--out", str(tmp_path / "out"), "--no-duplicate-check"]) == 0
+    assert "warning: no patient ids: every image is its own group" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
+    assert any("--groups-csv FILE (columns case,group)" in w for w in report["warnings"])
+    # an official validation split is not drawn here: nothing to warn about
+    assert main(["busi", str(source), "--out", str(tmp_path / "out2"), "--no-duplicate-check",
+                 "--val-fraction", "0"]) == 0
+    assert "no patient ids" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, message", [
+    ("case,class\na,benign\n", r"needs a header with columns 'case' \(or 'image'\) and 'group' \(or 'patient'\), "
+                               r"got \['case', 'class'\]"),
+    ("case,group\nbenign (1),p1\nbenign (1),p2\n", r"line 3: case 'benign \(1\)' listed again with another group"),
+    ("case,group\nbenign (1),\n", "lists no case with a group"),
+])
+def test_a_bad_group_table_is_refused_before_anything_is_written(busi_replica, tmp_path, capsys, text, message):
+    table = tmp_path / "patients.csv"
+    table.write_text(text)
+    out = tmp_path / "out"
+    assert main(["busi", str(busi_replica()), "--out", str(out), "--groups-csv", str(table)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ERROR {table}: ") and re.search(message, err)
+    assert not (out / "datalist.json").exists()
+    assert main(["busi", str(busi_replica()), "--out", str(out), "--groups-csv", str(tmp_path / "nope.csv")]) == 1
+    assert f"ERROR {tmp_path / 'nope.csv'}: group table not found" in capsys.readouterr().err

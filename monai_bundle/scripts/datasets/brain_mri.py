@@ -12,7 +12,9 @@ have no mask. Each patient (:mod:`scripts.datasets.brain_render`) gives 2-6 slic
 planes, through the tumour when there is one; patients never straddle ``train`` and ``test``, and
 indices are shuffled so nothing in a name tells which slices share a patient. Class shares follow
 BRISC 2025 per split. ``generator.json`` records the parameters; ``slices.csv`` the patient, plane,
-contrast and tumour size of every image (for analysis only: BRISC has no patient ids).
+contrast and tumour size of every image. BRISC has no patient ids, so ``prepare brisc`` does not
+read it; ``prepare brisc --groups-csv slices.csv`` does (its ``image`` and ``patient`` columns), to
+draw validation by patient as a user who knows the patients would.
 """
 
 from __future__ import annotations

@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
         help="write absolute paths (default: relative to the datalist's folder)",
     )
     common.add_argument("--skip-bad", action="store_true", help="leave out samples with problems instead of failing")
+    common.add_argument(
+        "--groups-csv",
+        type=Path,
+        help="CSV with columns case,group (or image,patient): the patient of each case, so that a patient's "
+        "images never straddle training, validation and test",
+    )
     classes = argparse.ArgumentParser(add_help=False)
     classes.add_argument("--classes-csv", type=Path, help="CSV with columns case,class")
     classes.add_argument("--class-names", type=_names, help="class order, comma separated (default: sorted names)")
@@ -192,6 +198,10 @@ def _print_summary(args: argparse.Namespace, report: dict) -> None:
                 else " (--regroup-duplicates keeps them together)"
             )
         )
+    if report.get("groups"):
+        g = report["groups"]
+        print(f"groups: {g['samples_grouped']} samples in {g['groups']} groups from {args.groups_csv}, each group "
+              f"in one split ({g['samples_not_listed']} sample(s) not listed)")
     for w in report["warnings"][:5]:
         print(f"warning: {w}")
     if len(report["warnings"]) > 5:
@@ -221,10 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         regroup_duplicates=args.regroup_duplicates,
         absolute_paths=args.absolute_paths,
         skip_bad=args.skip_bad,
+        groups_csv=args.groups_csv,
     )
     try:
         if not args.source.exists():
             raise PrepareError(f"{args.source}: not found")
+        if args.groups_csv is not None and not args.groups_csv.is_file():
+            raise PrepareError(f"{args.groups_csv}: group table not found")
         # a CSV's folder is not scanned, so only writing into that very folder is refused
         check_out_dir(
             args.source.parent if args.format == "csv" else args.source, args.out, inside=args.format != "csv"

@@ -173,6 +173,91 @@ def read_class_table(path: Path, class_names: list[str] | None = None) -> tuple[
     return {c: classes[known[v.lower()]] for c, v in table.items()}, classes
 
 
+#: accepted header names of a group table's two columns: the case, and its group (patient)
+GROUP_TABLE_COLUMNS = (("case", "image"), ("group", "patient"))
+
+
+def read_group_table(path: Path) -> dict[str, str]:
+    """Read a ``case,group`` CSV: the patient (or any other unit that must not be split) of each case.
+
+    The header names the two columns ``case`` (or ``image``) and ``group`` (or ``patient``); extra
+    columns are ignored. A case is a sample's key -- the file stem for the 2D layouts, the case id
+    for MSD / nnU-Net / BraTS -- or its image file name. Rows with an empty case or group are skipped.
+
+    Returns:
+        case -> group.
+
+    Raises:
+        PrepareError: unreadable file, missing columns, or a case listed twice with different groups;
+            all problems of the table in one message, naming the file and the lines.
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+            header = [h.strip().lower() for h in (rows[0].keys() if rows else []) if h is not None]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise PrepareError(f"{path}: cannot read the group table ({e})") from e
+    case_col, group_col = (next((c for c in names if c in header), None) for names in GROUP_TABLE_COLUMNS)
+    if case_col is None or group_col is None:
+        raise PrepareError(f"{path}: the group table needs a header with columns 'case' (or 'image') and 'group' "
+                           f"(or 'patient'), got {header}")
+    table: dict[str, str] = {}
+    problems = []
+    for n, row in enumerate(rows, start=2):
+        row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
+        case, group = row.get(case_col, ""), row.get(group_col, "")
+        if not case or not group:
+            continue
+        if table.get(case, group) != group:
+            problems.append(f"line {n}: case {case!r} listed again with another group ({table[case]!r}, {group!r})")
+        table[case] = group
+    if problems:
+        raise PrepareError(f"{path}: " + "; ".join(problems))
+    if not table:
+        raise PrepareError(f"{path}: the group table lists no case with a group")
+    return table
+
+
+def apply_groups(samples: list[Sample], table: dict[str, str], source: Path) -> tuple[dict[str, int], list[str]]:
+    """Give every sample the group the table names for it, so a patient's images share a split.
+
+    A table row matches a sample by its key or by its image's file name (with or without the
+    suffix). Samples the table does not name keep their own group.
+
+    Returns:
+        (counts ``{"samples_grouped", "groups", "samples_not_listed", "cases_not_found"}``, warnings).
+    """
+    by_name: dict[str, Sample] = {}
+    for s in samples:
+        name = Path(s.first_image).name
+        for k in (s.key, name, name.split(".")[0]):
+            by_name.setdefault(k, s)
+    grouped: dict[int, str] = {}
+    missing = []
+    for case, group in table.items():
+        s = by_name.get(case) or by_name.get(Path(case).name) or by_name.get(Path(case).name.split(".")[0])
+        if s is None:
+            missing.append(case)
+            continue
+        grouped[id(s)] = group
+    for s in samples:
+        if id(s) in grouped:
+            s.group = grouped[id(s)]
+    not_listed = [s.key for s in samples if id(s) not in grouped]
+    warnings = []
+    if missing:
+        warnings.append(f"{source}: {len(missing)} case(s) of the group table are not in the data set, e.g. {missing[:3]}")
+    if not_listed:
+        warnings.append(f"{source}: {len(not_listed)} sample(s) not in the group table keep a group of their own, "
+                        f"e.g. {not_listed[:3]}")
+    counts = {"samples_grouped": len(grouped), "groups": len(set(grouped.values())),
+              "samples_not_listed": len(not_listed), "cases_not_found": len(missing)}
+    return counts, warnings
+
+
 def count_table(splits: dict[str, list[dict[str, Any]]], classes: list[str]) -> dict[str, dict[str, int]]:
     """Samples per split: per class name, without class, with a mask, in total."""
     table = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.core.atomic import write_json_atomic
-from scripts.prepare.common import SPLITS, Collection, PrepareError, count_table, sample_entry
+from scripts.prepare.common import SPLITS, Collection, PrepareError, apply_groups, count_table, read_group_table, sample_entry
 from scripts.prepare.duplicates import NEAR_THRESHOLD, cluster_report, find_clusters, fingerprints, regroup
 from scripts.prepare.splits import split_samples
 
@@ -36,6 +36,8 @@ class Options:
     regroup_duplicates: bool = False
     absolute_paths: bool = False
     skip_bad: bool = False
+    #: ``case,group`` CSV naming each case's patient (:func:`scripts.prepare.common.read_group_table`)
+    groups_csv: Path | None = None
 
 
 def datalist_names(folds: int) -> list[str]:
@@ -59,6 +61,7 @@ def build(collection: Collection, out: Path, options: Options) -> dict[str, Any]
             sample is left; the report is written first so the problems can be read there too.
     """
     out = Path(out)
+    groups = read_group_table(options.groups_csv) if options.groups_csv is not None else None  # fail before any work
     out.mkdir(parents=True, exist_ok=True)
     samples = collection.samples
     report: dict[str, Any] = {"name": collection.name, "datalists": [], "warnings": collection.warnings}
@@ -77,6 +80,12 @@ def build(collection: Collection, out: Path, options: Options) -> dict[str, Any]
     if not samples:
         write_json_atomic(out / REPORT_FILE, report)
         raise PrepareError(f"{collection.name}: no usable sample found")
+    if groups is not None:
+        report["groups"], warnings = apply_groups(samples, groups, options.groups_csv)
+        collection.warnings += warnings
+    note = _no_patient_note(samples, options)  # before duplicates are merged: they are not patients
+    if note:
+        collection.warnings.append(note)
     if options.regroup_duplicates:
         report["groups_merged_for_duplicates"] = regroup(samples, clusters)
     assignments = split_samples(
@@ -89,6 +98,25 @@ def build(collection: Collection, out: Path, options: Options) -> dict[str, Any]
     report["duplicates"] = cluster_report(samples, clusters, assignments[0]) if options.check_duplicates else None
     write_json_atomic(out / REPORT_FILE, report)
     return report
+
+
+def _no_patient_note(samples: list, options: Options) -> str | None:
+    """The warning for a validation split drawn image by image, when nothing says which images share a patient.
+
+    Layouts such as BRISC and BUSI carry no patient ids, so every image is its own group. A patient's
+    other slices then sit in training while one is validated, and the validation scores -- what picks
+    the best checkpoint, stops training early and fits the calibration -- read better than the same
+    model does on new patients (on the generated brain set, 232 of 240 validation images had a slice of
+    their patient in training; validation balanced accuracy 0.82 against 0.74 on the patient-disjoint
+    test split).
+    """
+    drawn = options.folds >= 2 or (options.val_fraction > 0 and not any(s.split == "validation" for s in samples))
+    if not drawn or len(samples) < 2 or len({s.group for s in samples}) < len(samples):
+        return None
+    return ("no patient ids: every image is its own group, so validation is drawn image by image. If a patient has "
+            "several images, validation shares patients with training and its scores (the best checkpoint, early "
+            "stopping, the calibration) are optimistic; --groups-csv FILE (columns case,group) keeps each "
+            "patient's images in one split")
 
 
 def _datalist(
