@@ -13,7 +13,7 @@ import pytest
 from scripts.core.datalist import load_datalist
 from scripts.prepare.__main__ import main
 from scripts.prepare.busi import collect_busi
-from scripts.prepare.common import Collection, PrepareError
+from scripts.prepare.common import Collection, PrepareError, Sample
 from scripts.prepare.pipeline import REPORT_FILE, Options, build, datalist_names
 
 
@@ -124,6 +124,11 @@ def test_without_patient_ids_the_report_says_validation_is_drawn_image_by_image(
     assert main(["busi", str(source), "--out", str(tmp_path / "out2"), "--no-duplicate-check",
                  "--val-fraction", "0"]) == 0
     assert "no patient ids" not in capsys.readouterr().out
+    # nor for volumes: a 3D case is a patient's volume
+    volumes = Collection("volumes", 3, ["T1"], ["background", "tumor"], ["a", "b"],
+                         samples=[Sample(f"case{i}", str(tmp_path / f"case{i}.nii.gz"), class_index=i % 2) for i in range(10)])
+    report = build(volumes, tmp_path / "out3", Options(check_duplicates=False))
+    assert not any("no patient ids" in w for w in report["warnings"])
 
 
 @pytest.mark.parametrize("text, message", [

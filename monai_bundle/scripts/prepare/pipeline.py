@@ -83,7 +83,7 @@ def build(collection: Collection, out: Path, options: Options) -> dict[str, Any]
     if groups is not None:
         report["groups"], warnings = apply_groups(samples, groups, options.groups_csv)
         collection.warnings += warnings
-    note = _no_patient_note(samples, options)  # before duplicates are merged: they are not patients
+    note = _no_patient_note(collection.spatial_dims, samples, options)  # before duplicates are merged: not patients
     if note:
         collection.warnings.append(note)
     if options.regroup_duplicates:
@@ -100,8 +100,11 @@ def build(collection: Collection, out: Path, options: Options) -> dict[str, Any]
     return report
 
 
-def _no_patient_note(samples: list, options: Options) -> str | None:
+def _no_patient_note(spatial_dims: int, samples: list, options: Options) -> str | None:
     """The warning for a validation split drawn image by image, when nothing says which images share a patient.
+
+    2D layouts only: a 3D case (MSD, nnU-Net, BraTS) is a patient's volume, and cases of one patient
+    are grouped where the layout says so (BraTS 2023+ timepoints).
 
     Layouts such as BRISC and BUSI carry no patient ids, so every image is its own group. A patient's
     other slices then sit in training while one is validated, and the validation scores -- what picks
@@ -110,6 +113,8 @@ def _no_patient_note(samples: list, options: Options) -> str | None:
     their patient in training, and the best validation balanced accuracy was 0.816 against 0.777 with
     validation drawn by patient: the benchmarks README, *Session 12*).
     """
+    if spatial_dims != 2:
+        return None
     drawn = options.folds >= 2 or (options.val_fraction > 0 and not any(s.split == "validation" for s in samples))
     if not drawn or len(samples) < 2 or len({s.group for s in samples}) < len(samples):
         return None
