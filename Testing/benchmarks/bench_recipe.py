@@ -417,13 +417,12 @@ def bench_set(name: str, args: argparse.Namespace, work: Path, env: dict[str, st
                                                             base / "project", args.device, env)
                     if budget is None:  # --defaults: the baselines get the minutes the project's training took
                         seed_budget = round(info["train_process_s"] / 60, 2)
-                    info["budget_min"] = seed_budget
                 else:
                     if card is None:
                         raise RuntimeError("the project run of this seed failed: no model card to take sizes from")
                     info, labels, probs = run_baseline(method, datalist, card, seed, seed_budget, base / method,
                                                        args.device, args.baseline_lr, env)
-                    info["budget_min"] = seed_budget
+                info["budget_min"] = seed_budget
                 ms = info.pop("ms_per_image")
                 record.update(score(test, gts, labels, probs, dl.classes, dl.segments), **info,
                               ms_per_image=float(np.median(ms)), ms_per_image_mean=float(np.mean(ms)))

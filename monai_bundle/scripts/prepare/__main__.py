@@ -236,8 +236,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.source.exists():
             raise PrepareError(f"{args.source}: not found")
-        if args.groups_csv is not None and not args.groups_csv.is_file():
-            raise PrepareError(f"{args.groups_csv}: group table not found")
         # a CSV's folder is not scanned, so only writing into that very folder is refused
         check_out_dir(
             args.source.parent if args.format == "csv" else args.source, args.out, inside=args.format != "csv"

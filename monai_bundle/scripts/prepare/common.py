@@ -130,6 +130,34 @@ def class_lookup(classes: list[str]) -> dict[str, int]:
     return {c.lower(): i for i, c in enumerate(classes)}
 
 
+def _read_table(path: Path, what: str, columns: tuple[tuple[str, ...], tuple[str, ...]]) -> list[tuple[int, str, str]]:
+    """The two columns of a CSV table with a header row: ``(line number, first, second)`` per row, stripped.
+
+    ``columns`` gives the accepted header names of each column (case-insensitive, the first found is
+    used); extra columns are ignored.
+
+    Raises:
+        PrepareError: the file cannot be read, or its header lacks a column; the message names the file
+            and ``what`` the table is.
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
+                    for row in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise PrepareError(f"{path}: cannot read the {what} ({e})") from e
+    header = list(rows[0]) if rows else []
+    found = [next((c for c in names if c in header), None) for names in columns]
+    if None in found:
+        wanted = " and ".join(repr(names[0]) + "".join(f" (or {a!r})" for a in names[1:]) for names in columns)
+        raise PrepareError(f"{path}: the {what} needs a header with columns {wanted}, got {header}")
+    first, second = found
+    return [(n, row.get(first, ""), row.get(second, "")) for n, row in enumerate(rows, start=2)]
+
+
 def read_class_table(path: Path, class_names: list[str] | None = None) -> tuple[dict[str, str], list[str]]:
     """Read a ``case,class`` CSV (header row required; extra columns ignored).
 
@@ -144,22 +172,9 @@ def read_class_table(path: Path, class_names: list[str] | None = None) -> tuple[
         PrepareError: unreadable file, missing ``case``/``class`` columns, a case listed twice, or a
             class not in ``class_names``; all problems of the table in one message.
     """
-    import csv
-
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-            header = [h.strip().lower() for h in (rows[0].keys() if rows else [])]
-    except OSError as e:
-        raise PrepareError(f"{path}: cannot read the class table ({e})") from e
-    if "case" not in header or "class" not in header:
-        raise PrepareError(f"{path}: the class table needs a header with columns 'case' and 'class', got {header}")
     table: dict[str, str] = {}
     problems = []
-    for n, row in enumerate(rows, start=2):
-        row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
-        case, name = row["case"], row["class"]
+    for n, case, name in _read_table(path, "class table", (("case",), ("class",))):
         if not case or not name:
             continue  # an empty class means "unknown": the case trains the seg head only
         if case in table:
@@ -188,27 +203,14 @@ def read_group_table(path: Path) -> dict[str, str]:
         case -> group.
 
     Raises:
-        PrepareError: unreadable file, missing columns, or a case listed twice with different groups;
+        PrepareError: missing or unreadable file, missing columns, or a case listed twice with different groups;
             all problems of the table in one message, naming the file and the lines.
     """
-    import csv
-
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-            header = [h.strip().lower() for h in (rows[0].keys() if rows else []) if h is not None]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise PrepareError(f"{path}: cannot read the group table ({e})") from e
-    case_col, group_col = (next((c for c in names if c in header), None) for names in GROUP_TABLE_COLUMNS)
-    if case_col is None or group_col is None:
-        raise PrepareError(f"{path}: the group table needs a header with columns 'case' (or 'image') and 'group' "
-                           f"(or 'patient'), got {header}")
+    if not Path(path).is_file():
+        raise PrepareError(f"{path}: group table not found")
     table: dict[str, str] = {}
     problems = []
-    for n, row in enumerate(rows, start=2):
-        row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
-        case, group = row.get(case_col, ""), row.get(group_col, "")
+    for n, case, group in _read_table(path, "group table", GROUP_TABLE_COLUMNS):
         if not case or not group:
             continue
         if table.get(case, group) != group:
@@ -235,17 +237,15 @@ def apply_groups(samples: list[Sample], table: dict[str, str], source: Path) -> 
         name = Path(s.first_image).name
         for k in (s.key, name, name.split(".")[0]):
             by_name.setdefault(k, s)
-    grouped: dict[int, str] = {}
+    grouped: set[int] = set()
     missing = []
     for case, group in table.items():
         s = by_name.get(case) or by_name.get(Path(case).name) or by_name.get(Path(case).name.split(".")[0])
         if s is None:
             missing.append(case)
             continue
-        grouped[id(s)] = group
-    for s in samples:
-        if id(s) in grouped:
-            s.group = grouped[id(s)]
+        s.group = group
+        grouped.add(id(s))
     not_listed = [s.key for s in samples if id(s) not in grouped]
     warnings = []
     if missing:
@@ -253,7 +253,7 @@ def apply_groups(samples: list[Sample], table: dict[str, str], source: Path) -> 
     if not_listed:
         warnings.append(f"{source}: {len(not_listed)} sample(s) not in the group table keep a group of their own, "
                         f"e.g. {not_listed[:3]}")
-    counts = {"samples_grouped": len(grouped), "groups": len(set(grouped.values())),
+    counts = {"samples_grouped": len(grouped), "groups": len({s.group for s in samples if id(s) in grouped}),
               "samples_not_listed": len(not_listed), "cases_not_found": len(missing)}
     return counts, warnings
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from scripts.core.atomic import write_json_atomic
-from scripts.prepare.common import SPLITS, Collection, PrepareError, apply_groups, count_table, read_group_table, sample_entry
+from scripts.prepare.common import (SPLITS, Collection, PrepareError, apply_groups, count_table, read_group_table,
+                                    sample_entry)
 from scripts.prepare.duplicates import NEAR_THRESHOLD, cluster_report, find_clusters, fingerprints, regroup
 from scripts.prepare.splits import split_samples
 
@@ -103,15 +104,15 @@ def build(collection: Collection, out: Path, options: Options) -> dict[str, Any]
 def _no_patient_note(spatial_dims: int, samples: list, options: Options) -> str | None:
     """The warning for a validation split drawn image by image, when nothing says which images share a patient.
 
-    2D layouts only: a 3D case (MSD, nnU-Net, BraTS) is a patient's volume, and cases of one patient
-    are grouped where the layout says so (BraTS 2023+ timepoints).
-
     Layouts such as BRISC and BUSI carry no patient ids, so every image is its own group. A patient's
     other slices then sit in training while one is validated, and the validation scores -- what picks
     the best checkpoint, stops training early and fits the calibration -- read better than the same
     model does on new patients (on the generated brain set, 232 of 240 validation images had a slice of
     their patient in training, and the best validation balanced accuracy was 0.816 against 0.777 with
     validation drawn by patient: the benchmarks README, *Session 12*).
+
+    2D layouts only: a 3D case (MSD, nnU-Net, BraTS) is a patient's volume, and cases of one patient
+    are grouped where the layout says so (BraTS 2023+ timepoints).
     """
     if spatial_dims != 2:
         return None
