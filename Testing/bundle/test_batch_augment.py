@@ -209,3 +209,60 @@ def test_train_config_augments_batches_on_every_device(tmp_path):
 def test_3d_config_augments_batches():
     parser = train_parser({}, files=("train.json", "train_3d.json"))
     assert parser.get("augment_on") == "batch" and parser.get("patches_per_volume") == 4
+
+
+# --- the plan's mirror_axes and rot90: a 2D image keeps its "up" --------------------------------------
+
+
+def test_flip_axes_mirror_only_the_named_axes():
+    image = torch.arange(2 * 3 * 6 * 8, dtype=torch.float32).reshape(2, 3, 6, 8)
+    label = (image[:, :1] > 40).to(torch.uint8)
+    out, lab = BatchAugment(2, **{**OFF, "p_flip": 1.0, "flip_axes": [1]})(image, label, _gen())
+    torch.testing.assert_close(out, image.flip(3), atol=1e-4, rtol=0)  # columns only: left-right
+    assert torch.equal(lab, label.flip(3))
+    volume = torch.randn(2, 1, 6, 8, 4)
+    out3, _ = BatchAugment(3, **{**OFF, "p_flip": 1.0, "flip_axes": (0,)})(volume, None, _gen())
+    torch.testing.assert_close(out3, volume.flip(2), atol=1e-5, rtol=0)  # X of RAS: left-right
+    same, _ = BatchAugment(2, **{**OFF, "p_flip": 1.0, "flip_axes": []})(image, None, _gen())
+    assert torch.equal(same, image)
+
+
+@pytest.mark.parametrize("axes", [[2], [1, 1], [-1], [0.5]])
+def test_bad_flip_axes_are_refused(axes):
+    from scripts.core.transforms import augmentations
+
+    with pytest.raises(ValueError, match="flip_axes must name distinct spatial axes in 0..1"):
+        BatchAugment(2, flip_axes=axes)
+    with pytest.raises(ValueError, match="flip_axes must name distinct spatial axes in 0..1"):
+        augmentations(2, (16, 16), flip_axes=axes)
+
+
+def _orientation(parser: ConfigParser) -> tuple:
+    aug = parser.get_parsed_content("batch_augment")
+    return aug.flip_axes, aug.knobs["p_rot90"]
+
+
+def test_train_config_mirrors_as_the_plan_says(tmp_path):
+    from monai.transforms import RandFlipd, RandRotate90d
+
+    datalist = tiny_datalist(tmp_path)
+    common = {"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m")}
+    parser = train_parser(common)
+    plan = parser.get_parsed_content("plan")
+    assert (plan["mirror_axes"], plan["rot90"]) == ([1], False)
+    assert _orientation(parser) == ((1,), 0.0)  # left-right flips only, no quarter turns
+    chain = train_parser({**common, "augment_on": "sample"}).get_parsed_content("train#preprocessing").transforms
+    assert [t.flipper.spatial_axis for t in chain if isinstance(t, RandFlipd)] == [1]
+    assert [t.prob for t in chain if isinstance(t, RandRotate90d)] == [0.0]
+    # the command line wins: the former behaviour back
+    assert _orientation(train_parser({**common, "mirror_axes": [0, 1], "rot90": True})) == ((0, 1), 0.5)
+
+
+def test_the_plan_mirrors_2d_left_right_and_3d_on_every_axis():
+    from scripts.core.plan import SYNTHETIC_DEMO_PINS, decide_mirroring, synthetic_pins
+
+    assert decide_mirroring(2) == ([1], False)
+    assert decide_mirroring(3) == ([0, 1, 2], True)
+    # the built-in demo pins the former behaviour (its random blobs have no "up"; its figures hold)
+    assert synthetic_pins({"synthetic": {}, "spatial_dims": 2})["mirror_axes"] == [0, 1]
+    assert SYNTHETIC_DEMO_PINS[2]["rot90"] is True and "mirror_axes" not in SYNTHETIC_DEMO_PINS[3]

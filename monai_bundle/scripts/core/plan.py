@@ -9,7 +9,7 @@ split (:func:`scripts.core.fingerprint.fingerprint`, MONAI's Auto3DSeg analyzers
   in ``orientation`` ``"RAS"``;
 * ``normalization`` (:func:`decide_normalization`), ``stem_stride`` (:data:`STEM_STRIDE`),
   ``network_channels`` (:func:`decide_network_channels`), ``batch_size`` / ``val_batch_size`` (:func:`decide_batch_size`),
-  ``augmentation`` (:func:`decide_augmentation`), ``no_tumor_class`` (:func:`decide_no_tumor_class`),
+  ``augmentation`` (:func:`decide_augmentation`), ``mirror_axes`` / ``rot90`` (:func:`decide_mirroring`), ``no_tumor_class`` (:func:`decide_no_tumor_class`),
   ``max_epochs`` (:func:`decide_max_epochs`), ``time_budget_min`` (:data:`TIME_BUDGET_MIN`: a wall-clock
   ceiling on CPU, none on a GPU).
 
@@ -41,7 +41,7 @@ from scripts.core.spacing import ANISOTROPY_RATIO, coarse_axis, decide_target_sp
 logger = logging.getLogger(__name__)
 
 #: bump when a decision rule or the fingerprint changes: older plans are recomputed
-PLAN_VERSION = 7  # 6: 3D max_epochs from steps (decide_max_epochs); 7: 2D too
+PLAN_VERSION = 8  # 6: 3D max_epochs from steps (decide_max_epochs); 7: 2D too; 8: mirror_axes, rot90
 PLAN_FILE = "plan.json"
 
 # --- 2D input size -------------------------------------------------------------------------------
@@ -113,6 +113,9 @@ TIME_BUDGET_MIN = {"cpu": 20.0, "cuda": None}
 # --- augmentation, tumor-free class ------------------------------------------------------------------
 #: training-set sizes below which augmentation is "strong", then "medium"; "light" above
 AUGMENTATION_STEPS = ((200, "strong"), (2000, "medium"))
+#: the left-right axis of a training sample: a 2D slice is ``(rows, columns)`` in display orientation
+#: (columns run across the patient), a 3D volume ``(X, Y, Z)`` in RAS
+LEFT_RIGHT_AXIS = {2: 1, 3: 0}
 #: a class whose analysed masks are empty at least this often is the tumor-free class
 TUMOR_FREE_SHARE = 0.95
 
@@ -121,7 +124,8 @@ TUMOR_FREE_SHARE = 0.95
 #: ``"synthetic"`` key); recorded under the plan's ``"pinned"``
 SYNTHETIC_DEMO_PINS: dict[int, dict[str, Any]] = {
     2: {"spatial_size": [96, 96], "network_channels": [8, 16, 32, 64, 128], "batch_size": 16,
-        "val_batch_size": 16, "normalization": {"mode": "percentile"}, "augmentation": "medium", "max_epochs": 30},
+        "val_batch_size": 16, "normalization": {"mode": "percentile"}, "augmentation": "medium", "max_epochs": 30,
+        "mirror_axes": [0, 1], "rot90": True},
     3: {"spatial_size": [64, 64, 32], "network_channels": [16, 32, 64, 128], "batch_size": 2,
         "val_batch_size": 1, "normalization": {"mode": "percentile"}, "max_epochs": 30},
 }
@@ -286,6 +290,23 @@ def decide_augmentation(n_training: int) -> str:
     return "light"
 
 
+def decide_mirroring(dims: int) -> tuple[list[int], bool]:
+    """``(mirror_axes, rot90)``: the axes training flips may mirror, and whether it may turn the image
+    plane by 90 degrees.
+
+    2D: the left-right axis only, no quarter turns. A 2D image has an "up" (display orientation:
+    superior or anterior at the top of an MR slice, the skin at the top of an ultrasound frame with the
+    beam going down), and where a lesion lies, or which way its acoustic shadow falls, is part of the
+    diagnosis; the flip test-time augmentation mirrors the same axis. On the generated brain and
+    ultrasound sets, up-down flips and quarter turns cost balanced accuracy and Dice (benchmarks
+    README, *Session 13*). 3D: every axis and quarter turns, as before (nnU-Net mirrors every axis;
+    not measured otherwise here).
+    """
+    if dims == 2:
+        return [LEFT_RIGHT_AXIS[2]], False
+    return list(range(dims)), True
+
+
 def decide_no_tumor_class(empty_mask: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> str | None:
     """The one class whose analysed masks are empty at least :data:`TUMOR_FREE_SHARE` of the time
     (None when no class, or more than one, is)."""
@@ -356,6 +377,11 @@ def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | N
                               else f"no time ceiling on {device_type}: max_epochs decides")
     out["augmentation"] = decide_augmentation(n)
     why["augmentation"] = f"{n} training cases"
+    out["mirror_axes"], out["rot90"] = decide_mirroring(dims)
+    why["mirror_axes"] = ("2D images keep their display orientation: mirrored left-right only (the columns), as "
+                          "flip TTA" if dims == 2 else "3D volumes in RAS: mirrored on every axis, as nnU-Net")
+    why["rot90"] = ("2D: never turned by 90 degrees (an image's up stays up)" if dims == 2
+                    else "3D: turned by 90 degrees in the (X, Y) plane")
     out["no_tumor_class"] = decide_no_tumor_class(fp.get("empty_mask") or {}, fp["classes"])
     why["no_tumor_class"] = f"share of empty masks per class {({k: v['fraction'] for k, v in (fp.get('empty_mask') or {}).items()})}"
     out["why"] = why

@@ -504,10 +504,35 @@ AUGMENT_STRENGTHS: dict[str, dict[str, float]] = {
 }
 
 
+def checked_flip_axes(spatial_dims: int, flip_axes: Sequence[int] | None) -> tuple[int, ...]:
+    """The spatial axes flips may mirror: ``flip_axes`` checked (each once, within ``0..spatial_dims-1``),
+    or every axis when None.
+
+    Raises:
+        ValueError: an axis outside the spatial axes, or one named twice.
+    """
+    if flip_axes is None:
+        return tuple(range(spatial_dims))
+    axes = tuple(int(a) for a in flip_axes)
+    if any(a != b for a, b in zip(axes, flip_axes)) or not all(0 <= a < spatial_dims for a in axes) \
+            or len(set(axes)) != len(axes):
+        raise ValueError(f"flip_axes must name distinct spatial axes in 0..{spatial_dims - 1}, got {list(flip_axes)}")
+    return axes
+
+
+def orientation_knobs(mirror_axes: Sequence[int] | None, rot90: bool) -> dict[str, Any]:
+    """The augmentation knobs of the plan's ``mirror_axes`` and ``rot90``: ``flip_axes``, and
+    ``p_rot90 = 0`` when quarter turns are off (:func:`scripts.core.plan.decide_mirroring`)."""
+    knobs: dict[str, Any] = {"flip_axes": None if mirror_axes is None else [int(a) for a in mirror_axes]}
+    if not rot90:
+        knobs["p_rot90"] = 0.0
+    return knobs
+
+
 def augmentations(spatial_dims: int, spatial_size: Sequence[int], p_flip: float = 0.5, p_rot90: float = 0.5,
                   p_affine: float = 0.5, p_elastic: float = 0.2, p_intensity: float = 0.5, p_gamma: float = 0.25,
                   p_noise: float = 0.2, rotate_deg: float = 15.0, scale: float = 0.1, shift: float = 0.0625,
-                  noise_std: float = 0.05) -> list:
+                  noise_std: float = 0.05, flip_axes: Sequence[int] | None = None) -> list:
     """The random augmentations of the BUSI project, each with its probability knob.
 
     Spatial ones (flips on every axis, rotate-90 in the image plane, shift-scale-rotate, elastic)
@@ -517,20 +542,24 @@ def augmentations(spatial_dims: int, spatial_size: Sequence[int], p_flip: float 
     sample at ``spatial_size`` so that batches collate.
     Intensity ones (brightness, contrast, gamma, Gaussian noise) touch only ``image``.
     ``shift`` is a fraction of the image size; ``rotate_deg`` rotates in the image plane.
+    ``flip_axes``: the spatial axes that flips may mirror (None: every axis). A 2D image in display
+    orientation keeps its "up" with ``flip_axes=(1,)`` (left-right only) and ``p_rot90=0`` (the plan's
+    ``mirror_axes`` and ``rot90``).
 
     Raises:
-        ValueError: a probability outside 0..1 (names the knob).
+        ValueError: a probability outside 0..1 (names the knob); a flip axis that is not a spatial axis.
     """
     probs = {"p_flip": p_flip, "p_rot90": p_rot90, "p_affine": p_affine, "p_elastic": p_elastic,
              "p_intensity": p_intensity, "p_gamma": p_gamma, "p_noise": p_noise}
     for name, p in probs.items():
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be a probability in 0..1, got {p}")
+    axes = checked_flip_axes(spatial_dims, flip_axes)
     keys, modes = (IMAGE, LABEL), ("bilinear", "nearest")
     rotate = math.radians(rotate_deg)
     # in 3D the image plane is (X, Y): rotations turn about the slice axis only
     rotate_range = rotate if spatial_dims == 2 else (0.0, 0.0, rotate)
-    chain: list = [RandFlipd(keys, prob=p_flip, spatial_axis=axis) for axis in range(spatial_dims)]
+    chain: list = [RandFlipd(keys, prob=p_flip, spatial_axis=axis) for axis in axes]
     chain += [
         RandRotate90d(keys, prob=p_rot90, spatial_axes=(0, 1)) if spatial_size[0] == spatial_size[1]
         else RandFlipd(keys, prob=p_rot90, spatial_axis=(0, 1)),  # both axes flipped: 180 degrees
@@ -557,7 +586,8 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
                      augment: bool = True, crop_pos: float = 2.0, crop_neg: float = 1.0,
                      normalization: str | Mapping[str, Any] | None = None, augment_strength: str = "medium",
                      target_spacing: Sequence[float] | None = None, orientation: str = ORIENTATION,
-                     crop_foreground: bool = False, num_samples: int = 1, **augment_kwargs: float) -> Compose:
+                     crop_foreground: bool = False, num_samples: int = 1,
+                     augment_knobs: Mapping[str, Any] | None = None, **augment_kwargs: float) -> Compose:
     """The training chain: deterministic part, then (3D) a patch crop, then augmentations.
 
     3D volumes are padded to ``spatial_size`` and ``num_samples`` patches of that size are cropped,
@@ -565,7 +595,9 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
     them all in the batch: ``batch_size`` volumes give ``batch_size * num_samples`` patches). ``augment_strength`` (``light`` / ``medium`` /
     ``strong``, :data:`AUGMENT_STRENGTHS`) sets the knobs of :func:`augmentations`; ``augment_kwargs``
     override single ones (probability knobs ``p_flip``, ``p_rot90``, ``p_affine``, ``p_elastic``,
-    ``p_intensity``, ``p_gamma``, ``p_noise``, and ``rotate_deg``, ``scale``, ``shift``, ``noise_std``).
+    ``p_intensity``, ``p_gamma``, ``p_noise``, and ``rotate_deg``, ``scale``, ``shift``, ``noise_std``,
+    ``flip_axes``); ``augment_knobs`` is the same as a mapping (the config's :func:`orientation_knobs`), under
+    ``augment_kwargs``.
     ``normalization``, and in 3D ``target_spacing``, ``orientation``, ``crop_foreground``: see
     :func:`deterministic_transforms`.
 
@@ -590,7 +622,8 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
                   RandCropByPosNegLabeld((IMAGE, LABEL), label_key=LABEL, spatial_size=tuple(spatial_size),
                                          pos=crop_pos, neg=crop_neg, num_samples=int(num_samples))]
     if augment:
-        chain += augmentations(spatial_dims, spatial_size, **{**AUGMENT_STRENGTHS[augment_strength], **augment_kwargs})
+        chain += augmentations(spatial_dims, spatial_size, **{**AUGMENT_STRENGTHS[augment_strength],
+                                                              **dict(augment_knobs or {}), **augment_kwargs})
         chain.append(EnsureTyped((IMAGE, LABEL), dtype=(torch.float32, torch.uint8)))  # spatial ones return float
     return Compose(chain)
 

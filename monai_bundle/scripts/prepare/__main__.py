@@ -174,7 +174,7 @@ def _run_plan(args: argparse.Namespace) -> int:
           f"cases (analysis {fp['seconds']:.1f} s, made {plan['created']}); {time.perf_counter() - start:.1f} s now")
     print(f"modality {fp['modality']} ({fp['modality_reason']}); median size {fp['image_size']['median']}")
     for key in ("spatial_size", "target_spacing", "orientation", "network_channels", "batch_size", "normalization",
-                "augmentation", "max_epochs", "time_budget_min", "no_tumor_class"):
+                "augmentation", "mirror_axes", "rot90", "max_epochs", "time_budget_min", "no_tumor_class"):
         if plan.get(key) is not None:
             print(f"  {key:17s} {json.dumps(plan[key])}  [{plan['why'].get(key, '')}]")
     if plan.get("pinned"):

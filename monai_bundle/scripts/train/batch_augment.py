@@ -36,10 +36,10 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from scripts.core.transforms import AUGMENT_STRENGTHS, BRIGHTNESS, CONTRAST, GAMMA_RANGE, augmentations
+from scripts.core.transforms import AUGMENT_STRENGTHS, BRIGHTNESS, CONTRAST, GAMMA_RANGE, augmentations, checked_flip_axes
 
 #: the knobs of :func:`scripts.core.transforms.augmentations` and their defaults ("medium"), read from its signature
-DEFAULTS: dict[str, float] = {name: p.default for name, p in inspect.signature(augmentations).parameters.items()
+DEFAULTS: dict[str, float | None] = {name: p.default for name, p in inspect.signature(augmentations).parameters.items()
                               if p.default is not inspect.Parameter.empty}
 PROBABILITIES = ("p_flip", "p_rot90", "p_affine", "p_elastic", "p_intensity", "p_gamma", "p_noise")
 #: elastic deformation: control points every 1/8 of the image (at least 4 px), each moved by a normal
@@ -61,12 +61,12 @@ class BatchAugment:
             the plan's ``augmentation``).
         **knobs: single knobs over the strength's (``p_flip``, ``p_rot90``, ``p_affine``,
             ``p_elastic``, ``p_intensity``, ``p_gamma``, ``p_noise``, ``rotate_deg``, ``scale``,
-            ``shift`` as a fraction of the size, ``noise_std``) -- the same names and meaning as
-            :func:`scripts.core.transforms.augmentations`.
+            ``shift`` as a fraction of the size, ``noise_std``, ``flip_axes``) -- the same names and
+            meaning as :func:`scripts.core.transforms.augmentations`.
 
     Raises:
         ValueError: ``spatial_dims`` not 2 or 3, an unknown strength or knob, a probability outside 0..1,
-            a negative range.
+            a negative range, a flip axis that is not a spatial axis.
     """
 
     def __init__(self, spatial_dims: int, strength: str = "medium", **knobs: float) -> None:
@@ -84,6 +84,7 @@ class BatchAugment:
         for name in ("rotate_deg", "scale", "shift", "noise_std"):
             if values[name] < 0:
                 raise ValueError(f"{name} must be >= 0, got {values[name]}")
+        self.flip_axes = checked_flip_axes(spatial_dims, values["flip_axes"])
         self.spatial_dims = spatial_dims
         self.strength = strength
         self.knobs = values
@@ -141,7 +142,7 @@ class BatchAugment:
         shift = torch.zeros(b, d, device=device)
         moved = torch.zeros(b, dtype=torch.bool, device=device)
 
-        for axis in range(d):  # flips
+        for axis in self.flip_axes:  # flips
             hit = self._draw(b, k["p_flip"], device, generator)
             flip = eye.clone()
             flip[d - 1 - axis, d - 1 - axis] = -1.0
