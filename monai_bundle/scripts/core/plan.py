@@ -297,10 +297,10 @@ def decide_mirroring(dims: int) -> tuple[list[int], bool]:
     2D: the left-right axis only, no quarter turns. A 2D image has an "up" (display orientation:
     superior or anterior at the top of an MR slice, the skin at the top of an ultrasound frame with the
     beam going down), and where a lesion lies, or which way its acoustic shadow falls, is part of the
-    diagnosis; the flip test-time augmentation mirrors the same axis. On the generated brain and
-    ultrasound sets, up-down flips and quarter turns cost balanced accuracy and Dice (benchmarks
-    README, *Session 13*). 3D: every axis and quarter turns, as before (nnU-Net mirrors every axis;
-    not measured otherwise here).
+    diagnosis; the flip test-time augmentation mirrors the same axis. On the generated ultrasound set
+    this raised balanced accuracy on each of 3 seeds (mean 0.746 -> 0.783); on the brain set it was
+    within the seed spread (0.747 -> 0.742) (benchmarks README, *Session 13*). 3D: every axis and
+    quarter turns, as before (nnU-Net mirrors every axis; not measured otherwise here).
     """
     if dims == 2:
         return [LEFT_RIGHT_AXIS[2]], False
