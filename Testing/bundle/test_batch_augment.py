@@ -249,6 +249,7 @@ def test_train_config_mirrors_as_the_plan_says(tmp_path):
     common = {"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m")}
     parser = train_parser(common)
     plan = parser.get_parsed_content("plan")
+    assert plan["fingerprint"]["raster_fraction"] == 1.0  # PNG files: display rows and columns
     assert (plan["mirror_axes"], plan["rot90"]) == ([1], False)
     assert _orientation(parser) == ((1,), 0.0)  # left-right flips only, no quarter turns
     chain = train_parser({**common, "augment_on": "sample"}).get_parsed_content("train#preprocessing").transforms
@@ -261,8 +262,10 @@ def test_train_config_mirrors_as_the_plan_says(tmp_path):
 def test_the_plan_mirrors_2d_left_right_and_3d_on_every_axis():
     from scripts.core.plan import SYNTHETIC_DEMO_PINS, decide_mirroring, synthetic_pins
 
-    assert decide_mirroring(2) == ([1], False)
+    assert decide_mirroring(2) == decide_mirroring(2, 1.0) == ([1], False)
     assert decide_mirroring(3) == ([0, 1, 2], True)
+    # 2D slices in NIfTI / NRRD / DICOM files are voxel axes, not display rows and columns: as before
+    assert decide_mirroring(2, 0.0) == decide_mirroring(2, 0.5) == decide_mirroring(2, None) == ([0, 1], True)
     # the built-in demo pins the former behaviour (its random blobs have no "up"; its figures hold)
     assert synthetic_pins({"synthetic": {}, "spatial_dims": 2})["mirror_axes"] == [0, 1]
     assert SYNTHETIC_DEMO_PINS[2]["rot90"] is True and "mirror_axes" not in SYNTHETIC_DEMO_PINS[3]

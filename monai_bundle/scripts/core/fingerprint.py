@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from scripts.imageio.suffixes import is_raster
+
 _CT = re.compile(r"^(ct|cta|cect|ncct|hu)$")
 _MR = re.compile(r"^(mr|mri|t1|t2|flair|pd|adc|dwi|swi|hbv|dce|dsc|asl)")
 _US = re.compile(r"^(us|ultrasound|echo|bmode)$")
@@ -340,6 +342,9 @@ def fingerprint(datalist: Any, max_cases: int = MAX_CASES, workers: int | None =
         "subsample_rule": f"at most {max_cases} cases, stratified by class, evenly spaced within each class",
         "analysis_stride": int(max(c["stride"] for c in cases)),
         "orientation": "RAS" if datalist.spatial_dims == 3 else None,
+        # rows and columns in display orientation (PNG, JPEG, ...), not voxel axes (NIfTI, NRRD, DICOM)
+        "raster_fraction": round(float(np.mean([all(is_raster(f) for f in (s["image"] if isinstance(s["image"], (list, tuple))
+                                                                          else [s["image"]])) for s in samples])), 4),
         "modality": modality,
         "modality_reason": reason,
         "raw_channels": raw_channels,

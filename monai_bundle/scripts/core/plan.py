@@ -290,7 +290,7 @@ def decide_augmentation(n_training: int) -> str:
     return "light"
 
 
-def decide_mirroring(dims: int) -> tuple[list[int], bool]:
+def decide_mirroring(dims: int, raster_fraction: float | None = 1.0) -> tuple[list[int], bool]:
     """``(mirror_axes, rot90)``: the axes training flips may mirror, and whether it may turn the image
     plane by 90 degrees.
 
@@ -300,9 +300,11 @@ def decide_mirroring(dims: int) -> tuple[list[int], bool]:
     diagnosis; the flip test-time augmentation mirrors the same axis. On the generated ultrasound set
     this raised balanced accuracy on each of 3 seeds (mean 0.746 -> 0.783); on the brain set it was
     within the seed spread (0.747 -> 0.742) (benchmarks README, *Session 13*). 3D: every axis and
-    quarter turns, as before (nnU-Net mirrors every axis; not measured otherwise here).
+    quarter turns, as before (nnU-Net mirrors every axis; not measured otherwise here). 2D slices
+    stored as volume files (NIfTI, NRRD, DICOM: ``raster_fraction`` below 1, or unknown) are read in
+    voxel axes, not display rows and columns, so they keep the former every-axis rule too.
     """
-    if dims == 2:
+    if dims == 2 and raster_fraction is not None and raster_fraction >= 1.0:
         return [LEFT_RIGHT_AXIS[2]], False
     return list(range(dims)), True
 
@@ -377,11 +379,15 @@ def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | N
                               else f"no time ceiling on {device_type}: max_epochs decides")
     out["augmentation"] = decide_augmentation(n)
     why["augmentation"] = f"{n} training cases"
-    out["mirror_axes"], out["rot90"] = decide_mirroring(dims)
-    why["mirror_axes"] = ("2D images keep their display orientation: mirrored left-right only (the columns), as "
-                          "flip TTA" if dims == 2 else "3D volumes in RAS: mirrored on every axis, as nnU-Net")
-    why["rot90"] = ("2D: never turned by 90 degrees (an image's up stays up)" if dims == 2
-                    else "3D: turned by 90 degrees in the (X, Y) plane")
+    raster = fp.get("raster_fraction")
+    out["mirror_axes"], out["rot90"] = decide_mirroring(dims, raster)
+    display = out["rot90"] is False
+    why["mirror_axes"] = ("2D images (PNG/JPEG/...) keep their display orientation: mirrored left-right only (the "
+                          "columns), as flip TTA" if display else
+                          f"2D slices in volume files (raster share {raster}): voxel axes, mirrored on every axis"
+                          if dims == 2 else "3D volumes in RAS: mirrored on every axis, as nnU-Net")
+    why["rot90"] = ("2D: never turned by 90 degrees (an image's up stays up)" if display
+                    else "turned by 90 degrees in the image plane")
     out["no_tumor_class"] = decide_no_tumor_class(fp.get("empty_mask") or {}, fp["classes"])
     why["no_tumor_class"] = f"share of empty masks per class {({k: v['fraction'] for k, v in (fp.get('empty_mask') or {}).items()})}"
     out["why"] = why
