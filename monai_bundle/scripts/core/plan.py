@@ -113,8 +113,8 @@ TIME_BUDGET_MIN = {"cpu": 20.0, "cuda": None}
 # --- augmentation, tumor-free class ------------------------------------------------------------------
 #: training-set sizes below which augmentation is "strong", then "medium"; "light" above
 AUGMENTATION_STEPS = ((200, "strong"), (2000, "medium"))
-#: the left-right axis of a training sample: a 2D slice is ``(rows, columns)`` in display orientation
-#: (columns run across the patient), a 3D volume ``(X, Y, Z)`` in RAS
+#: the left-right axis of a training sample: a 2D raster image is ``(rows, columns)`` in display
+#: orientation (columns run across the patient), a 3D volume ``(X, Y, Z)`` in RAS
 LEFT_RIGHT_AXIS = {2: 1, 3: 0}
 #: a class whose analysed masks are empty at least this often is the tumor-free class
 TUMOR_FREE_SHARE = 0.95
