@@ -259,13 +259,13 @@ def test_train_config_mirrors_as_the_plan_says(tmp_path):
     assert _orientation(train_parser({**common, "mirror_axes": [0, 1], "rot90": True})) == ((0, 1), 0.5)
 
 
-def test_the_plan_mirrors_2d_left_right_and_3d_on_every_axis():
+def test_the_plan_mirrors_left_right_only():
     from scripts.core.plan import SYNTHETIC_DEMO_PINS, decide_mirroring, synthetic_pins
 
     assert decide_mirroring(2) == decide_mirroring(2, 1.0) == ([1], False)
-    assert decide_mirroring(3) == ([0, 1, 2], True)
+    assert decide_mirroring(3) == decide_mirroring(3, 0.0) == ([0], False)  # X of RAS: left-right
     # 2D slices in NIfTI / NRRD / DICOM files are voxel axes, not display rows and columns: as before
     assert decide_mirroring(2, 0.0) == decide_mirroring(2, 0.5) == decide_mirroring(2, None) == ([0, 1], True)
     # the built-in demo pins the former behaviour (its random blobs have no "up"; its figures hold)
     assert synthetic_pins({"synthetic": {}, "spatial_dims": 2})["mirror_axes"] == [0, 1]
-    assert SYNTHETIC_DEMO_PINS[2]["rot90"] is True and "mirror_axes" not in SYNTHETIC_DEMO_PINS[3]
+    assert SYNTHETIC_DEMO_PINS[2]["rot90"] is True and SYNTHETIC_DEMO_PINS[3]["mirror_axes"] == [0, 1, 2]
