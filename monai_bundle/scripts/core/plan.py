@@ -302,9 +302,9 @@ def decide_mirroring(dims: int, raster_fraction: float | None = 1.0) -> tuple[li
     this raised balanced accuracy on each of 3 seeds (mean 0.746 -> 0.783); on the brain set it was
     within the seed spread (0.747 -> 0.742) (benchmarks README, *Session 13*). 3D volumes are trained
     in RAS, so the same holds: X (left-right) only, no quarter turns in the axial plane (the generated
-    3D set, seed 0, 56 test volumes: lesion Dice 0.174 -> 0.283, accuracy 0.357 -> 0.536). 2D slices stored as volume files (NIfTI, NRRD,
-    DICOM: ``raster_fraction`` below 1, or unknown) are read in voxel axes, not display rows and
-    columns, so they keep the former every-axis rule.
+    3D set, seed 0, 56 test volumes: lesion Dice 0.174 -> 0.283, accuracy 0.357 -> 0.536). 2D slices
+    stored as volume files (NIfTI, NRRD, DICOM: ``raster_fraction`` below 1, or unknown) are read in
+    voxel axes, not display rows and columns, so they keep the former every-axis rule.
     """
     if dims == 3:
         return [LEFT_RIGHT_AXIS[3]], False
@@ -385,11 +385,10 @@ def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | N
     why["augmentation"] = f"{n} training cases"
     raster = fp.get("raster_fraction")
     out["mirror_axes"], out["rot90"] = decide_mirroring(dims, raster)
-    display = out["rot90"] is False
     if dims == 3:
         why["mirror_axes"] = "3D volumes in RAS: mirrored left-right only (X), as flip TTA"
         why["rot90"] = "3D: never turned by 90 degrees in the axial plane (anterior stays anterior)"
-    elif display:
+    elif not out["rot90"]:
         why["mirror_axes"] = ("2D images (PNG/JPEG/...) keep their display orientation: mirrored left-right only (the "
                               "columns), as flip TTA")
         why["rot90"] = "2D: never turned by 90 degrees (an image's up stays up)"

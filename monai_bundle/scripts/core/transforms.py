@@ -523,7 +523,7 @@ def checked_flip_axes(spatial_dims: int, flip_axes: Sequence[int] | None) -> tup
 def orientation_knobs(mirror_axes: Sequence[int] | None, rot90: bool) -> dict[str, Any]:
     """The augmentation knobs of the plan's ``mirror_axes`` and ``rot90``: ``flip_axes``, and
     ``p_rot90 = 0`` when quarter turns are off (:func:`scripts.core.plan.decide_mirroring`)."""
-    knobs: dict[str, Any] = {"flip_axes": None if mirror_axes is None else [int(a) for a in mirror_axes]}
+    knobs: dict[str, Any] = {"flip_axes": None if mirror_axes is None else list(mirror_axes)}  # checked where used
     if not rot90:
         knobs["p_rot90"] = 0.0
     return knobs
