@@ -193,7 +193,7 @@ def read_mask(path: str | Path, n_segments: int) -> np.ndarray:
 def score(test: list[dict], gts: list[np.ndarray | None], labels: list[np.ndarray] | None, probs: np.ndarray | None,
           classes: list[str], segments: list[str]) -> dict[str, Any]:
     """The figures of one model on the test split; a head the model lacks (None) is not scored."""
-    from scripts.train.calibration import expected_calibration_error
+    from scripts.train.calibration import ece_floor, expected_calibration_error
     from scripts.train.metrics import MetricsAccumulator
 
     acc = MetricsAccumulator(classes, segments)
@@ -220,7 +220,8 @@ def score(test: list[dict], gts: list[np.ndarray | None], labels: list[np.ndarra
     if probs is not None:
         out.update(accuracy=m["cls"]["accuracy"], balanced_accuracy=m["cls"]["balanced_accuracy"],
                    auc_macro=m["cls"]["auc_macro"], n_classified=int(scored.sum()),
-                   ece=expected_calibration_error(st["cls_prob"][scored], st["cls_true"][scored]))
+                   ece=expected_calibration_error(st["cls_prob"][scored], st["cls_true"][scored]),
+                   ece_floor=ece_floor(st["cls_prob"][scored]))
     if labels is not None and probs is not None:
         out["contradiction_rate"] = m["consistency"]["rate"]
         out["contradictions"] = {k: m["consistency"][k] for k in ("tumor_free_with_lesion", "tumor_without_lesion", "n_images")}
@@ -385,6 +386,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| ratio project / baseline | {fmt('dice', 'UNet')} | {fmt('accuracy', 'DenseNet')} | "
                      f"{fmt('balanced_accuracy', 'DenseNet')} | {fmt('ece', 'DenseNet')} | - | "
                      f"{fmt('ms_per_image', both)} | - | {fmt('seconds_per_epoch_vs_unet', 'UNet')} |")
+        floors = [r["ece_floor"] for r in res["runs"].get("project", []) if r.get("ece_floor") is not None]
+        if floors:
+            lines.append(f"- ECE floor: perfectly calibrated probabilities would show an ECE of {np.mean(floors):.3f} on "
+                         f"these {res['n_classified']} images (the project's probabilities against classes drawn from "
+                         "themselves, mean over seeds); an ECE near it cannot be told from perfect calibration")
         for method, runs in res["runs"].items():
             for run_ in runs:
                 if "error" in run_:

@@ -74,6 +74,8 @@ def test_baselines_get_the_minutes_the_project_s_training_took(tmp_path, monkeyp
                                     "torch": "t", "load_average_start": [0.0]}, "sets": {"brain-mri": res}})
     assert "the defaults: the plan's epochs and time ceiling for the project" in table
     assert "project training 12.5, 17.0 min by seed" in table
+    floor = res["runs"]["project"][0]["ece_floor"]
+    assert floor > 0 and f"would show an ECE of {floor:.3f} on these 2 images" in table  # one set of probabilities
 
     args.defaults = False  # the fixed budget: every run of a seed gets it
     budgets.clear()

@@ -10,6 +10,8 @@ import torch
 
 from scripts.train.calibration import (
     card_temperature,
+    TemperatureScalingHandler,
+    ece_floor,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
@@ -57,6 +59,25 @@ def test_ece_of_a_perfectly_calibrated_hand_case() -> None:
     assert expected_calibration_error(np.zeros((0, 2)), np.zeros(0)) is None
 
 
+def test_ece_floor_is_what_calibrated_probabilities_score_on_so_many_samples() -> None:
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(2000, 4)) * 2
+    prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    floors = {n: ece_floor(prob[:n]) for n in (100, 400, 2000)}
+    assert floors[100] > floors[400] > floors[2000] > 0  # fewer samples, a higher floor
+    assert ece_floor(prob[:400]) == floors[400]  # deterministic
+    # classes drawn from the probabilities themselves: their ECE is at the floor, not near 0
+    calibrated = [expected_calibration_error(prob[:400], [rng.choice(4, p=p) for p in prob[:400]]) for _ in range(30)]
+    assert abs(np.mean(calibrated) - floors[400]) < 0.25 * floors[400]
+    # the overconfident network of the tests above lies far above its floor; scaled, it comes down to it
+    logits, labels = _overconfident(true_t=3.0)
+    raw = torch.softmax(logits, 1)
+    assert expected_calibration_error(raw, labels) > 3 * ece_floor(raw)
+    scaled = torch.softmax(logits / fit_temperature(logits, labels), 1)
+    assert expected_calibration_error(scaled, labels) < 1.5 * ece_floor(scaled)
+    assert ece_floor(np.zeros((0, 3))) is None
+
+
 def test_reliability_bins_count_every_sample_once() -> None:
     prob = np.array([[0.95, 0.05], [0.55, 0.45], [0.52, 0.48], [0.1, 0.9]])
     bins = reliability_bins(prob, np.array([0, 1, 0, 1]), n_bins=10)
@@ -77,3 +98,29 @@ def test_card_temperature_reads_the_model_card(tmp_path) -> None:
     assert card_temperature(tmp_path) is None
     (tmp_path / "model_card.json").write_text(json.dumps({"temperature": 1.7}))
     assert card_temperature(tmp_path) == pytest.approx(1.7)
+
+
+def test_temperature_handler_writes_t_and_the_ece_figures_into_the_model_card(tmp_path) -> None:
+    from ignite.engine import Engine
+
+    logits, labels = _overconfident(n=240, true_t=3.0, seed=2)
+    outputs = [{"pred": {"cls": logits[i:i + 40]},
+                "label": {"cls": labels[i:i + 40], "has_cls": torch.ones(40)}} for i in range(0, 240, 40)]
+    class Replay(Engine):  # a validation evaluator whose outputs are given: run() replays them
+        def run(self, data=None, **kwargs):
+            return super().run(outputs, **kwargs)
+
+    evaluator = Replay(lambda engine, batch: batch)
+    net = torch.nn.Linear(2, 2)
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    (tmp_path / "model_card.json").write_text(json.dumps({"name": "m"}))
+    handler = TemperatureScalingHandler(str(tmp_path), net, evaluator)
+    handler(Engine(lambda engine, batch: None))
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    assert card["temperature"] == pytest.approx(3.0, rel=0.25)
+    cal = card["calibration"]
+    assert cal["n_samples"] == 240 and cal["split"] == "validation"
+    assert cal["ece_before"] > cal["ece_after"] and cal["ece_floor"] == pytest.approx(
+        ece_floor(torch.softmax(logits / handler.temperature, 1)))
+    assert cal["ece_after"] < 2 * cal["ece_floor"]  # scaled, the validation ECE is down near its sampling floor
+

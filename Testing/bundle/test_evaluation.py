@@ -131,6 +131,7 @@ def test_supervised_evaluator_key_metric_and_report(tmp_path, decollate):
     calibration = report.metrics[CLS].pop("calibration")
     assert calibration["temperature"] is None and calibration["ece"] == calibration["ece_uncalibrated"]
     assert 0.0 <= calibration["ece"] <= 1.0
+    assert 0.0 < calibration["ece_floor"] <= 1.0 and calibration["n_samples"] == details[CLS]["n_scored"] == 5
     assert details == report.metrics == evaluator.state.metric_details["evaluation"]
     assert (details[SEG]["n_without_mask"], details[CLS]["n_without_class"], details[CLS]["n_samples"]) == (1, 1, 6)
     assert evaluator.state.metrics["val_score"] == details["combined_score"]

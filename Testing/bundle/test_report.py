@@ -80,6 +80,19 @@ def test_full_report_files_and_content(tmp_path, artifacts_dir):
     assert not [p for p in (tmp_path / "eval").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_calibration_section_gives_the_ece_floor_when_known(tmp_path):
+    acc = evaluated()
+    metrics = acc.compute()
+    cal = {"temperature": 1.7, "ece_uncalibrated": 0.21, "ece": 0.09, "ece_floor": 0.071, "n_samples": 23}
+    metrics[Task.CLS.value]["calibration"] = cal
+    text = write_report(metrics, tmp_path / "a")["report"].read_text(encoding="utf-8")
+    assert "| temperature-scaled (what the Predictor reports) | 0.090 |" in text
+    assert "ECE of about 0.071 on these 23 samples" in text
+    metrics[Task.CLS.value]["calibration"] = {k: v for k, v in cal.items() if k not in ("ece_floor", "n_samples")}
+    text = write_report(metrics, tmp_path / "b")["report"].read_text(encoding="utf-8")  # metrics of older runs
+    assert "| temperature-scaled (what the Predictor reports) | 0.090 |" in text and "ECE of about" not in text
+
+
 def test_report_without_history_or_classes(tmp_path):
     acc = MetricsAccumulator(CLASSES, ["background", "tumor"])
     true = np.zeros((2, 8, 8), np.int64)

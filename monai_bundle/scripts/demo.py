@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         mark = "" if target is None else (f"  (target >= {target}: {'met' if value >= target else 'NOT met'})")
         print(f"{name:>20}: {value:.4f}{mark}")
     if cal.get("ece") is not None:
-        print(f"{'ECE':>20}: {cal['ece']:.4f} (network alone {cal['ece_uncalibrated']:.4f}; temperature {cal['temperature']})")
+        floor = f"; {cal['ece_floor']:.4f} for perfect calibration on this many images" if cal.get("ece_floor") is not None else ""
+        print(f"{'ECE':>20}: {cal['ece']:.4f} (network alone {cal['ece_uncalibrated']:.4f}; temperature {cal['temperature']}{floor})")
     if con.get("rate") is not None:
         print(f"{'heads contradict':>20}: {100 * con['rate']:.1f}% of {con['n_images']} images")
     print(f"{'time':>20}: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))

@@ -8,6 +8,8 @@ log-likelihood on held-out data; it changes no prediction, only how sure the pro
 * :func:`expected_calibration_error` -- MONAI's ``CalibrationErrorMetric`` on ``(N, K)``
   probabilities, which it takes as ``(1, K, N)`` (one "image" whose pixels are the samples): the
   class-wise expected calibration error, averaged over the classes.
+* :func:`ece_floor` -- the ECE perfectly calibrated probabilities show on as many samples: how low
+  an ECE can be told apart from noise.
 * :func:`reliability_bins` -- the per-bin confidence / accuracy of the top class, for the plot.
 * :class:`TemperatureScalingHandler` -- after training, runs the best model over the validation
   split, fits ``T`` and writes it, with ECE before and after, into the model card, which the
@@ -91,7 +93,37 @@ def expected_calibration_error(prob: torch.Tensor | np.ndarray, labels: torch.Te
     onehot = torch.nn.functional.one_hot(y, p.shape[1]).float()  # (N, K)
     metric = CalibrationErrorMetric(num_bins=n_bins, include_background=True, calibration_reduction="expected",
                                     metric_reduction="mean")
-    metric(y_pred=p.T[None], y=onehot.T[None])  # (N, K) -> (1, K, N): the samples are the "pixels"
+    metric(y_pred=p.T[None].contiguous(), y=onehot.T[None].contiguous())  # (N, K) -> (1, K, N): samples are "pixels"
+    value = float(metric.aggregate())
+    return None if math.isnan(value) else value
+
+
+def ece_floor(prob: torch.Tensor | np.ndarray, n_draws: int | None = None, seed: int = 0,
+              n_bins: int = N_BINS) -> float | None:
+    """The ECE that perfectly calibrated probabilities show on this many samples (the sampling floor).
+
+    ECE is estimated from a finite set in bins, so even probabilities that are exactly right score
+    above 0, and more so on few samples. This draws ``n_draws`` sets of classes from ``prob`` itself
+    (so ``prob`` is calibrated for them by construction) and returns the mean ECE of ``prob``
+    against them, by :func:`expected_calibration_error`'s metric. An ECE near this floor cannot be
+    told from perfect calibration on this many samples. ``n_draws`` None: 200 draws, fewer for large
+    sets (at least 20; a large set's floor varies little between draws). Deterministic for a given
+    ``seed``; None for no sample.
+    """
+    p = np.asarray(prob, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0:
+        return None
+    p = np.clip(p, 0.0, None)
+    p = p / np.maximum(p.sum(1, keepdims=True), 1e-12)
+    n, k = p.shape
+    n_draws = n_draws if n_draws is not None else max(20, min(200, 60_000 // n))
+    u = np.random.default_rng(seed).random((n_draws, n, 1))
+    drawn = np.minimum((u > np.cumsum(p, 1)[None]).sum(-1), k - 1)  # (D, N) classes drawn from each row
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(drawn), k).permute(0, 2, 1).float()  # (D, K, N)
+    y_pred = torch.as_tensor(p.T, dtype=torch.float32)[None].expand(n_draws, k, n).contiguous()
+    metric = CalibrationErrorMetric(num_bins=n_bins, include_background=True, calibration_reduction="expected",
+                                    metric_reduction="mean")
+    metric(y_pred=y_pred, y=onehot)
     value = float(metric.aggregate())
     return None if math.isnan(value) else value
 
@@ -157,7 +189,7 @@ class TemperatureScalingHandler:
     """At the end of training: load the best weights, fit ``T`` on the validation split, record it.
 
     The model card (``ckpt_dir/model_card.json``) gains ``"temperature": T`` and
-    ``"calibration": {"ece_before", "ece_after", "n_samples", "split": "validation"}``. Only the main
+    ``"calibration": {"ece_before", "ece_after", "ece_floor", "n_samples", "split": "validation"}``. Only the main
     process writes. With no ``model.pt`` (no validation ever improved) or fewer than
     :data:`MIN_SAMPLES` validation samples with a class nothing is done.
 
@@ -191,8 +223,10 @@ class TemperatureScalingHandler:
         t = fit_temperature(logits, labels)
         before = expected_calibration_error(torch.softmax(logits, 1), labels)
         after = expected_calibration_error(torch.softmax(logits / t, 1), labels)
+        floor = ece_floor(torch.softmax(logits / t, 1))
         self.temperature = t
-        self.summary = {"ece_before": before, "ece_after": after, "n_samples": int(labels.numel()), "split": "validation"}
+        self.summary = {"ece_before": before, "ece_after": after, "ece_floor": floor, "n_samples": int(labels.numel()),
+                        "split": "validation"}
         from scripts.train.training import is_main_process  # late: training imports the loss, which is heavier
 
         if is_main_process():
@@ -201,4 +235,5 @@ class TemperatureScalingHandler:
             card["calibration"] = self.summary
             write_json_atomic(card_path, card)
         engine.logger.info(f"temperature scaling on {labels.numel()} validation samples: T = {t:.3f}, "
-                           f"ECE {before:.4f} -> {after:.4f}")
+                           f"ECE {before:.4f} -> {after:.4f} (perfectly calibrated probabilities would show "
+                           f"{floor:.4f} on {labels.numel()} samples)")

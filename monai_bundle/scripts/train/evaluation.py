@@ -36,7 +36,7 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from monai.utils.enums import CommonKeys
 
-from scripts.train.calibration import expected_calibration_error, reliability_bins, temper
+from scripts.train.calibration import ece_floor, expected_calibration_error, reliability_bins, temper
 from scripts.core.sliding_window import label_map
 from scripts.train.metrics import MetricsAccumulator, as_numpy
 from scripts.train.report import write_report
@@ -223,7 +223,8 @@ class MetricsReportHandler:
         if scored.any():
             truth = state["cls_true"][scored]
             cal = {"temperature": self.temperature, "ece_uncalibrated": expected_calibration_error(raw[scored], truth),
-                   "ece": expected_calibration_error(state["cls_prob"][scored], truth)}
+                   "ece": expected_calibration_error(state["cls_prob"][scored], truth),
+                   "ece_floor": ece_floor(state["cls_prob"][scored]), "n_samples": int(scored.sum())}
             self.metrics[Task.CLS.value]["calibration"] = cal
             reliability = {"network": reliability_bins(raw[scored], truth)}
             if self.temperature:

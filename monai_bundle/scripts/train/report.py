@@ -345,6 +345,10 @@ def _classification_md(cls: dict[str, Any], files: dict[str, str]) -> list[str]:
                   "(MONAI `CalibrationErrorMetric`, class-wise, 15 bins): 0 is perfect.", ""]
         lines += _table(["probabilities", "ECE"], [["as the network gives them", _f(cal.get("ece_uncalibrated"))],
                                                    ["temperature-scaled (what the Predictor reports)", _f(cal.get("ece"))]], "lr")
+        if cal.get("ece_floor") is not None:
+            lines += [f"Perfectly calibrated probabilities would still show an ECE of about {_f(cal['ece_floor'])} on "
+                      f"these {cal.get('n_samples', 'few')} samples (the mean ECE of the reported probabilities against "
+                      "classes drawn from themselves): an ECE near it cannot be told from perfect calibration here.", ""]
         if "reliability" in files:
             lines += [f"![Reliability diagram]({files['reliability']})", ""]
     return lines
