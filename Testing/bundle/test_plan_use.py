@@ -161,6 +161,13 @@ def test_the_3d_config_takes_spacing_orientation_and_patch_from_the_plan(tmp_pat
     assert parser.get_parsed_content("network_channels") == [16, 32, 64, 128]
     assert parser.get_parsed_content("batch_size") == 2 and parser.get_parsed_content("val_batch_size") == 1
     assert parser.get_parsed_content("max_epochs") == 30
+    # lesion-free patches keep their study's class; the tumour-free class (by name) is handed on for the option
+    rule = parser.get_parsed_content("train#preprocessing").transforms[-1]
+    classes = parser.get_parsed_content("classes")
+    assert type(rule).__name__ == "LesionFreePatchClassd" and rule.rule == "keep"
+    assert rule.tumor_free == classes.index("no_tumor")
+    parser["lesion_free_patch_class"] = "tumor_free"  # as --lesion_free_patch_class tumor_free sets it
+    assert parser.get_parsed_content("train#preprocessing", lazy=False).transforms[-1].rule == "tumor_free"
 
 
 # --- the model card and the Predictor ---------------------------------------------------------------

@@ -11,9 +11,10 @@ import torch
 from monai.data import CacheDataset, DataLoader, get_track_meta, set_track_meta
 from PIL import Image
 
-from scripts.core.tasks import MISSING_CLASS, Keys
+from scripts.core.tasks import MISSING_CLASS, Keys, tumor_free_index
 from scripts.core.transforms import (
     LABEL_SOURCE,
+    LesionFreePatchClassd,
     MapMaskValuesd,
     MatchChannelsd,
     PartialLabelsd,
@@ -365,6 +366,54 @@ def test_3d_patch_crop_works_for_a_sample_without_mask(tmp_path):
     sample = {k: v for k, v in _sample_3d(tmp_path, 1).items() if k != LABEL}  # classification-only volume
     out = train_transforms(3, (16, 16, 8), 1, 2)(sample)[0]
     assert out[IMAGE].shape == (1, 16, 16, 8) and not out[LABEL].any() and float(out[HAS_SEG]) == 0.0
+
+
+@pytest.mark.parametrize("tumor_free", [0, None])
+def test_lesion_free_3d_patches_keep_their_class_or_are_taught_the_tumour_free_one(tmp_path, tumor_free):
+    sample = _sample_3d(tmp_path, 1)  # class 2, lesion in a corner of a 24x28x12 volume
+    chain = train_transforms(3, (8, 8, 4), 1, 2, augment=False, num_samples=24, tumor_free_class=tumor_free,
+                             lesion_free_patch_class="tumor_free")
+    chain.set_random_state(seed=0)
+    patches = chain(sample)
+    with_lesion = [p for p in patches if p[LABEL].any()]
+    without = [p for p in patches if not p[LABEL].any()]
+    assert with_lesion and without  # the 2:1 odds draw both kinds among 24 patches
+    assert all(int(p[CLASS]) == 2 and float(p[HAS_CLS]) == 1.0 for p in with_lesion)
+    if tumor_free is None:  # classes without a tumour-free one: such a patch teaches no diagnosis
+        assert all(int(p[CLASS]) == MISSING_CLASS and float(p[HAS_CLS]) == 0.0 for p in without)
+    else:
+        assert all(int(p[CLASS]) == tumor_free and float(p[HAS_CLS]) == 1.0 for p in without)
+    assert all(float(p[HAS_SEG]) == 1.0 for p in patches)
+    keep = train_transforms(3, (8, 8, 4), 1, 2, augment=False, num_samples=24, tumor_free_class=tumor_free)
+    keep.set_random_state(seed=0)
+    assert all(int(p[CLASS]) == 2 and float(p[HAS_CLS]) == 1.0 for p in keep(sample))  # the default: the study's class
+    ignore = train_transforms(3, (8, 8, 4), 1, 2, augment=False, num_samples=24, tumor_free_class=tumor_free,
+                              lesion_free_patch_class="ignore")
+    ignore.set_random_state(seed=0)
+    ignored = ignore(sample)
+    assert [bool(p[LABEL].any()) for p in ignored] == [bool(p[LABEL].any()) for p in patches]  # the same draws
+    for p in ignored:  # lesion-free patches train the segmentation only
+        assert (int(p[CLASS]), float(p[HAS_CLS])) == ((2, 1.0) if p[LABEL].any() else (MISSING_CLASS, 0.0))
+    with pytest.raises(ValueError, match="lesion_free_patch_class must be one of"):
+        train_transforms(3, (8, 8, 4), 1, 2, lesion_free_patch_class="study")
+
+
+def test_lesion_free_patch_rule_leaves_unlabelled_and_tumour_free_patches_alone():
+    rule = LesionFreePatchClassd(tumor_free=1, rule="tumor_free")
+    empty = torch.zeros((1, 4, 4, 4), dtype=torch.uint8)
+    no_mask = {LABEL: empty, CLASS: torch.tensor(3), HAS_SEG: torch.tensor(0.0), HAS_CLS: torch.tensor(1.0)}
+    assert int(rule(no_mask)[CLASS]) == 3  # a mask-less volume: no lesion is not known to be absent
+    no_class = {LABEL: empty, CLASS: torch.tensor(MISSING_CLASS), HAS_SEG: torch.tensor(1.0), HAS_CLS: torch.tensor(0.0)}
+    assert int(rule(no_class)[CLASS]) == MISSING_CLASS and float(rule(no_class)[HAS_CLS]) == 0.0
+    free = {LABEL: empty, CLASS: torch.tensor(1), HAS_SEG: torch.tensor(1.0), HAS_CLS: torch.tensor(1.0)}
+    assert int(rule(free)[CLASS]) == 1
+
+
+def test_tumour_free_index_by_name_else_from_the_plan():
+    assert tumor_free_index(["glioma", "No Tumor", "pituitary"]) == 1
+    assert tumor_free_index(["benign", "malignant", "clear"], {"no_tumor_class": "clear"}) == 2
+    assert tumor_free_index(["benign", "malignant"], {"no_tumor_class": None}) is None
+    assert tumor_free_index(["benign", "malignant"]) is None
 
 
 # ------------------------------------------------------------------ non-square sizes

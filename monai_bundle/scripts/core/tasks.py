@@ -46,3 +46,14 @@ def tumor_free_class(classes: list[str] | tuple[str, ...]) -> int | None:
         if str(c).lower().replace("-", "_").replace(" ", "_") in TUMOR_FREE_NAMES:
             return i
     return None
+
+
+def tumor_free_index(classes: list[str] | tuple[str, ...], plan: dict | None = None) -> int | None:
+    """Index of the tumour-free class: by name (:func:`tumor_free_class`), else the plan's
+    ``no_tumor_class`` (the class whose masks are all empty), else None. The model card names the
+    same class (``scripts.core.model_card``)."""
+    index = tumor_free_class(classes)
+    named = (plan or {}).get("no_tumor_class")
+    if index is None and named in list(classes):
+        index = list(classes).index(named)
+    return index

@@ -301,6 +301,53 @@ class PartialLabelsd(MapTransform):
         return d
 
 
+#: what a 3D training patch without lesion voxels, cut from a study with a tumour diagnosis, is taught
+PATCH_CLASS_RULES = ("tumor_free", "ignore", "keep")
+
+
+class LesionFreePatchClassd(MapTransform):
+    """What a 3D training patch that shows no lesion, cut from a study with a tumour diagnosis, is taught.
+
+    A patch cropped away from the lesion (the ``neg`` odds of the patch crop) shows healthy tissue.
+    Taught its study's "glioma", it asks the diagnosis head to call healthy tissue glioma; taught
+    the tumour-free class it agrees with how inference reads such a window (a window without
+    predicted tumour barely counts in a study with one, :mod:`scripts.core.sliding_window`). Yet on
+    the generated 3D set (seed 0, 56 test volumes, 20 CPU minutes) keeping the study's class did
+    best: lesion Dice 0.283 / accuracy 0.536 (``keep``) against 0.257 / 0.411 (``tumor_free``) and
+    0.223 / 0.429 (``ignore``). ``keep`` is the default (``lesion_free_patch_class`` in
+    ``configs/train_3d.json``).
+
+    ``rule="tumor_free"``: such a patch takes class ``tumor_free`` (the index of the tumour-free
+    class); when the classes have none (all studies have a tumour), it keeps no diagnosis
+    (``has_cls = 0``, ``class = -1``). ``rule="ignore"``: such a patch keeps no diagnosis (it trains
+    the segmentation only). ``rule="keep"``: patches keep their study's class (the former
+    behaviour). Patches without a mask (``has_seg == 0``), without a diagnosis, or already
+    tumour-free are left alone.
+
+    Raises:
+        ValueError: an unknown rule.
+    """
+
+    def __init__(self, tumor_free: int | None, rule: str = "keep", label_key: str = LABEL) -> None:
+        super().__init__([label_key], allow_missing_keys=True)
+        if rule not in PATCH_CLASS_RULES:
+            raise ValueError(f"lesion_free_patch_class must be one of {list(PATCH_CLASS_RULES)}, got {rule!r}")
+        self.tumor_free, self.rule, self.label_key = tumor_free, rule, label_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.rule == "keep" or float(d.get(HAS_SEG, 0)) <= 0 or float(d.get(HAS_CLS, 0)) <= 0:
+            return d
+        cls = int(d[CLASS])
+        if cls == self.tumor_free or bool((d[self.label_key] > 0).any()):
+            return d
+        if self.tumor_free is None or self.rule == "ignore":
+            d[CLASS], d[HAS_CLS] = torch.tensor(MISSING_CLASS, dtype=torch.int64), torch.tensor(0.0)
+        else:
+            d[CLASS] = torch.tensor(int(self.tumor_free), dtype=torch.int64)
+        return d
+
+
 class MatchChannelsd(MapTransform):
     """Dict wrapper of :func:`match_channels` (grey <-> RGB); other counts raise, naming the file."""
 
@@ -587,12 +634,16 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
                      normalization: str | Mapping[str, Any] | None = None, augment_strength: str = "medium",
                      target_spacing: Sequence[float] | None = None, orientation: str = ORIENTATION,
                      crop_foreground: bool = False, num_samples: int = 1,
-                     augment_knobs: Mapping[str, Any] | None = None, **augment_kwargs: float) -> Compose:
+                     augment_knobs: Mapping[str, Any] | None = None, tumor_free_class: int | None = None,
+                     lesion_free_patch_class: str = "keep", **augment_kwargs: float) -> Compose:
     """The training chain: deterministic part, then (3D) a patch crop, then augmentations.
 
     3D volumes are padded to ``spatial_size`` and ``num_samples`` patches of that size are cropped,
     each centred on the lesion with odds ``crop_pos : crop_neg`` (MONAI's ``list_data_collate`` puts
-    them all in the batch: ``batch_size`` volumes give ``batch_size * num_samples`` patches). ``augment_strength`` (``light`` / ``medium`` /
+    them all in the batch: ``batch_size`` volumes give ``batch_size * num_samples`` patches). Every
+    patch keeps its study's diagnosis; ``lesion_free_patch_class`` ``"tumor_free"`` / ``"ignore"``
+    teaches a patch without lesion voxels ``tumor_free_class`` (the tumour-free class index; no
+    diagnosis when None) / no diagnosis instead (:class:`LesionFreePatchClassd`). ``augment_strength`` (``light`` / ``medium`` /
     ``strong``, :data:`AUGMENT_STRENGTHS`) sets the knobs of :func:`augmentations`; ``augment_kwargs``
     override single ones (probability knobs ``p_flip``, ``p_rot90``, ``p_affine``, ``p_elastic``,
     ``p_intensity``, ``p_gamma``, ``p_noise``, and ``rotate_deg``, ``scale``, ``shift``, ``noise_std``,
@@ -607,7 +658,7 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
 
     Raises:
         ValueError: as :func:`deterministic_transforms` and :func:`augmentations`; negative crop odds or fewer than one patch per volume;
-            an unknown ``augment_strength``.
+            an unknown ``augment_strength`` or ``lesion_free_patch_class``.
     """
     if augment_strength not in AUGMENT_STRENGTHS:
         raise ValueError(f"augment_strength must be one of {list(AUGMENT_STRENGTHS)}, got {augment_strength!r}")
@@ -620,7 +671,8 @@ def train_transforms(spatial_dims: int, spatial_size: Sequence[int], in_channels
             raise ValueError(f"num_samples (patches per volume) must be a whole number >= 1, got {num_samples}")
         chain += [SpatialPadd((IMAGE, LABEL), spatial_size=tuple(spatial_size)),
                   RandCropByPosNegLabeld((IMAGE, LABEL), label_key=LABEL, spatial_size=tuple(spatial_size),
-                                         pos=crop_pos, neg=crop_neg, num_samples=int(num_samples))]
+                                         pos=crop_pos, neg=crop_neg, num_samples=int(num_samples)),
+                  LesionFreePatchClassd(tumor_free_class, lesion_free_patch_class)]
     if augment:
         chain += augmentations(spatial_dims, spatial_size, **{**AUGMENT_STRENGTHS[augment_strength],
                                                               **dict(augment_knobs or {}), **augment_kwargs})
