@@ -168,6 +168,11 @@ def test_the_3d_config_takes_spacing_orientation_and_patch_from_the_plan(tmp_pat
     assert rule.tumor_free == classes.index("no_tumor")
     parser["lesion_free_patch_class"] = "tumor_free"  # as --lesion_free_patch_class tumor_free sets it
     assert parser.get_parsed_content("train#preprocessing", lazy=False).transforms[-1].rule == "tumor_free"
+    crops = lambda: [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing", lazy=False).transforms
+                     if type(t).__name__ == "ForegroundBoxd"]  # noqa: E731
+    assert crops() == ["ForegroundBoxd"]
+    parser["crop_foreground"] = "false"  # the text --crop_foreground false hands the config
+    assert crops() == [] and parser.get_parsed_content("model_card#crop_foreground", lazy=False) is False
 
 
 # --- the model card and the Predictor ---------------------------------------------------------------

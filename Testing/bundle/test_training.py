@@ -361,7 +361,7 @@ def test_lower_case_false_from_the_command_line_turns_the_knobs_off(tmp_path):
     parser = train_parser({"dataset_dir": str(tmp_path / "syn"), "ckpt_dir": str(tmp_path / "m"),
                            "datalist_file#n_train": 8, "datalist_file#n_val": 4, "datalist_file#n_test": 4,
                            "resume": "false", "calibrate": "false", "augment": "false", "lesion_guidance": "false",
-                           "augment_on": "sample"})
+                           "augment_on": "sample", "rot90": "false", "amp": "false"})
     handlers = parser.get_parsed_content("train#handlers")
     checkpoint = next(h for h in handlers if isinstance(h, CheckpointHandler))
     assert checkpoint.resume is False
@@ -371,6 +371,8 @@ def test_lower_case_false_from_the_command_line_turns_the_knobs_off(tmp_path):
     assert parser.get_parsed_content("batch_augment") is None
     step = parser.get_parsed_content("train_prepare_batch")
     assert getattr(step, "func", step) is plain_prepare_batch  # no lesion guidance
+    assert parser.get_parsed_content("augment_knobs")["p_rot90"] == 0.0  # the demo's plan turns; 'false' stops them
+    assert parser.get_parsed_content("train#trainer").amp is False
     parser.update({"resume": "maybe"})
     with pytest.raises(Exception) as refused:
         parser.get_parsed_content("train#handlers")
