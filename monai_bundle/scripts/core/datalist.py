@@ -149,9 +149,14 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
     return header.shape, header.channels
 
 
+def image_files(image: str | list[str]) -> list[str]:
+    """A sample's ``image`` entry as a list of files (one file, or one per channel)."""
+    return list(image) if isinstance(image, (list, tuple)) else [image]
+
+
 def _image_header(image: str | list[str]) -> tuple[tuple[int, ...], int]:
     """Header of a sample's image; a list of files (one per channel) adds up the channels."""
-    files = image if isinstance(image, (list, tuple)) else [image]
+    files = image_files(image)
     shapes_channels = [read_header(f) for f in files]
     shapes = {s for s, _ in shapes_channels}
     if len(shapes) > 1:
@@ -181,7 +186,7 @@ def check_samples(datalist: Datalist, splits: tuple[str, ...] = ("training", "va
     for split in splits:
         for sample in datalist.split(split):
             image = sample.get(Keys.IMAGE.value)
-            files = image if isinstance(image, (list, tuple)) else [image]
+            files = image_files(image)
             missing = [f for f in files if not Path(f).exists()]
             label = sample.get(Keys.LABEL.value)
             if label is not None and not Path(label).exists():

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from scripts.core.datalist import image_files
 from scripts.imageio.suffixes import is_raster
 
 _CT = re.compile(r"^(ct|cta|cect|ncct|hu)$")
@@ -343,8 +344,7 @@ def fingerprint(datalist: Any, max_cases: int = MAX_CASES, workers: int | None =
         "analysis_stride": int(max(c["stride"] for c in cases)),
         "orientation": "RAS" if datalist.spatial_dims == 3 else None,
         # rows and columns in display orientation (PNG, JPEG, ...), not voxel axes (NIfTI, NRRD, DICOM)
-        "raster_fraction": round(float(np.mean([all(is_raster(f) for f in (s["image"] if isinstance(s["image"], (list, tuple))
-                                                                          else [s["image"]])) for s in samples])), 4),
+        "raster_fraction": round(float(np.mean([all(map(is_raster, image_files(s["image"]))) for s in samples])), 4),
         "modality": modality,
         "modality_reason": reason,
         "raw_channels": raw_channels,

@@ -23,7 +23,7 @@ from scripts.core.canonical import ORIENTATION
 from scripts.core.datalist import provenance_counts
 from scripts.core.networks import MultiTaskUNet
 from scripts.core.plan import card_plan, file_sha256
-from scripts.core.tasks import tumor_free_class
+from scripts.core.tasks import tumor_free_index
 from scripts.core.transforms import check_normalization
 
 #: a bundle's trained model: the folder, and the card and the weights in it
@@ -197,10 +197,8 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
     ``original``). ``init_from`` records the model fine-tuning started from (file, SHA-256, name,
     version) under ``"init_from"``.
     """
-    free = tumor_free_class(classes)
+    free = tumor_free_index(classes, plan)
     no_tumor = None if free is None else classes[free]
-    if no_tumor is None and plan is not None and plan.get("no_tumor_class") in classes:
-        no_tumor = plan["no_tumor_class"]
     if normalization is None and plan is not None:
         normalization = plan.get("normalization")
     card = {

@@ -91,9 +91,15 @@ def expected_calibration_error(prob: torch.Tensor | np.ndarray, labels: torch.Te
     if p.shape[0] == 0:
         return None
     onehot = torch.nn.functional.one_hot(y, p.shape[1]).float()  # (N, K)
+    return _class_wise_ece(p.T[None], onehot.T[None], n_bins)  # (N, K) -> (1, K, N): samples are "pixels"
+
+
+def _class_wise_ece(y_pred: torch.Tensor, y: torch.Tensor, n_bins: int) -> float | None:
+    """MONAI's class-wise expected calibration error of ``(B, K, N)`` probabilities against one-hot
+    classes, averaged over the batch and the classes; None when undefined."""
     metric = CalibrationErrorMetric(num_bins=n_bins, include_background=True, calibration_reduction="expected",
                                     metric_reduction="mean")
-    metric(y_pred=p.T[None].contiguous(), y=onehot.T[None].contiguous())  # (N, K) -> (1, K, N): samples are "pixels"
+    metric(y_pred=y_pred.contiguous(), y=y.contiguous())
     value = float(metric.aggregate())
     return None if math.isnan(value) else value
 
@@ -120,12 +126,7 @@ def ece_floor(prob: torch.Tensor | np.ndarray, n_draws: int | None = None, seed:
     u = np.random.default_rng(seed).random((n_draws, n, 1))
     drawn = np.minimum((u > np.cumsum(p, 1)[None]).sum(-1), k - 1)  # (D, N) classes drawn from each row
     onehot = torch.nn.functional.one_hot(torch.as_tensor(drawn), k).permute(0, 2, 1).float()  # (D, K, N)
-    y_pred = torch.as_tensor(p.T, dtype=torch.float32)[None].expand(n_draws, k, n).contiguous()
-    metric = CalibrationErrorMetric(num_bins=n_bins, include_background=True, calibration_reduction="expected",
-                                    metric_reduction="mean")
-    metric(y_pred=y_pred, y=onehot)
-    value = float(metric.aggregate())
-    return None if math.isnan(value) else value
+    return _class_wise_ece(torch.as_tensor(p.T, dtype=torch.float32)[None].expand(n_draws, k, n), onehot, n_bins)
 
 
 def reliability_bins(prob: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> dict[str, list]:
