@@ -6,6 +6,10 @@ Both loops train the same network (fresh copies of one initial state) with the s
 optimizer, data loader and batch size; rounds alternate trainer / plain so that drift of the
 machine hits both. Prints samples/s of each, their ratio (target >= 0.95), and FLOPs per step
 (forward + backward, counted by ``torch.utils.flop_counter``).
+
+On a CPU with hardware bf16 (``scripts.core.sliding_window.cpu_bf16_native``, or ``--cpu-bf16 on``) a
+third loop runs in every round: the trainer with the plan's ``cpu_bf16`` (bf16 autocast in the
+inferer), and its speed-up over the float32 trainer is printed.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "monai_bundle"))
-from scripts.core.sliding_window import MultiTaskSimpleInferer  # noqa: E402
+from scripts.core.sliding_window import MultiTaskSimpleInferer, cpu_bf16_native  # noqa: E402
 from scripts.train.losses import MultiTaskLoss  # noqa: E402
 from scripts.core.networks import MultiTaskUNet  # noqa: E402
 from scripts.core.tasks import Keys  # noqa: E402
@@ -63,10 +67,11 @@ def plain_loop(net, loss_fn, opt, loader, device, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def trainer_loop(net, loss_fn, opt, loader, device, steps: int) -> float:
+def trainer_loop(net, loss_fn, opt, loader, device, steps: int, cpu_bf16: bool = False) -> float:
     """The bundle's engine: MONAI SupervisedTrainer with the bundle's prepare_batch and inferer."""
     trainer = SupervisedTrainer(device=device, max_epochs=10**6, train_data_loader=loader, network=net, optimizer=opt,
-                                loss_function=loss_fn, inferer=MultiTaskSimpleInferer(), prepare_batch=prepare_batch,
+                                loss_function=loss_fn, inferer=MultiTaskSimpleInferer(cpu_bf16=cpu_bf16),
+                                prepare_batch=prepare_batch,
                                 decollate=False, amp=device.type == "cuda",
                                 amp_kwargs={"dtype": torch.bfloat16})
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=steps), lambda e: e.terminate())
@@ -92,10 +97,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32, 64, 128])
+    parser.add_argument("--cpu-bf16", choices=("auto", "on", "off"), default="auto",
+                        help="also time the trainer under CPU bf16 autocast (auto: where the CPU has hardware bf16)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    bf16 = device.type == "cpu" and (args.cpu_bf16 == "on" or (args.cpu_bf16 == "auto" and cpu_bf16_native()))
     torch.manual_seed(0)
-    base = MultiTaskUNet(2, 1, 2, 4, channels=args.channels).to(device)
+    base = MultiTaskUNet(2, 1, 2, 4, channels=args.channels, cls_pooling="lesion").to(device)
     loader = DataLoader(make_data(args.batch_size * 8, args.size), batch_size=args.batch_size, shuffle=True, num_workers=0)
     fresh_loss = MultiTaskLoss(2, 4).to(device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, input {args.batch_size}x1x{args.size}x{args.size}, "
@@ -104,20 +112,26 @@ def main() -> None:
     print(f"FLOPs per training step (fwd+bwd): {flops / 1e9:.1f} GFLOP  ({flops / args.batch_size / 1e9:.2f} GFLOP per sample)")
 
     # one warm-up step of each (allocator, cudnn autotune) before timing
-    for loop in (plain_loop, trainer_loop):
+    loops = {"plain": plain_loop, "trainer": trainer_loop}
+    if bf16:
+        loops["trainer_bf16"] = lambda *a: trainer_loop(*a, cpu_bf16=True)
+    for loop in loops.values():
         net = copy.deepcopy(base)
         loop(net, copy.deepcopy(fresh_loss), torch.optim.Adam(net.parameters(), 1e-3), loader, device, 2)
-    results: dict[str, list[float]] = {"plain": [], "trainer": []}
+    results: dict[str, list[float]] = {name: [] for name in loops}
     for r in range(args.rounds):
-        for name, loop in (("trainer", trainer_loop), ("plain", plain_loop)) if r % 2 else (("plain", plain_loop), ("trainer", trainer_loop)):
+        for name, loop in (list(loops.items())[::-1] if r % 2 else list(loops.items())):
             net = copy.deepcopy(base)
             seconds = loop(net, copy.deepcopy(fresh_loss), torch.optim.Adam(net.parameters(), 1e-3), loader, device, args.steps)
             results[name].append(args.steps * args.batch_size / seconds)
-            print(f"round {r + 1} {name:>7}: {results[name][-1]:7.1f} samples/s")
+            print(f"round {r + 1} {name:>12}: {results[name][-1]:7.1f} samples/s")
     plain, trainer = statistics.median(results["plain"]), statistics.median(results["trainer"])
     print(f"\nmedian samples/s: plain loop {plain:.1f}, SupervisedTrainer {trainer:.1f}")
     print(f"throughput ratio trainer / plain = {trainer / plain:.3f}  (target >= 0.95)")
     print(f"achieved compute: {trainer * flops / args.batch_size / 1e9:.1f} GFLOP/s")
+    if bf16:
+        fast = statistics.median(results["trainer_bf16"])
+        print(f"SupervisedTrainer with cpu_bf16: {fast:.1f} samples/s, {fast / trainer:.2f}x the float32 trainer")
 
 
 if __name__ == "__main__":

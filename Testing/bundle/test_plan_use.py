@@ -119,7 +119,10 @@ def test_train_config_takes_its_settings_from_the_plan(tmp_path):
     assert tuple(sample[IMAGE].shape) == (1, 96, 96)
 
 
-def test_command_line_overrides_win_over_the_plan(tmp_path):
+def test_command_line_overrides_win_over_the_plan(tmp_path, monkeypatch):
+    from scripts.core import sliding_window
+
+    monkeypatch.setattr(sliding_window, "cpu_bf16_native", lambda: False)  # the float32 CPU widths, on any CPU
     datalist = tiny_datalist(tmp_path)
     parser = train_parser({"datalist_file": str(datalist), "spatial_size": [64, 64], "batch_size": 3,
                       "normalization": "zscore", "augment_strength": "light", "max_epochs": 7})

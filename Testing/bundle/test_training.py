@@ -361,7 +361,7 @@ def test_lower_case_false_from_the_command_line_turns_the_knobs_off(tmp_path):
     parser = train_parser({"dataset_dir": str(tmp_path / "syn"), "ckpt_dir": str(tmp_path / "m"),
                            "datalist_file#n_train": 8, "datalist_file#n_val": 4, "datalist_file#n_test": 4,
                            "resume": "false", "calibrate": "false", "augment": "false", "lesion_guidance": "false",
-                           "augment_on": "sample", "rot90": "false", "amp": "false"})
+                           "augment_on": "sample", "rot90": "false", "amp": "false", "cpu_bf16": "false"})
     handlers = parser.get_parsed_content("train#handlers")
     checkpoint = next(h for h in handlers if isinstance(h, CheckpointHandler))
     assert checkpoint.resume is False
@@ -373,6 +373,8 @@ def test_lower_case_false_from_the_command_line_turns_the_knobs_off(tmp_path):
     assert getattr(step, "func", step) is plain_prepare_batch  # no lesion guidance
     assert parser.get_parsed_content("augment_knobs")["p_rot90"] == 0.0  # the demo's plan turns; 'false' stops them
     assert parser.get_parsed_content("train#trainer").amp is False
+    assert parser.get_parsed_content("train#inferer").cpu_bf16 is False
+    assert parser.get_parsed_content("validate#inferer").cpu_bf16 is False
     parser.update({"resume": "maybe"})
     with pytest.raises(Exception) as refused:
         parser.get_parsed_content("train#handlers")

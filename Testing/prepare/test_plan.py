@@ -400,6 +400,47 @@ def test_a_plan_for_another_device_is_re_decided_without_measuring(tmp_path, mon
     assert again["device"] == "cpu" and again["fingerprint"] == cpu["fingerprint"]
 
 
+def test_cpu_bf16_only_on_a_cpu_that_computes_it_in_hardware():
+    fp = _fingerprint_2d()
+    assert P.decide(fp, "cpu", bf16_native=True)["cpu_bf16"] is True
+    assert "hardware" in P.decide(fp, "cpu", bf16_native=True)["why"]["cpu_bf16"]
+    plain = P.decide(fp, "cpu", bf16_native=False)
+    assert plain["cpu_bf16"] is False and "float32" in plain["why"]["cpu_bf16"]
+    cuda = P.decide(fp, "cuda", memory_gb=80.0, bf16_native=True)  # CUDA: the engines' amp, not CPU autocast
+    assert cuda["cpu_bf16"] is False and "amp" in cuda["why"]["cpu_bf16"]
+    # the speed buys width in 2D (16-256 instead of 8-128 at 96^2); nothing else changes
+    fast = P.decide(fp, "cpu", bf16_native=True)
+    assert plain["network_channels"] == [8, 16, 32, 64, 128] and fast["network_channels"] == [16, 32, 64, 128, 256]
+    assert "first width 16 on cpu with hardware bf16" in fast["why"]["network_channels"]
+    assert {k: v for k, v in fast.items() if k not in ("cpu_bf16", "network_channels", "why")} == \
+        {k: v for k, v in plain.items() if k not in ("cpu_bf16", "network_channels", "why")}
+    fp3 = _fingerprint_2d(spatial_dims=3, n_training=64, image_size={"median": [64.0, 64.0, 32.0]},
+                          spacing={"median": [3.0, 3.0, 6.0], "p10": [3.0, 3.0, 6.0]}, size_mm={"median": [192.0, 192.0, 192.0]})
+    three = P.decide(fp3, "cpu", bf16_native=True)  # 3D keeps its widths (the speed-up goes to more steps)
+    assert three["cpu_bf16"] is True and three["network_channels"] == P.decide(fp3, "cpu")["network_channels"]
+    # an overridden input size follows the same rule
+    assert P.network_channels_for({"spatial_size": [96, 96], "network_channels": [16, 32, 64, 128, 256],
+                                   "device": "cpu", "cpu_bf16": True}, [128, 128]) == [16, 32, 64, 128, 256, 512]
+    # the built-in demo keeps float32 (its published figures)
+    assert P.SYNTHETIC_DEMO_PINS[2]["cpu_bf16"] is False and P.SYNTHETIC_DEMO_PINS[3]["cpu_bf16"] is False
+
+
+def test_a_plan_from_a_cpu_with_other_bf16_support_is_re_decided(tmp_path, monkeypatch):
+    """A plan copied between CPUs with and without hardware bf16 follows the CPU it runs on."""
+    from scripts.core import fingerprint as F
+    from scripts.core import sliding_window as SW
+
+    datalist = _tiny_2d(tmp_path, n=12)
+    monkeypatch.setattr(SW, "cpu_bf16_native", lambda: True)
+    made = P.load_or_create_plan(datalist, device="cpu")
+    assert made["cpu_bf16"] is True and json.loads((tmp_path / "plan.json").read_text())["cpu_bf16"] is True
+    monkeypatch.setattr(F, "fingerprint", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(SW, "cpu_bf16_native", lambda: False)
+    again = P.load_or_create_plan(datalist, device="cpu")
+    assert again["cpu_bf16"] is False and again["fingerprint"] == made["fingerprint"]
+    assert P.load_or_create_plan(datalist, device="cpu") == again  # now current: read back, not re-decided
+
+
 def test_an_unwritable_plan_path_still_gives_a_plan(tmp_path):
     datalist = _tiny_2d(tmp_path, n=6)
     (tmp_path / "taken").mkdir()  # a folder where the plan file should go: it cannot be written

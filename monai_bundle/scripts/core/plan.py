@@ -41,7 +41,7 @@ from scripts.core.spacing import ANISOTROPY_RATIO, coarse_axis, decide_target_sp
 logger = logging.getLogger(__name__)
 
 #: bump when a decision rule or the fingerprint changes: older plans are recomputed
-PLAN_VERSION = 8  # 6: 3D max_epochs from steps (decide_max_epochs); 7: 2D too; 8: mirror_axes, rot90
+PLAN_VERSION = 9  # 6: 3D max_epochs from steps (decide_max_epochs); 7: 2D too; 8: mirror_axes, rot90; 9: cpu_bf16
 PLAN_FILE = "plan.json"
 
 # --- 2D input size -------------------------------------------------------------------------------
@@ -79,6 +79,11 @@ STEM_STRIDE = {(2, "cpu"): 1, (2, "cuda"): 1, (3, "cpu"): 2, (3, "cuda"): 1}
 #: width of the first level per (spatial_dims, device type); doubled per level up to MAX_WIDTH (3D on CPU:
 #: 16 with the strided stem still costs half a step of the full-resolution width-8 network)
 BASE_WIDTH = {(2, "cpu"): 8, (2, "cuda"): 32, (3, "cpu"): 16, (3, "cuda"): 32}
+#: the first width on a CPU that computes bf16 in hardware (plan ``cpu_bf16``), where it differs: in 2D the
+#: width-16 network under bf16 autocast costs about what the width-8 one did in float32 (a step of 16 x 96^2:
+#: 110 against 105 ms, two threads) and, on the generated brain set (seed 0, 20 CPU minutes), did better than
+#: spending the same speed-up on more epochs of the width-8 network (Testing/benchmarks/README.md, session 15)
+BF16_BASE_WIDTH = {(2, "cpu"): 16}
 MAX_WIDTH = {2: 512, 3: 320}
 
 # --- batch size ------------------------------------------------------------------------------------
@@ -125,10 +130,10 @@ TUMOR_FREE_SHARE = 0.95
 SYNTHETIC_DEMO_PINS: dict[int, dict[str, Any]] = {
     2: {"spatial_size": [96, 96], "network_channels": [8, 16, 32, 64, 128], "batch_size": 16,
         "val_batch_size": 16, "normalization": {"mode": "percentile"}, "augmentation": "medium", "max_epochs": 30,
-        "mirror_axes": [0, 1], "rot90": True},
+        "mirror_axes": [0, 1], "rot90": True, "cpu_bf16": False},
     3: {"spatial_size": [64, 64, 32], "network_channels": [16, 32, 64, 128], "batch_size": 2,
         "val_batch_size": 1, "normalization": {"mode": "percentile"}, "max_epochs": 30,
-        "mirror_axes": [0, 1, 2], "rot90": True},
+        "mirror_axes": [0, 1, 2], "rot90": True, "cpu_bf16": False},
 }
 
 def round_up(value: float, multiple: int) -> int:
@@ -199,9 +204,11 @@ def decide_levels(spatial_size: Sequence[int]) -> int:
     return max(MIN_LEVELS, min(MAX_LEVELS, levels))
 
 
-def decide_network_channels(spatial_size: Sequence[int], device_type: str = "cpu", stem_stride: int = 1) -> list[int]:
+def decide_network_channels(spatial_size: Sequence[int], device_type: str = "cpu", stem_stride: int = 1,
+                            cpu_bf16: bool = False) -> list[int]:
     """Encoder widths: :func:`decide_levels` levels of the encoder's first level size (``spatial_size /
-    stem_stride``), ``BASE_WIDTH[(dims, device)]`` doubled per level, at most ``MAX_WIDTH[dims]``.
+    stem_stride``), ``BASE_WIDTH[(dims, device)]`` (``BF16_BASE_WIDTH`` where given, for a plan with
+    ``cpu_bf16``) doubled per level, at most ``MAX_WIDTH[dims]``.
 
     Raises:
         ValueError: ``spatial_size`` not 2 or 3 sizes, or an unknown device type.
@@ -210,6 +217,8 @@ def decide_network_channels(spatial_size: Sequence[int], device_type: str = "cpu
     if (dims, device_type) not in BASE_WIDTH:
         raise ValueError(f"need 2 or 3 sizes and device type cpu/cuda, got {list(spatial_size)}, {device_type!r}")
     base = BASE_WIDTH[(dims, device_type)]
+    if cpu_bf16:
+        base = BF16_BASE_WIDTH.get((dims, device_type), base)
     first_level = [max(1, int(s) // stem_stride) for s in spatial_size]
     return [min(base * 2**i, MAX_WIDTH[dims]) for i in range(decide_levels(first_level))]
 
@@ -326,8 +335,13 @@ def _median_resampled_shape(fp: Mapping[str, Any], target_spacing: Sequence[floa
     return [round(float(mm) / float(t), 2) for mm, t in zip(size_mm, target_spacing)]
 
 
-def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | None = None) -> dict[str, Any]:
+def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | None = None,
+           bf16_native: bool = False) -> dict[str, Any]:
     """Every decision of the plan from a fingerprint, with one line of reasoning each (``"why"``).
+
+    ``bf16_native``: the CPU computes bfloat16 in hardware
+    (:func:`scripts.core.sliding_window.cpu_bf16_native`); a CPU plan then trains under bf16 autocast
+    (``cpu_bf16``).
 
     Raises:
         ValueError: an unknown device type, or a fingerprint missing what a decision needs.
@@ -362,10 +376,17 @@ def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | N
     out["stem_stride"] = STEM_STRIDE[(dims, device_type)]
     why["stem_stride"] = (f"{dims}D on {device_type}: " + ("the first convolution strided, none at full resolution"
                                                            if out["stem_stride"] == 2 else "every level at its own resolution"))
-    out["network_channels"] = decide_network_channels(out["spatial_size"], device_type, out["stem_stride"])
+    out["cpu_bf16"] = device_type == "cpu" and bool(bf16_native)
+    why["cpu_bf16"] = ("CUDA: the engines' amp (bf16 autocast) decides" if device_type == "cuda"
+                       else "this CPU computes bf16 in hardware: the network trains under bf16 autocast, "
+                            "about 1.6x faster per step (spent on width in 2D)" if out["cpu_bf16"]
+                       else "this CPU has no hardware bf16 (emulated bf16 is slower): float32")
+    out["network_channels"] = decide_network_channels(out["spatial_size"], device_type, out["stem_stride"],
+                                                      out["cpu_bf16"])
     why["network_channels"] = (f"{len(out['network_channels'])} levels: bottleneck "
                                f"{min(out['spatial_size']) // (out['stem_stride'] * 2 ** (len(out['network_channels']) - 1))} px; "
-                               f"first width {BASE_WIDTH[(dims, device_type)]} on {device_type}")
+                               f"first width {out['network_channels'][0]} on {device_type}"
+                               + (" with hardware bf16" if out["cpu_bf16"] else ""))
     out["batch_size"] = decide_batch_size(out["spatial_size"], out["network_channels"], n, device_type, memory_gb)
     out["val_batch_size"] = out["batch_size"] if dims == 2 else 1
     why["batch_size"] = (f"{device_type}" + (f" with {memory_gb:.0f} GB" if memory_gb else "")
@@ -430,9 +451,10 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def make_plan(fp: Mapping[str, Any], datalist_file: str | os.PathLike, device_type: str = "cpu",
-              memory_gb: float | None = None, pins: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              memory_gb: float | None = None, pins: Mapping[str, Any] | None = None,
+              bf16_native: bool = False) -> dict[str, Any]:
     """The plan dict: version, the datalist and its hash, the decisions (pins applied) and the fingerprint."""
-    decisions = decide(fp, device_type, memory_gb)
+    decisions = decide(fp, device_type, memory_gb, bf16_native)
     pins = dict(pins or {})
     for key, value in pins.items():  # the rule's own answer stays in "why" so that a difference shows
         rule = decisions.get(key)
@@ -493,7 +515,8 @@ def load_or_create_plan(datalist_file: str | os.PathLike, device: Any = "auto", 
 
     A plan is current when its ``version`` is :data:`PLAN_VERSION` and its ``datalist_sha256`` is the
     datalist file's; a plan made for another datalist content is recomputed with a warning. A current
-    plan made for another device type is re-decided from its fingerprint (no new measurement). The
+    plan made for another device type, or on a CPU with(out) hardware bf16 where this one has none (has
+    it), is re-decided from its fingerprint (no new measurement). The
     file is written atomically; where the folder is read-only the plan is used without being saved.
 
     Args:
@@ -514,15 +537,23 @@ def load_or_create_plan(datalist_file: str | os.PathLike, device: Any = "auto", 
     datalist = load_datalist(datalist_file)  # checks the structure; raises DatalistError listing problems
     path = Path(plan_file) if plan_file is not None else datalist_file.parent / PLAN_FILE
     device_type, memory_gb = resolve_device(device)
+    if device_type == "cpu":
+        from scripts.core.sliding_window import cpu_bf16_native
+
+        bf16_native = cpu_bf16_native()
+    else:
+        bf16_native = False
     with _plan_lock(path.parent):
         sha = file_sha256(datalist_file)
         old = None if recompute else read_plan(path)
         if old is not None and old.get("version") == PLAN_VERSION and old.get("datalist_sha256") == sha:
-            if old.get("device") == device_type and old.get("device_memory_gb") == memory_gb:
+            if (old.get("device") == device_type and old.get("device_memory_gb") == memory_gb
+                    and bool(old.get("cpu_bf16")) == bf16_native):
                 return old
-            logger.info("%s: plan made for %s, re-deciding for %s", path, old.get("device"), device_type)
+            logger.info("%s: plan made for %s%s, re-deciding for %s%s", path, old.get("device"),
+                        " (bf16)" if old.get("cpu_bf16") else "", device_type, " (bf16)" if bf16_native else "")
             plan = make_plan(old["fingerprint"], datalist_file, device_type, memory_gb,
-                             {k: old[k] for k in old.get("pinned", []) if k in old})
+                             {k: old[k] for k in old.get("pinned", []) if k in old}, bf16_native)
         else:
             if old is not None:
                 reason = ("the datalist changed since" if old.get("datalist_sha256") != sha
@@ -533,7 +564,7 @@ def load_or_create_plan(datalist_file: str | os.PathLike, device: Any = "auto", 
 
             fp = fingerprint(datalist, MAX_CASES if max_cases is None else max_cases, workers)
             raw = json.loads(datalist_file.read_text(encoding="utf-8"))
-            plan = make_plan(fp, datalist_file, device_type, memory_gb, synthetic_pins(raw))
+            plan = make_plan(fp, datalist_file, device_type, memory_gb, synthetic_pins(raw), bf16_native)
         plan = json.loads(json.dumps(plan))  # the same plain values whether just made or read back
         try:
             write_json_atomic(path, plan)
@@ -549,7 +580,7 @@ def network_channels_for(plan: Mapping[str, Any], spatial_size: Sequence[int], s
     stem = planned_stem if stem_stride is None else int(stem_stride)
     if [int(s) for s in spatial_size] == [int(s) for s in plan["spatial_size"]] and stem == planned_stem:
         return list(plan["network_channels"])
-    return decide_network_channels(spatial_size, plan.get("device", "cpu"), stem)
+    return decide_network_channels(spatial_size, plan.get("device", "cpu"), stem, bool(plan.get("cpu_bf16")))
 
 
 def card_plan(plan: Mapping[str, Any] | None) -> dict[str, Any] | None:

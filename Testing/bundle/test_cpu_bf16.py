@@ -1,0 +1,95 @@
+"""bf16 autocast on a CPU (``cpu_bf16``): what the inferers run, what the loss sees, what the plan and
+the configs decide."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bundle_config_helpers import tiny_datalist, train_parser
+
+from scripts.core import sliding_window as SW
+from scripts.core.networks import MultiTaskUNet
+from scripts.core.sliding_window import MultiTaskSimpleInferer, MultiTaskSlidingWindowInferer, forward
+from scripts.core.tasks import Task
+
+
+def _net(dims: int = 2) -> MultiTaskUNet:
+    torch.manual_seed(0)
+    return MultiTaskUNet(dims, 1, 2, 3, channels=[4, 8, 16], dropout=0.0, cls_pooling="lesion").eval()
+
+
+def _conv_dtypes(net: torch.nn.Module) -> list[torch.dtype]:
+    seen: list[torch.dtype] = []
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            m.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    return seen
+
+
+def test_forward_runs_the_convolutions_in_bf16_and_hands_back_float32():
+    net, x = _net(), torch.rand(2, 1, 32, 32)
+    seen = _conv_dtypes(net)
+    with torch.no_grad():
+        ref = net(x)
+        assert set(seen) == {torch.float32}
+        seen.clear()
+        out = forward(net, x, cpu_bf16=True)
+    assert seen and set(seen) == {torch.bfloat16}  # the network really ran in bf16
+    assert {k: v.dtype for k, v in out.items()} == {k: torch.float32 for k in ref}  # the loss gets float32
+    assert out[Task.SEG.value] is out["pred"]  # one tensor under two names stays one tensor
+    for key in (Task.SEG.value, Task.CLS.value):  # the same answer within bf16's 8 bits of mantissa
+        torch.testing.assert_close(out[key], ref[key], atol=0.05, rtol=0.05)
+        assert not torch.equal(out[key], ref[key])
+    seen.clear()
+    with torch.no_grad():
+        plain = forward(net, x, cpu_bf16=False)
+    assert set(seen) == {torch.float32} and torch.equal(plain[Task.SEG.value], ref[Task.SEG.value])
+
+
+def test_training_through_bf16_gives_float32_gradients_close_to_float32_training():
+    net, x = _net().train(), torch.rand(4, 1, 32, 32)
+    target = (x > 0.6).long()[:, 0]
+    grads = {}
+    for bf16 in (False, True):
+        net.zero_grad()
+        out = forward(net, x, cpu_bf16=bf16)
+        torch.nn.functional.cross_entropy(out[Task.SEG.value], target).backward()
+        grads[bf16] = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+    assert grads[True].dtype == torch.float32 and torch.isfinite(grads[True]).all()
+    cosine = torch.nn.functional.cosine_similarity(grads[True], grads[False], dim=0)
+    assert cosine > 0.98
+
+
+def test_both_inferers_pass_the_switch_on():
+    net2, net3 = _net(2), _net(3)
+    seen2, seen3 = _conv_dtypes(net2), _conv_dtypes(net3)
+    with torch.no_grad():
+        out = MultiTaskSimpleInferer(cpu_bf16=True)(torch.rand(2, 1, 32, 32), net2)
+        sw = MultiTaskSlidingWindowInferer((16, 16, 16), sw_batch_size=2, cpu_bf16=True)(torch.rand(1, 1, 24, 20, 16), net3)
+    assert set(seen2) == {torch.bfloat16} and set(seen3) == {torch.bfloat16}
+    assert out[Task.SEG.value].dtype == sw[Task.SEG.value].dtype == sw[Task.CLS.value].dtype == torch.float32
+    assert tuple(sw[Task.SEG.value].shape) == (1, 2, 24, 20, 16) and tuple(sw[Task.CLS.value].shape) == (1, 3)
+    assert MultiTaskSimpleInferer().cpu_bf16 is False and MultiTaskSlidingWindowInferer((8, 8, 8)).cpu_bf16 is False
+
+
+def test_cuda_inputs_are_left_to_the_engines_amp():
+    """Off the CPU the call is plain: MONAI's engines autocast CUDA themselves (``amp``)."""
+    class Meta(torch.nn.Module):
+        def forward(self, x):
+            return {Task.SEG.value: x, Task.CLS.value: x.sum((1, 2, 3))[:, None]}
+
+    x = torch.rand(1, 1, 4, 4, device="meta")
+    out = forward(Meta(), x, cpu_bf16=True)
+    assert out[Task.SEG.value] is x  # not cast, not wrapped
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_train_config_takes_the_switch_from_the_plan(tmp_path, monkeypatch, native):
+    monkeypatch.setattr(SW, "cpu_bf16_native", lambda: native)
+    datalist = tiny_datalist(tmp_path)
+    parser = train_parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m")})
+    assert parser.get_parsed_content("plan")["cpu_bf16"] is native
+    assert parser.get_parsed_content("train#inferer").cpu_bf16 is native
+    assert parser.get_parsed_content("validate#inferer").cpu_bf16 is native
+    index = next(i for i, h in enumerate(parser["train"]["handlers"]) if isinstance(h, dict) and "MLflowTracking" in str(h.get("_target_")))
+    assert parser.get_parsed_content(f"train#handlers#{index}#params")["cpu_bf16"] is native  # the run's parameters
