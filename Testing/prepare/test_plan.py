@@ -416,8 +416,9 @@ def test_cpu_bf16_only_on_a_cpu_that_computes_it_in_hardware():
         {k: v for k, v in plain.items() if k not in ("cpu_bf16", "network_channels", "why")}
     fp3 = _fingerprint_2d(spatial_dims=3, n_training=64, image_size={"median": [64.0, 64.0, 32.0]},
                           spacing={"median": [3.0, 3.0, 6.0], "p10": [3.0, 3.0, 6.0]}, size_mm={"median": [192.0, 192.0, 192.0]})
-    three = P.decide(fp3, "cpu", bf16_native=True)  # 3D keeps its widths (the speed-up goes to more steps)
-    assert three["cpu_bf16"] is True and three["network_channels"] == P.decide(fp3, "cpu")["network_channels"]
+    three = P.decide(fp3, "cpu", bf16_native=True)  # 3D stays float32 (bf16 lost on the generated 3D set)
+    assert three["cpu_bf16"] is False and "3D: float32" in three["why"]["cpu_bf16"]
+    assert three["network_channels"] == P.decide(fp3, "cpu")["network_channels"]
     # an overridden input size follows the same rule
     assert P.network_channels_for({"spatial_size": [96, 96], "network_channels": [16, 32, 64, 128, 256],
                                    "device": "cpu", "cpu_bf16": True}, [128, 128]) == [16, 32, 64, 128, 256, 512]
@@ -439,6 +440,17 @@ def test_a_plan_from_a_cpu_with_other_bf16_support_is_re_decided(tmp_path, monke
     again = P.load_or_create_plan(datalist, device="cpu")
     assert again["cpu_bf16"] is False and again["fingerprint"] == made["fingerprint"]
     assert P.load_or_create_plan(datalist, device="cpu") == again  # now current: read back, not re-decided
+
+
+def test_a_3d_plan_stays_float32_and_current_on_a_bf16_cpu(tmp_path, monkeypatch):
+    from scripts.core import sliding_window as SW
+
+    monkeypatch.setattr(SW, "cpu_bf16_native", lambda: True)
+    three = _tiny_3d(tmp_path)
+    first = P.load_or_create_plan(three, device="cpu")
+    assert first["cpu_bf16"] is False
+    monkeypatch.setattr(P, "make_plan", lambda *a, **k: pytest.fail("re-decided"))
+    assert P.load_or_create_plan(three, device="cpu") == first
 
 
 def test_an_unwritable_plan_path_still_gives_a_plan(tmp_path):

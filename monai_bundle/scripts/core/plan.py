@@ -197,6 +197,16 @@ def decide_patch_size_3d(median_shape: Sequence[float], target_spacing: Sequence
     return patch
 
 
+def decide_cpu_bf16(dims: int, device_type: str, bf16_native: bool) -> bool:
+    """Whether the network trains under CPU bf16 autocast: 2D on a CPU with hardware bf16.
+
+    3D stays float32: on the generated 3D set (seed 0, 20 CPU minutes) bf16 ran the plan's 209 epochs in
+    17.7 minutes (5.0 s an epoch against 7.4) but scored lesion Dice 0.234 and accuracy 0.429 against
+    float32's 0.283 / 0.536 (168 epochs); ``--cpu_bf16 true`` chooses it (benchmarks README, session 15).
+    """
+    return device_type == "cpu" and bool(bf16_native) and int(dims) == 2
+
+
 def decide_levels(spatial_size: Sequence[int]) -> int:
     """U-Net levels so that the bottleneck is 4..7 pixels on the shortest side (clamped to 2..7)."""
     shortest = max(1, min(int(s) for s in spatial_size))
@@ -376,10 +386,12 @@ def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | N
     out["stem_stride"] = STEM_STRIDE[(dims, device_type)]
     why["stem_stride"] = (f"{dims}D on {device_type}: " + ("the first convolution strided, none at full resolution"
                                                            if out["stem_stride"] == 2 else "every level at its own resolution"))
-    out["cpu_bf16"] = device_type == "cpu" and bool(bf16_native)
+    out["cpu_bf16"] = decide_cpu_bf16(dims, device_type, bf16_native)
     why["cpu_bf16"] = ("CUDA: the engines' amp (bf16 autocast) decides" if device_type == "cuda"
                        else "this CPU computes bf16 in hardware: the network trains under bf16 autocast, "
-                            "about 1.6x faster per step (spent on width in 2D)" if out["cpu_bf16"]
+                            "about 1.6x faster per step, spent on width" if out["cpu_bf16"]
+                       else "3D: float32 (bf16 lost on the generated 3D set; --cpu_bf16 true chooses it)"
+                       if bf16_native and dims == 3
                        else "this CPU has no hardware bf16 (emulated bf16 is slower): float32")
     out["network_channels"] = decide_network_channels(out["spatial_size"], device_type, out["stem_stride"],
                                                       out["cpu_bf16"])
@@ -548,7 +560,7 @@ def load_or_create_plan(datalist_file: str | os.PathLike, device: Any = "auto", 
         old = None if recompute else read_plan(path)
         if old is not None and old.get("version") == PLAN_VERSION and old.get("datalist_sha256") == sha:
             if (old.get("device") == device_type and old.get("device_memory_gb") == memory_gb
-                    and bool(old.get("cpu_bf16")) == bf16_native):
+                    and bool(old.get("cpu_bf16")) == decide_cpu_bf16(old["spatial_dims"], device_type, bf16_native)):
                 return old
             logger.info("%s: plan made for %s%s, re-deciding for %s%s", path, old.get("device"),
                         " (bf16)" if old.get("cpu_bf16") else "", device_type, " (bf16)" if bf16_native else "")
