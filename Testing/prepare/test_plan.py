@@ -453,6 +453,20 @@ def test_a_3d_plan_stays_float32_and_current_on_a_bf16_cpu(tmp_path, monkeypatch
     assert P.load_or_create_plan(three, device="cpu") == first
 
 
+def test_a_pinned_float32_plan_stays_current_on_a_bf16_cpu(tmp_path, monkeypatch):
+    """The built-in demo pins cpu_bf16 false: its plan is read back, not re-decided on every load."""
+    from scripts.core import sliding_window as SW
+
+    monkeypatch.setattr(SW, "cpu_bf16_native", lambda: True)
+    datalist = _tiny_2d(tmp_path, n=12)
+    raw = json.loads(datalist.read_text())
+    datalist.write_text(json.dumps({**raw, "synthetic": {}}))  # as scripts.datasets.synthetic writes it
+    first = P.load_or_create_plan(datalist, device="cpu")
+    assert first["cpu_bf16"] is False and "cpu_bf16" in first["pinned"]
+    monkeypatch.setattr(P, "make_plan", lambda *a, **k: pytest.fail("re-decided"))
+    assert P.load_or_create_plan(datalist, device="cpu") == first
+
+
 def test_an_unwritable_plan_path_still_gives_a_plan(tmp_path):
     datalist = _tiny_2d(tmp_path, n=6)
     (tmp_path / "taken").mkdir()  # a folder where the plan file should go: it cannot be written

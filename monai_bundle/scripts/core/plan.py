@@ -549,23 +549,22 @@ def load_or_create_plan(datalist_file: str | os.PathLike, device: Any = "auto", 
     datalist = load_datalist(datalist_file)  # checks the structure; raises DatalistError listing problems
     path = Path(plan_file) if plan_file is not None else datalist_file.parent / PLAN_FILE
     device_type, memory_gb = resolve_device(device)
-    if device_type == "cpu":
-        from scripts.core.sliding_window import cpu_bf16_native
+    from scripts.core.sliding_window import cpu_bf16_native
 
-        bf16_native = cpu_bf16_native()
-    else:
-        bf16_native = False
+    bf16_native = device_type == "cpu" and cpu_bf16_native()
     with _plan_lock(path.parent):
         sha = file_sha256(datalist_file)
         old = None if recompute else read_plan(path)
         if old is not None and old.get("version") == PLAN_VERSION and old.get("datalist_sha256") == sha:
+            pinned = old.get("pinned", [])
+            bf16 = old.get("cpu_bf16") if "cpu_bf16" in pinned else decide_cpu_bf16(old["spatial_dims"], device_type, bf16_native)
             if (old.get("device") == device_type and old.get("device_memory_gb") == memory_gb
-                    and bool(old.get("cpu_bf16")) == decide_cpu_bf16(old["spatial_dims"], device_type, bf16_native)):
+                    and bool(old.get("cpu_bf16")) == bool(bf16)):
                 return old
             logger.info("%s: plan made for %s%s, re-deciding for %s%s", path, old.get("device"),
                         " (bf16)" if old.get("cpu_bf16") else "", device_type, " (bf16)" if bf16_native else "")
             plan = make_plan(old["fingerprint"], datalist_file, device_type, memory_gb,
-                             {k: old[k] for k in old.get("pinned", []) if k in old}, bf16_native)
+                             {k: old[k] for k in pinned if k in old}, bf16_native)
         else:
             if old is not None:
                 reason = ("the datalist changed since" if old.get("datalist_sha256") != sha
