@@ -93,3 +93,13 @@ def test_the_train_config_takes_the_switch_from_the_plan(tmp_path, monkeypatch, 
     assert parser.get_parsed_content("validate#inferer").cpu_bf16 is native
     index = next(i for i, h in enumerate(parser["train"]["handlers"]) if isinstance(h, dict) and "MLflowTracking" in str(h.get("_target_")))
     assert parser.get_parsed_content(f"train#handlers#{index}#params")["cpu_bf16"] is native  # the run's parameters
+    assert parser.get_parsed_content("model_card")["cpu_bf16"] is native  # the Predictor runs the model as it trained
+
+
+def test_an_override_reaches_the_model_card(tmp_path, monkeypatch):
+    """``--cpu_bf16 false`` on a bf16 CPU: the card says float32, so inference runs float32 too."""
+    monkeypatch.setattr(SW, "cpu_bf16_native", lambda: True)
+    datalist = tiny_datalist(tmp_path)
+    parser = train_parser({"datalist_file": str(datalist), "ckpt_dir": str(tmp_path / "m"), "cpu_bf16": "false"})
+    assert parser.get_parsed_content("plan")["cpu_bf16"] is True  # the plan's choice ...
+    assert parser.get_parsed_content("model_card")["cpu_bf16"] is False  # ... overridden, and recorded so

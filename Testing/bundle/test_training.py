@@ -338,14 +338,14 @@ def test_auto_warm_up_lasts_until_the_segmentation_finds_lesions(tmp_path):
 @pytest.mark.parametrize("value, expected", [(True, True), (False, False), ("false", False), ("False", False),
                                              ("TRUE", True), ("0", False), (1, True), ("no", False), ("on", True)])
 def test_on_off_knobs_read_the_words_a_command_line_sends(value, expected):
-    from scripts.train.training import flag
+    from scripts.core.flags import flag
 
     assert flag(value, "resume") is expected
 
 
 @pytest.mark.parametrize("value", ["flase", "", None, 2, [True]])
 def test_other_on_off_values_are_refused_by_name(value):
-    from scripts.train.training import flag
+    from scripts.core.flags import flag
 
     with pytest.raises(ValueError, match="resume must be true or false"):
         flag(value, "resume")

@@ -56,6 +56,22 @@ def test_the_configs_predictor_is_the_one_from_bundle_builds(bundle2d, bundle_ro
     assert changed.get_parsed_content("predictor").settings == expected
 
 
+@pytest.mark.parametrize("text, expected", [("false", False), ("no", False), ("true", True), ("ON", True)])
+def test_on_off_settings_given_as_text_on_the_command_line(bundle2d, bundle_root, text, expected):
+    """``monai.bundle run ... --amp false`` hands the file the text ``'false'``: it means off (not a
+    truthy string, not an error), for ``amp``, ``tta`` and ``overlay`` alike."""
+    parser = _parser(bundle2d, bundle_root, amp=text, tta=text, overlay=text, device="cpu")
+    settings = parser.get_parsed_content("predictor").settings
+    assert settings.amp is expected and settings.tta is expected
+    assert parser.get_parsed_content("evaluator").options["overlay"] is expected
+
+
+def test_a_bad_on_off_setting_names_itself(bundle2d, bundle_root):
+    with pytest.raises(RuntimeError) as err:  # MONAI's expression error, the knob's own as its cause
+        _parser(bundle2d, bundle_root, overlay="maybe").get_parsed_content("evaluator")
+    assert "overlay must be true or false, got 'maybe'" in str(err.value.__cause__)
+
+
 def test_run_predicts_the_test_split(bundle2d, bundle_root, tmp_path):
     (tmp_path / "data").mkdir()
     for name, value in (("a", 40), ("b", 90)):

@@ -177,7 +177,7 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
               plan: dict[str, Any] | None = None, normalization: str | dict[str, Any] | None = None,
               target_spacing: list[float] | None = None, orientation: str | None = None,
               crop_foreground: bool = False, datalist_file: str | os.PathLike | None = None,
-              init_from: str | os.PathLike | None = None) -> dict[str, Any]:
+              init_from: str | os.PathLike | None = None, cpu_bf16: bool = False) -> dict[str, Any]:
     """Assemble a card from the training configuration.
 
     A 3D model trained on canonical grids (``target_spacing`` mm along the axes of ``orientation``,
@@ -196,6 +196,10 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
     ``prepare reviewed``: accepted / edited / overridden / rejected; the rest count as
     ``original``). ``init_from`` records the model fine-tuning started from (file, SHA-256, name,
     version) under ``"init_from"``.
+
+    ``cpu_bf16``: the network trained (and was validated and calibrated) under CPU bfloat16 autocast
+    (:func:`scripts.core.sliding_window.forward`); the Predictor then runs it so on a CPU that computes
+    bf16 in hardware. Kept under ``"cpu_bf16"``; cards without it trained in float32.
     """
     free = tumor_free_index(classes, plan)
     no_tumor = None if free is None else classes[free]
@@ -211,6 +215,7 @@ def make_card(network_kwargs: dict[str, Any], channels: list[str], segments: lis
         "spatial_size": [int(s) for s in spatial_size],
         "no_tumor_class": no_tumor,
         "normalization": check_normalization(normalization),
+        "cpu_bf16": bool(cpu_bf16),
     }
     if target_spacing is not None:
         card.update(target_spacing=[float(s) for s in target_spacing], orientation=orientation or ORIENTATION,

@@ -25,8 +25,11 @@ Rules (the Predictor's docstring points here):
   (:data:`scripts.core.sliding_window.FLIP_DISAGREEMENT`); given a :class:`.uncertainty.FlipUncertainty`, each
   path brings them onto the input's voxels the way it brings the logits (bilinear resize, stitching,
   resampling) and counts them there. The label map and the diagnosis do not depend on it.
-- **Device.** ``auto`` is CUDA when present; there the network runs under bf16 autocast. A CUDA
-  out-of-memory error re-runs the study on the CPU and says so in the warnings.
+- **Device.** ``auto`` is CUDA when present; there the network runs under bf16 autocast (``amp``). On
+  a CPU it runs under bf16 autocast only with ``cpu_bf16``: the Predictor sets it for a model that
+  trained so (its card's ``cpu_bf16``) on a CPU that computes bf16 in hardware, so inference runs
+  the network as validation and the temperature fit did. A CUDA out-of-memory error re-runs the
+  study on the CPU and says so in the warnings.
 """
 
 from __future__ import annotations
@@ -104,7 +107,10 @@ def slice_axis(spacing: Sequence[float], shape: Sequence[int], axis: int | None 
     return int(len(spacing) - 1 - np.argmax(spacing[::-1]))
 
 
-def _autocast(device: torch.device, amp: bool):
+def _autocast(device: torch.device, amp: bool, cpu_bf16: bool = False):
+    """bf16 autocast: on CUDA with ``amp``, on the CPU with ``cpu_bf16``; elsewhere none."""
+    if device.type == "cpu":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=cpu_bf16)
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
@@ -121,7 +127,8 @@ def _nchw(batch: np.ndarray) -> torch.Tensor:
 
 def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayView | None, spatial_size: Sequence[int],
                    device: torch.device, batch_size: int = 16, amp: bool = True,
-                   progress: Progress | None = None, uncertainty: FlipUncertainty | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                   progress: Progress | None = None, uncertainty: FlipUncertainty | None = None,
+                   cpu_bf16: bool = False) -> tuple[np.ndarray, torch.Tensor]:
     """Run a 2D model over one image or every slice of a volume.
 
     Args:
@@ -131,6 +138,7 @@ def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayVie
             which the network sees as it is.
         spatial_size: the model's 2D input size.
         uncertainty: filled from a FlipTTA network's disagreement (its map, when kept, has the label's shape).
+        amp, cpu_bf16: bf16 autocast on CUDA / on the CPU (:func:`_autocast`); outputs are read as float32.
 
     Returns:
         label ``(h, w)`` or ``(X, Y, Z)`` uint8 (on the input's voxels, in the input's memory order),
@@ -155,7 +163,7 @@ def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayVie
             x = _nchw(stack[:, start:start + batch_size].swapaxes(0, 1)).to(device)  # (b, C, h, w)
             if (h, w) != size:
                 x = F.interpolate(x, size=size, mode=RESIZE_MODE, align_corners=False)
-            with _autocast(device, amp):
+            with _autocast(device, amp, cpu_bf16):
                 out = network(x)
             seg = out[Task.SEG].float()
             if (h, w) != size:
@@ -185,12 +193,13 @@ class _WindowRunner:
     """
 
     def __init__(self, network: torch.nn.Module, device: torch.device, amp: bool, total: int,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, cpu_bf16: bool = False) -> None:
         self.network, self.device, self.amp, self.total, self.progress = network, device, amp, max(total, 1), progress
+        self.cpu_bf16 = cpu_bf16
         self.done = 0
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with _autocast(self.device, self.amp):
+        with _autocast(self.device, self.amp, self.cpu_bf16):
             out = self.network(x.to(self.device))
         self.done += x.shape[0]
         if self.progress is not None:
@@ -212,7 +221,7 @@ def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> i
 
 def segment_volume(network: torch.nn.Module, image: np.ndarray, inferer: MultiTaskSlidingWindowInferer,
                    device: torch.device, amp: bool = True, progress: Progress | None = None,
-                   uncertainty: FlipUncertainty | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                   uncertainty: FlipUncertainty | None = None, cpu_bf16: bool = False) -> tuple[np.ndarray, torch.Tensor]:
     """Run a 3D model by sliding window.
 
     Args:
@@ -222,7 +231,8 @@ def segment_volume(network: torch.nn.Module, image: np.ndarray, inferer: MultiTa
     Returns:
         label ``(X, Y, Z)`` uint8 and study class logits ``(K,)``.
     """
-    runner = _WindowRunner(network, device, amp, count_windows(image.shape[1:], inferer.roi_size, inferer.overlap), progress)
+    runner = _WindowRunner(network, device, amp, count_windows(image.shape[1:], inferer.roi_size, inferer.overlap), progress,
+                           cpu_bf16)
     with torch.inference_mode():
         out = inferer(torch.from_numpy(image)[None], runner)  # {"seg": (1, S, X, Y, Z) on CPU, "cls": (1, K)}
         label = label_map(out[Task.SEG])[0].numpy()
@@ -240,7 +250,8 @@ def _keep(uncertainty: FlipUncertainty, disagreement: torch.Tensor) -> None:
 def segment_canonical(network: torch.nn.Module, image: np.ndarray, affine: np.ndarray,
                       box: tuple[Sequence[int], Sequence[int]] | None, target_spacing: Sequence[float], orientation: str,
                       inferer: MultiTaskSlidingWindowInferer, device: torch.device, amp: bool = True,
-                      progress: Progress | None = None, uncertainty: FlipUncertainty | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                      progress: Progress | None = None, uncertainty: FlipUncertainty | None = None,
+                      cpu_bf16: bool = False) -> tuple[np.ndarray, torch.Tensor]:
     """Run a 3D model on the canonical grid of a study and map its segmentation back onto the study.
 
     Args:
@@ -260,7 +271,8 @@ def segment_canonical(network: torch.nn.Module, image: np.ndarray, affine: np.nd
     crop = image[(slice(None), *(slice(s, e) for s, e in zip(start, end)))]
     grid = canonical_grid(region.affine, region.shape, target_spacing, orientation)
     x = resample(crop, region.affine, grid, "linear")
-    runner = _WindowRunner(network, device, amp, count_windows(grid.shape, inferer.roi_size, inferer.overlap), progress)
+    runner = _WindowRunner(network, device, amp, count_windows(grid.shape, inferer.roi_size, inferer.overlap), progress,
+                           cpu_bf16)
     with torch.inference_mode():
         out = inferer(x[None], runner)  # {"seg": (1, S, *grid.shape) on CPU, "cls": (1, K)}
         del x

@@ -48,7 +48,7 @@ from scripts.inference.uncertainty import FlipUncertainty
 from scripts.inference.worklist import annotate
 from scripts.inference.writers import (OutputSet, check_output_dir, write_json, write_nifti, write_overlay,
                                       write_png_mask, write_seg_nrrd, write_uncertainty_map)
-from scripts.core.sliding_window import FlipTTA, MultiTaskSlidingWindowInferer
+from scripts.core.sliding_window import FlipTTA, MultiTaskSlidingWindowInferer, cpu_bf16_native
 from scripts.core.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card, load_weights, state_sha256
 from scripts.core.transforms import check_normalization, match_channels, normalize
 
@@ -113,6 +113,9 @@ class Predictor:
             self.grid_settings = card_settings(card)
         except ValueError as e:
             raise InputError(f"model card: {e}") from e
+        # a model trained under CPU bf16 autocast runs so on a CPU that computes bf16 in hardware, as its
+        # validation and temperature fit did (engine docstring, *Device*); ``amp: false`` keeps float32
+        self.cpu_bf16 = bool(card.get("cpu_bf16")) and self.settings.amp and cpu_bf16_native()
         s = self.settings
         self.inferer = MultiTaskSlidingWindowInferer(card["spatial_size"], sw_batch_size=s.sw_batch_size,
                                                      overlap=s.overlap, mode=s.window_mode)
@@ -268,17 +271,19 @@ class Predictor:
             if self.spatial_dims == 3 and grid is not None:
                 return (*engine.segment_canonical(self.network, image, affine, box, grid["target_spacing"],
                                                   grid["orientation"], self.inferer, device, self.settings.amp,
-                                                  on_progress, flip), flip)
+                                                  on_progress, flip, self.cpu_bf16), flip)
             if self.spatial_dims == 3:
                 return (*engine.segment_volume(self.network, image, self.inferer, device, self.settings.amp,
-                                               on_progress, flip), flip)
+                                               on_progress, flip, self.cpu_bf16), flip)
             size, batch, amp = self.card["spatial_size"], self.settings.slice_batch_size, self.settings.amp
             if two_d_grid:
-                label, logits = engine.segment_slices(self.network, flat, view, size, device, batch, amp, on_progress, flip)
+                label, logits = engine.segment_slices(self.network, flat, view, size, device, batch, amp, on_progress, flip,
+                                                      self.cpu_bf16)
                 if flip is not None and flip.map is not None:
                     flip.map = flip.map[..., 0]  # the label's grid, as below
                 return label[..., 0], logits, flip  # (X, Y, 1) -> (X, Y)
-            return (*engine.segment_slices(self.network, image, view, size, device, batch, amp, on_progress, flip), flip)
+            return (*engine.segment_slices(self.network, image, view, size, device, batch, amp, on_progress, flip,
+                                           self.cpu_bf16), flip)
 
         (label, logits, flip), device, warnings = engine.with_cpu_fallback(run, self.device)
         return label, logits, view, device, warnings, flip

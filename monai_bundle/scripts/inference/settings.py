@@ -15,7 +15,8 @@ slice_batch_size   2D model: slices of a volume per forward pass (speed vs memor
 sw_batch_size      3D model: sliding windows per forward pass (speed vs memory)
 overlap            3D model: overlap of neighbouring windows, 0 <= overlap < 1 (smoother seams, slower)
 window_mode        3D model: blending of overlapping windows, ``"gaussian"`` or ``"constant"``
-amp                bf16 autocast on CUDA (no effect on the CPU)
+amp                bf16 autocast: on CUDA; on a CPU with hardware bf16 for a model that trained so
+                   (its card's ``cpu_bf16``); ``false``: float32 everywhere
 tta                flip test-time augmentation of both heads (twice the network time)
 =================  =========================================================================
 """

@@ -89,31 +89,6 @@ def prepare_guided_batch(batchdata: dict[str, Any], device: str | torch.device |
     return image, targets, (), {"lesion": lesion}
 
 
-#: how an on/off knob may arrive from the command line besides True / False
-_FLAG_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "on": True, "off": False}
-
-
-def flag(value: Any, name: str) -> bool:
-    """An on/off knob of the config as a bool.
-
-    ``python -m monai.bundle run ... --resume false`` hands the config the *text* ``'false'`` (the
-    command line's parser reads only ``False`` / ``True``, capitalised, as booleans), and a non-empty
-    string is true: the run would have resumed, augmented or calibrated against what was asked. The
-    configs read every such knob through this function: ``true`` / ``false`` in any case, ``1`` /
-    ``0``, ``yes`` / ``no`` and ``on`` / ``off`` count.
-
-    Raises:
-        ValueError: any other value (names the knob and the value).
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _FLAG_WORDS:
-        return _FLAG_WORDS[value.strip().lower()]
-    raise ValueError(f"{name} must be true or false, got {value!r}")
-
-
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through :func:`scripts.core.atomic.atomic_path` (no half-written checkpoint)."""
     with atomic_path(path) as tmp:
