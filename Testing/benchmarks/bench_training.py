@@ -8,8 +8,10 @@ machine hits both. Prints samples/s of each, their ratio (target >= 0.95), and F
 (forward + backward, counted by ``torch.utils.flop_counter``).
 
 On a CPU with hardware bf16 (``scripts.core.sliding_window.cpu_bf16_native``, or ``--cpu-bf16 on``) a
-third loop runs in every round: the trainer with the plan's ``cpu_bf16`` (bf16 autocast in the
-inferer), and its speed-up over the float32 trainer is printed.
+third loop runs in every round: the trainer with the plan's ``cpu_bf16`` as ``train.json`` sets it up
+(bf16 autocast in the inferer, the network in channels-last format: ``place_network``), and its
+speed-up over the float32 trainer is printed; a fourth, the same without channels-last, shows what
+the memory format adds.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "monai_bundle"))
-from scripts.core.sliding_window import MultiTaskSimpleInferer, cpu_bf16_native  # noqa: E402
+from scripts.core.sliding_window import MultiTaskSimpleInferer, cpu_bf16_native, place_network  # noqa: E402
 from scripts.train.losses import MultiTaskLoss  # noqa: E402
 from scripts.core.networks import MultiTaskUNet  # noqa: E402
 from scripts.core.tasks import Keys  # noqa: E402
@@ -114,7 +116,9 @@ def main() -> None:
     # one warm-up step of each (allocator, cudnn autotune) before timing
     loops = {"plain": plain_loop, "trainer": trainer_loop}
     if bf16:
-        loops["trainer_bf16"] = lambda *a: trainer_loop(*a, cpu_bf16=True)
+        # in place: the optimiser built over the network's parameters keeps them
+        loops["trainer_bf16"] = lambda net, *a: trainer_loop(place_network(net, device, True), *a, cpu_bf16=True)
+        loops["bf16_nchw"] = lambda *a: trainer_loop(*a, cpu_bf16=True)
     for loop in loops.values():
         net = copy.deepcopy(base)
         loop(net, copy.deepcopy(fresh_loss), torch.optim.Adam(net.parameters(), 1e-3), loader, device, 2)
@@ -131,7 +135,9 @@ def main() -> None:
     print(f"achieved compute: {trainer * flops / args.batch_size / 1e9:.1f} GFLOP/s")
     if bf16:
         fast = statistics.median(results["trainer_bf16"])
-        print(f"SupervisedTrainer with cpu_bf16: {fast:.1f} samples/s, {fast / trainer:.2f}x the float32 trainer")
+        nchw = statistics.median(results["bf16_nchw"])
+        print(f"SupervisedTrainer with cpu_bf16: {fast:.1f} samples/s, {fast / trainer:.2f}x the float32 trainer "
+              f"(without channels-last {nchw:.1f} samples/s, {nchw / trainer:.2f}x; channels-last {fast / nchw:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from bundle_config_helpers import tiny_datalist, train_parser
 
 from scripts.core import sliding_window as SW
 from scripts.core.networks import MultiTaskUNet
-from scripts.core.sliding_window import MultiTaskSimpleInferer, MultiTaskSlidingWindowInferer, forward
+from scripts.core.sliding_window import MultiTaskSimpleInferer, MultiTaskSlidingWindowInferer, forward, place_network
 from scripts.core.tasks import Task
 
 
@@ -72,6 +72,55 @@ def test_both_inferers_pass_the_switch_on():
     assert MultiTaskSimpleInferer().cpu_bf16 is False and MultiTaskSlidingWindowInferer((8, 8, 8)).cpu_bf16 is False
 
 
+def _conv_weights(net: torch.nn.Module) -> list[torch.Tensor]:
+    """The convolution weights whose layout tells NCHW from NHWC (more than one input channel, kernel > 1)."""
+    return [m.weight for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))
+            and m.weight.shape[1] > 1 and m.weight.shape[-1] > 1]
+
+
+def test_a_2d_network_under_cpu_bf16_runs_channels_last(tmp_path):
+    """Weights and inputs in NHWC (oneDNN's native bf16 layout): the same answers, a checkpoint that
+    loads into a network of the default layout, and training gradients that point float32's way."""
+    ref_net, x = _net(), torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        ref = forward(ref_net, x, cpu_bf16=True)
+    net = place_network(_net(), "cpu", cpu_bf16=True)
+    weights = _conv_weights(net)
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in weights)
+    layouts: list[bool] = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_pre_hook(lambda _m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        out = forward(net, x, cpu_bf16=True)
+    assert layouts and all(layouts)  # every convolution saw NHWC input
+    for key in (Task.SEG.value, Task.CLS.value):
+        assert out[key].dtype == torch.float32
+        torch.testing.assert_close(out[key], ref[key], atol=0.05, rtol=0.05)
+    torch.save(net.state_dict(), tmp_path / "model.pt")  # a checkpoint of the NHWC network ...
+    plain = _net()
+    plain.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))  # ... loads into the default layout
+    assert all(w.is_contiguous() for w in _conv_weights(plain))
+    for a, b in zip(plain.state_dict().values(), net.state_dict().values()):
+        assert torch.equal(a, b)
+    net.train(), ref_net.train()
+    target = (x > 0.6).long()[:, 0]
+    grads = []
+    for model, bf16 in ((net, True), (ref_net, False)):
+        torch.nn.functional.cross_entropy(forward(model, x, cpu_bf16=bf16)[Task.SEG.value], target).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.isfinite(grads[0]).all() and torch.nn.functional.cosine_similarity(*grads, dim=0) > 0.98
+
+
+def test_float32_and_3d_networks_keep_their_layout():
+    assert all(w.is_contiguous() for w in _conv_weights(place_network(_net(2), "cpu", cpu_bf16=False)))
+    net3 = place_network(_net(3), "cpu", cpu_bf16=True)  # 3D under bf16: NCDHW as before
+    assert all(w.is_contiguous() for w in _conv_weights(net3))
+    with torch.no_grad():
+        out = forward(net3, torch.rand(1, 1, 16, 16, 16), cpu_bf16=True)
+    assert tuple(out[Task.SEG.value].shape) == (1, 2, 16, 16, 16)
+
+
 def test_cuda_inputs_are_left_to_the_engines_amp():
     """Off the CPU the call is plain: MONAI's engines autocast CUDA themselves (``amp``)."""
     class Meta(torch.nn.Module):
@@ -94,6 +143,9 @@ def test_the_train_config_takes_the_switch_from_the_plan(tmp_path, monkeypatch, 
     index = next(i for i, h in enumerate(parser["train"]["handlers"]) if isinstance(h, dict) and "MLflowTracking" in str(h.get("_target_")))
     assert parser.get_parsed_content(f"train#handlers#{index}#params")["cpu_bf16"] is native  # the run's parameters
     assert parser.get_parsed_content("model_card")["cpu_bf16"] is native  # the Predictor runs the model as it trained
+    weights = _conv_weights(parser.get_parsed_content("network"))
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights) is native
+    assert all(w.is_contiguous() for w in weights) is not native
 
 
 def test_an_override_reaches_the_model_card(tmp_path, monkeypatch):

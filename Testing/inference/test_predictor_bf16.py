@@ -58,6 +58,10 @@ def test_a_bf16_trained_model_runs_in_bf16_on_a_bf16_cpu(tmp_path, monkeypatch, 
     float_pred, ref, seen32 = _predict(_bundle(tmp_path / "f32", False), scan)
     bf16_pred, out, seen16 = _predict(_bundle(tmp_path / "bf16", True), scan)
     assert float_pred.cpu_bf16 is False and bf16_pred.cpu_bf16 is True
+    convs = [m.weight for m in bf16_pred.network.modules()  # the weights whose layout tells NCHW from NHWC
+             if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[-1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)  # NHWC, oneDNN's bf16 layout
+    assert all(m.weight.is_contiguous() for m in float_pred.network.modules() if isinstance(m, torch.nn.Conv2d))
     assert seen32 and set(seen32) == {torch.float32}
     assert seen16 and set(seen16) == {torch.bfloat16}  # the network really ran in bf16
     assert out.result["model"]["sha256"] == ref.result["model"]["sha256"]  # the same weights

@@ -163,6 +163,8 @@ def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayVie
             x = _nchw(stack[:, start:start + batch_size].swapaxes(0, 1)).to(device)  # (b, C, h, w)
             if (h, w) != size:
                 x = F.interpolate(x, size=size, mode=RESIZE_MODE, align_corners=False)
+            if cpu_bf16 and device.type == "cpu":  # the layout the network's weights have then (channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, amp, cpu_bf16):
                 out = network(x)
             seg = out[Task.SEG].float()

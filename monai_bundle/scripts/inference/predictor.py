@@ -48,7 +48,7 @@ from scripts.inference.uncertainty import FlipUncertainty
 from scripts.inference.worklist import annotate
 from scripts.inference.writers import (OutputSet, check_output_dir, write_json, write_nifti, write_overlay,
                                       write_png_mask, write_seg_nrrd, write_uncertainty_map)
-from scripts.core.sliding_window import FlipTTA, MultiTaskSlidingWindowInferer, cpu_bf16_native
+from scripts.core.sliding_window import FlipTTA, MultiTaskSlidingWindowInferer, channels_last, cpu_bf16_native
 from scripts.core.model_card import CARD_FILE, WEIGHTS_FILE, build_network, load_model_card, load_weights, state_sha256
 from scripts.core.transforms import check_normalization, match_channels, normalize
 
@@ -116,6 +116,7 @@ class Predictor:
         # a model trained under CPU bf16 autocast runs so on a CPU that computes bf16 in hardware, as its
         # validation and temperature fit did (engine docstring, *Device*); ``amp: false`` keeps float32
         self.cpu_bf16 = bool(card.get("cpu_bf16")) and self.settings.amp and cpu_bf16_native()
+        channels_last(self.network, self.cpu_bf16 and self.device.type == "cpu")
         s = self.settings
         self.inferer = MultiTaskSlidingWindowInferer(card["spatial_size"], sw_batch_size=s.sw_batch_size,
                                                      overlap=s.overlap, mode=s.window_mode)
