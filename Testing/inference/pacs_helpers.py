@@ -47,6 +47,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket is held until all are bound, so the kernel cannot hand
+    the same port out twice (separate :func:`free_port` calls may return one port again)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 class Orthanc:
     """One Orthanc server; ``auth`` is ``"basic"`` or ``"token"`` (the shipped configuration to use)."""
 

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from infer_helpers import mni_volume, write_dicom_series
-from pacs_helpers import free_port
+from pacs_helpers import free_ports
 from scripts.infer import main
 
 RAY_START_TIMEOUT_S = 120
@@ -75,11 +75,10 @@ def _cli(capsys, *args):
 def ray_head(tmp_path):
     """A running 2-CPU Ray cluster on 127.0.0.1 (``ray start --head --block``, free ports, no dashboard), as an
     operator would start one; stopped by ending that command (never ``ray stop``: it ends every Ray on the machine)."""
-    port = free_port()
-    ports = {f"--{name}": str(free_port()) for name in ("ray-client-server-port", "dashboard-agent-listen-port",
-                                                         "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                                                         "metrics-export-port", "node-manager-port",
-                                                         "object-manager-port")}
+    names = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "runtime-env-agent-port", "metrics-export-port", "node-manager-port", "object-manager-port")
+    port, *others = free_ports(len(names) + 1)  # distinct: two components given one port make ray start fail
+    ports = {f"--{name}": str(p) for name, p in zip(names, others)}
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
            "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "false",
            "--object-store-memory", str(100 * 1024 * 1024), "--disable-usage-stats",
