@@ -47,9 +47,9 @@ def channels_last(network: torch.nn.Module, cpu_bf16: bool) -> torch.nn.Module:
     alone gains little. float32 networks, 3D ones and CUDA are left as they are (their outputs stay
     bit for bit what they were).
     """
-    on_cpu = all(p.device.type == "cpu" for p in network.parameters())
-    if cpu_bf16 and on_cpu and any(isinstance(m, torch.nn.Conv2d) for m in network.modules()) \
-            and not any(isinstance(m, torch.nn.Conv3d) for m in network.modules()):
+    dims = {2 if isinstance(m, torch.nn.Conv2d) else 3 for m in network.modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))}
+    if cpu_bf16 and dims == {2} and all(p.device.type == "cpu" for p in network.parameters()):
         network.to(memory_format=torch.channels_last)
     return network
 

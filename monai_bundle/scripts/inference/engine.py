@@ -45,7 +45,8 @@ from torch.nn import functional as F
 from scripts.core.canonical import Grid, canonical_grid, label_on_grid, resample
 from scripts.inference.orientation import DisplayView
 from scripts.inference.uncertainty import FlipUncertainty
-from scripts.core.sliding_window import FLIP_DISAGREEMENT, MultiTaskSlidingWindowInferer, aggregate_class_logits, label_map
+from scripts.core.sliding_window import (FLIP_DISAGREEMENT, MultiTaskSlidingWindowInferer, aggregate_class_logits, forward,
+                                         label_map)
 from scripts.core.tasks import Task
 
 Progress = Callable[[float], None]  # fraction done 0..1 of the network part
@@ -107,10 +108,8 @@ def slice_axis(spacing: Sequence[float], shape: Sequence[int], axis: int | None 
     return int(len(spacing) - 1 - np.argmax(spacing[::-1]))
 
 
-def _autocast(device: torch.device, amp: bool, cpu_bf16: bool = False):
-    """bf16 autocast: on CUDA with ``amp``, on the CPU with ``cpu_bf16``; elsewhere none."""
-    if device.type == "cpu":
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=cpu_bf16)
+def _autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA with ``amp`` (CPU bf16 is :func:`scripts.core.sliding_window.forward`'s)."""
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
@@ -138,7 +137,8 @@ def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayVie
             which the network sees as it is.
         spatial_size: the model's 2D input size.
         uncertainty: filled from a FlipTTA network's disagreement (its map, when kept, has the label's shape).
-        amp, cpu_bf16: bf16 autocast on CUDA / on the CPU (:func:`_autocast`); outputs are read as float32.
+        amp, cpu_bf16: bf16 autocast on CUDA (:func:`_autocast`) / on the CPU (:func:`scripts.core.sliding_window.forward`,
+            which also hands a 2D network channels-last inputs); outputs are read as float32.
 
     Returns:
         label ``(h, w)`` or ``(X, Y, Z)`` uint8 (on the input's voxels, in the input's memory order),
@@ -163,10 +163,8 @@ def segment_slices(network: torch.nn.Module, image: np.ndarray, view: DisplayVie
             x = _nchw(stack[:, start:start + batch_size].swapaxes(0, 1)).to(device)  # (b, C, h, w)
             if (h, w) != size:
                 x = F.interpolate(x, size=size, mode=RESIZE_MODE, align_corners=False)
-            if cpu_bf16 and device.type == "cpu":  # the layout the network's weights have then (channels_last)
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, amp, cpu_bf16):
-                out = network(x)
+            with _autocast(device, amp):
+                out = forward(network, x, cpu_bf16=cpu_bf16)
             seg = out[Task.SEG].float()
             if (h, w) != size:
                 seg = F.interpolate(seg, size=(h, w), mode="bilinear", align_corners=False)
@@ -201,8 +199,8 @@ class _WindowRunner:
         self.done = 0
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with _autocast(self.device, self.amp, self.cpu_bf16):
-            out = self.network(x.to(self.device))
+        with _autocast(self.device, self.amp):
+            out = forward(self.network, x.to(self.device), cpu_bf16=self.cpu_bf16)
         self.done += x.shape[0]
         if self.progress is not None:
             self.progress(min(self.done / self.total, 1.0))

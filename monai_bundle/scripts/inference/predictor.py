@@ -116,7 +116,7 @@ class Predictor:
         # a model trained under CPU bf16 autocast runs so on a CPU that computes bf16 in hardware, as its
         # validation and temperature fit did (engine docstring, *Device*); ``amp: false`` keeps float32
         self.cpu_bf16 = bool(card.get("cpu_bf16")) and self.settings.amp and cpu_bf16_native()
-        channels_last(self.network, self.cpu_bf16 and self.device.type == "cpu")
+        channels_last(self.network, self.cpu_bf16)  # a 2D network on the CPU only
         s = self.settings
         self.inferer = MultiTaskSlidingWindowInferer(card["spatial_size"], sw_batch_size=s.sw_batch_size,
                                                      overlap=s.overlap, mode=s.window_mode)
