@@ -186,3 +186,26 @@ def test_train_config_gives_the_optimizer_the_fine_tuning_rate(tmp_path) -> None
     parser.parse()
     assert parser.get_parsed_content("initial_lr") == pytest.approx(parser["learning_rate"] * parser["finetune_lr_factor"])
     assert parser["optimizer"]["lr"] == "@initial_lr"
+
+
+def test_the_first_epoch_logs_how_long_the_run_takes(monkeypatch, caplog) -> None:
+    """After a process's first epoch the log says what ends the run: the budget (after about how many
+    epochs, and what all of them would take) or max_epochs (in about how many minutes)."""
+    import logging
+
+    clock = FakeClock(step=1.0)  # 10 s per epoch
+    monkeypatch.setattr(schedule.time, "perf_counter", clock)
+    budgeted = BudgetSchedule(_optimizer(), max_epochs=100, time_budget_min=0.5)
+    budgeted.elapsed_s = 10.0  # as after a first epoch of 10 s
+    assert budgeted.estimate(1, 10.0) == ("epoch 1 took 10.0 s: the time budget of 0.5 min will end the run after about 3 "
+                                          "of its 100 epochs (all of them: about 17 min on this machine; --time_budget_min "
+                                          "sets the budget, the learning-rate schedule follows it)")
+    roomy = BudgetSchedule(_optimizer(), max_epochs=6, time_budget_min=5.0)
+    roomy.elapsed_s = 10.0
+    assert roomy.estimate(1, 10.0) == "epoch 1 took 10.0 s: the 6 epochs will take about 1 min, within the time budget of 5 min"
+    assert BudgetSchedule(_optimizer(), max_epochs=12).estimate(3, 10.0).endswith("the 12 epochs will take about 2 min")
+    with caplog.at_level(logging.INFO):
+        engine, _ = _run(BudgetSchedule(_optimizer(), max_epochs=100, time_budget_min=0.5), clock, epochs=100)
+    lines = [r.getMessage() for r in caplog.records if "took" in r.getMessage()]
+    assert len(lines) == 1 and "after about 3 of its 100 epochs" in lines[0]  # once, and it came true
+    assert engine.state.epoch == 3

@@ -63,6 +63,7 @@ class BudgetSchedule:
         self._epoch_start = 0.0
         self.last_epoch_s = 0.0
         self.stopped_by_budget = False
+        self._estimated = False  # the run's length was logged (after this process's first epoch)
 
     # ----- state (a resumed run continues the schedule) -----
     def state_dict(self) -> dict[str, Any]:
@@ -134,8 +135,26 @@ class BudgetSchedule:
         epoch_s = time.perf_counter() - self._epoch_start if epoch_s is None else epoch_s
         return self.budget_s - self.seconds() < 0.5 * epoch_s
 
+    def estimate(self, epoch: int, epoch_s: float) -> str:
+        """What the run will take, from the epoch just done (``epoch``, ``epoch_s`` seconds): the line
+        logged after a process's first epoch, so a user sees at once whether the budget or ``max_epochs``
+        ends the run (and what ``--time_budget_min`` would change on this machine)."""
+        left = max(self.max_epochs - epoch, 0)
+        total_min = (self.seconds() + left * epoch_s) / 60.0
+        head = f"epoch {epoch} took {epoch_s:.1f} s: "
+        if self.budget_s and total_min * 60.0 > self.budget_s:
+            fit = epoch + int(max(self.budget_s - self.seconds(), 0.0) / max(epoch_s, 1e-9) + 0.5)  # budget_ends_run's rule
+            return (head + f"the time budget of {self.budget_s / 60:g} min will end the run after about {min(fit, self.max_epochs)} "
+                    f"of its {self.max_epochs} epochs (all of them: about {total_min:.0f} min on this machine; "
+                    f"--time_budget_min sets the budget, the learning-rate schedule follows it)")
+        budget = f", within the time budget of {self.budget_s / 60:g} min" if self.budget_s else ""
+        return head + f"the {self.max_epochs} epochs will take about {total_min:.0f} min{budget}"
+
     def epoch_completed(self, engine: Engine) -> None:
         self.last_epoch_s = time.perf_counter() - self._epoch_start
+        if not self._estimated:
+            self._estimated = True
+            engine.logger.info(self.estimate(engine.state.epoch, self.last_epoch_s))
         if not self.budget_s:
             return
         if self.budget_ends_run(self.last_epoch_s):
