@@ -12,7 +12,7 @@ For every built-in set, per seed, three models train for the same wall-clock min
   ``python -m monai.bundle run training --config_file COPY/configs/train.json --datalist_file P/datalist.json
   --time_budget_min M --max_epochs 1000 --seed S`` (3D: ``+ train_3d.json``, ``--budget-3d-min``);
   with ``--defaults``, ``... --seed S`` alone: the plan's own epochs and time ceiling, which is what a
-  user's run gives (on 2 CPU cores 15-20 minutes), and the baselines of that seed get the wall minutes
+  user's run gives (on 2 CPU cores 15-50 minutes), and the baselines of that seed get the wall minutes
   the project's training took;
 * ``unet``: ``monai.networks.nets.UNet`` (16-32-64-128-256, strides 2, 2 residual units), segmentation
   only, DiceCE; ``densenet``: ``monai.networks.nets.DenseNet121`` (2D, random init), diagnosis only,
