@@ -85,6 +85,32 @@ def test_patch_size_from_the_median_shape_within_the_device_budget():
         P.decide_patch_size_3d([64, 64, 32], [1.0, 1.0, 1.0], "tpu")
 
 
+def test_a_patch_that_holds_too_little_of_the_volume_coarsens_the_spacing():
+    """nnU-Net's 3d_lowres rule: the spacing grows until the device's patch holds a quarter of the median volume."""
+    head = [180.0, 226.0, 196.0]  # mm: the generated 3D set's box around a head
+
+    def coverage(spacing, device):
+        shape = [mm / s for mm, s in zip(head, spacing)]
+        return math.prod(P.decide_patch_size_3d(shape, spacing, device)) / math.prod(shape)
+
+    # 1 mm and 0.9 x 0.9 x 3 mm studies (median 0.95 x 0.95 x 2): a CPU patch would hold 3 % of the head
+    assert coverage([0.95, 0.95, 2.0], "cpu") < 0.05
+    low = P.decide_lowres_spacing([0.95, 0.95, 2.0], head, "cpu")
+    assert coverage(low, "cpu") >= P.LOWRES_COVERAGE and coverage([s / P.LOWRES_STEP for s in low], "cpu") < P.LOWRES_COVERAGE
+    assert 1.8 < low[0] == low[1] < 2.2 and 3.6 < low[2] < 4.4  # about the 2 mm set's own grid: in-plane first, then all
+    assert low[2] / low[0] <= 2.0 + 1e-6
+    # isotropic 1 mm: every axis alike
+    iso = P.decide_lowres_spacing([1.0, 1.0, 1.0], head, "cpu")
+    assert iso[0] == iso[1] == iso[2] > 2.0
+    # a GPU's patch already holds enough of it, and so does a CPU patch of a small volume: unchanged
+    assert P.decide_lowres_spacing([0.95, 0.95, 2.0], head, "cuda") == [0.95, 0.95, 2.0]
+    assert P.decide_lowres_spacing([3.0, 3.0, 6.0], [192.0, 192.0, 192.0], "cpu") == [3.0, 3.0, 6.0]
+    with pytest.raises(ValueError, match="three positive"):
+        P.decide_lowres_spacing([1.0, 1.0], head, "cpu")
+    with pytest.raises(ValueError, match="device_type"):
+        P.decide_lowres_spacing([1.0, 1.0, 1.0], head, "tpu")
+
+
 def test_network_depth_puts_the_bottleneck_at_4_to_7_pixels():
     assert P.decide_network_channels([96, 96], "cpu") == [8, 16, 32, 64, 128]  # bottleneck 6 px
     assert P.decide_network_channels([64, 64, 32], "cpu") == [16, 32, 64, 128]  # 32 / 8 = 4 px; width 16 in 3D on CPU
@@ -188,6 +214,14 @@ def test_decide_3d_gives_spacing_orientation_and_patch():
     assert d["spatial_size"] == [64, 64, 32] and d["stem_stride"] == 2 and d["network_channels"] == [16, 32, 64]
     assert d["batch_size"] == 2 and d["val_batch_size"] == 1
     assert "bottleneck 4 px" in d["why"]["network_channels"] and "strided" in d["why"]["stem_stride"]
+    assert "coarsened" not in d["why"]["target_spacing"]
+    # a 1 mm head: the CPU plan trains on a coarser grid and says why; the GPU plan keeps the median spacing
+    fine = dict(fp, spacing={"median": [0.95, 0.95, 2.0], "p10": [0.9, 0.9, 1.0]},
+                size_mm={"median": [180.0, 226.0, 196.0]})
+    low, full = P.decide(fine, "cpu"), P.decide(fine, "cuda", memory_gb=80.0)
+    assert low["target_spacing"] == P.decide_lowres_spacing([0.95, 0.95, 2.0], [180.0, 226.0, 196.0], "cpu")
+    assert "3d_lowres" in low["why"]["target_spacing"] and full["target_spacing"] == [0.95, 0.95, 2.0]
+    assert low["median_resampled_shape"] == [round(mm / s, 2) for mm, s in zip([180.0, 226.0, 196.0], low["target_spacing"])]
     cuda = P.decide(fp, "cuda", memory_gb=80.0)  # a GPU plan keeps the full-resolution first level (nnU-Net)
     assert cuda["stem_stride"] == 1 and len(cuda["network_channels"]) == 4
     assert P.decide(_fingerprint_2d(), "cpu")["stem_stride"] == 1  # 2D keeps its full-resolution level

@@ -28,8 +28,10 @@ Affines follow nibabel / MONAI: a ``4 x 4`` matrix from voxel index ``(i, j, k, 
 millimetres. :func:`affine_from_itk` builds one from ITK's LPS spacing / origin / direction.
 
 Training takes ``target_spacing`` from the dataset plan (``scripts.core.plan``: nnU-Net's rule on the
-fingerprint of the training split). :func:`median_target_spacing` applies the same rule to the file
-headers of a split alone (no image is read), for runs and tools without a plan.
+fingerprint of the training split, coarsened where the device's patch would hold less than a quarter of
+the median volume, :func:`scripts.core.plan.decide_lowres_spacing`). :func:`median_target_spacing` applies
+nnU-Net's median rule to the file headers of a split alone (no image is read), for runs and tools
+without a plan.
 """
 
 from __future__ import annotations

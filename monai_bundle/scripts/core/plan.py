@@ -41,8 +41,8 @@ from scripts.core.spacing import ANISOTROPY_RATIO, coarse_axis, decide_target_sp
 logger = logging.getLogger(__name__)
 
 #: bump when a decision rule or the fingerprint changes: older plans are recomputed
-PLAN_VERSION = 10  # 6: 3D max_epochs from steps (decide_max_epochs); 7: 2D too; 8: mirror_axes, rot90; 9: cpu_bf16;
-#                     10: CPU time ceiling 60 min (was 20)
+PLAN_VERSION = 11  # 6: 3D max_epochs from steps (decide_max_epochs); 7: 2D too; 8: mirror_axes, rot90; 9: cpu_bf16;
+#                     10: CPU time ceiling 60 min (was 20); 11: 3D target spacing coarsened to the patch (lowres)
 PLAN_FILE = "plan.json"
 
 # --- 2D input size -------------------------------------------------------------------------------
@@ -67,6 +67,15 @@ THIN_STACK = 64
 THIN_MULTIPLE = 8
 #: the most voxels a 3D training patch may hold, per device type
 PATCH_VOXELS = {"cpu": 64 * 64 * 32, "cuda": 128 * 128 * 128}
+#: a 3D patch must hold at least this share of the median volume's voxels at the target spacing; where the
+#: device's patch budget leaves it less, the target spacing coarsens until it holds that share (nnU-Net's
+#: rule and threshold for its 3d_lowres configuration, whose spacing grows by LOWRES_STEP per round: the
+#: axes finer than half the coarsest first, then all). On CPU the generated 1 mm set (1 mm and 0.9 x 0.9 x 3
+#: mm studies, median spacing 1 mm: 180 x 226 x 196 voxels) would otherwise train on 48^3 patches holding a
+#: 72nd of the volume; at 2.65 mm they hold a quarter, as on the 2 mm set (Testing/benchmarks/README.md,
+#: session 18)
+LOWRES_COVERAGE = 0.25
+LOWRES_STEP = 1.03
 
 # --- network ---------------------------------------------------------------------------------------
 #: the bottleneck (deepest level) is MIN_BOTTLENECK..2*MIN_BOTTLENECK-1 pixels on the patch's shortest axis
@@ -201,6 +210,32 @@ def decide_patch_size_3d(median_shape: Sequence[float], target_spacing: Sequence
         i = max(shrinkable, key=lambda a: (patch[a] / multiples[a], patch[a]))
         patch[i] -= multiples[i]
     return patch
+
+
+def decide_lowres_spacing(target_spacing: Sequence[float], size_mm: Sequence[float],
+                          device_type: str = "cpu") -> list[float]:
+    """The training spacing: ``target_spacing``, coarsened until the device's patch covers enough of a volume.
+
+    While the patch (:func:`decide_patch_size_3d`) of the median volume (``size_mm``, resampled to the
+    spacing) holds less than :data:`LOWRES_COVERAGE` of its voxels, the spacing grows by
+    :data:`LOWRES_STEP`: only the axes finer than half the coarsest one while there are such, else all
+    (nnU-Net's 3d_lowres rule). Rounded to 1e-4 mm; ``target_spacing`` itself when the patch already
+    covers enough.
+
+    Raises:
+        ValueError: not three positive spacings and sizes, or an unknown device type.
+    """
+    spacing = [float(v) for v in target_spacing]
+    size = [float(v) for v in size_mm]
+    if len(spacing) != 3 or len(size) != 3 or min(spacing + size) <= 0:
+        raise ValueError(f"need three positive spacings and sizes (mm), got {list(target_spacing)} and {list(size_mm)}")
+    for _ in range(200):  # 1.03^200 = 370x: far beyond any volume
+        shape = [mm / sp for mm, sp in zip(size, spacing)]
+        if math.prod(decide_patch_size_3d(shape, spacing, device_type)) >= LOWRES_COVERAGE * math.prod(shape):
+            break
+        fine = [max(spacing) / sp > 2.0 for sp in spacing]
+        spacing = [sp * LOWRES_STEP if f or not any(fine) else sp for sp, f in zip(spacing, fine)]
+    return [round(sp, 4) for sp in spacing]
 
 
 def decide_cpu_bf16(dims: int, device_type: str, bf16_native: bool) -> bool:
@@ -378,14 +413,18 @@ def decide(fp: Mapping[str, Any], device_type: str = "cpu", memory_gb: float | N
                                f"[{MIN_INPUT_SIZE}, {top}] on {device_type}"
                                + (f" (the lesions alone would ask for {wanted}; a GPU plan gets it)" if wanted != out["spatial_size"] else ""))
     else:
-        target = decide_target_spacing(fp["spacing"]["median"], fp["spacing"]["p10"])
+        full = decide_target_spacing(fp["spacing"]["median"], fp["spacing"]["p10"])
+        target = decide_lowres_spacing(full, fp["size_mm"]["median"], device_type)
         shape = _median_resampled_shape(fp, target)
         out.update(orientation="RAS", target_spacing=target, median_resampled_shape=shape,
                    spatial_size=decide_patch_size_3d(shape, target, device_type))
         why["orientation"] = "volumes are measured and trained turned to RAS (MONAI Orientationd)"
         why["target_spacing"] = (f"median spacing {fp['spacing']['median']} mm"
                                  + (" (anisotropic: coarse axis at its 10th percentile)"
-                                    if max(fp["spacing"]["median"]) / min(fp["spacing"]["median"]) > ANISOTROPY_RATIO else ""))
+                                    if max(fp["spacing"]["median"]) / min(fp["spacing"]["median"]) > ANISOTROPY_RATIO else "")
+                                 + (f"; at {full} mm a {device_type} patch would hold less than "
+                                    f"{LOWRES_COVERAGE:.0%} of the median volume: coarsened (nnU-Net's 3d_lowres rule)"
+                                    if target != full else ""))
         why["spatial_size"] = (f"median shape at the target spacing {shape}, sides multiples of {SIZE_MULTIPLE} "
                                f"({THIN_MULTIPLE} out of plane for thin stacks), at most {PATCH_VOXELS[device_type]} "
                                f"voxels on {device_type}")
