@@ -5,7 +5,8 @@ the datalist, or -- the first time, or when the datalist changed since -- measur
 split (:func:`scripts.core.fingerprint.fingerprint`, MONAI's Auto3DSeg analyzers) and decides:
 
 * ``spatial_size`` -- 2D: the input size (:func:`decide_input_size_2d`); 3D: the patch size
-  (:func:`decide_patch_size_3d`) after resampling to ``target_spacing`` (:func:`decide_target_spacing`)
+  (:func:`decide_patch_size_3d`) after resampling to ``target_spacing`` (:func:`decide_target_spacing`,
+  coarsened by :func:`decide_lowres_spacing` where the device's patch would hold too little of a volume)
   in ``orientation`` ``"RAS"``;
 * ``normalization`` (:func:`decide_normalization`), ``stem_stride`` (:data:`STEM_STRIDE`),
   ``network_channels`` (:func:`decide_network_channels`), ``batch_size`` / ``val_batch_size`` (:func:`decide_batch_size`),
@@ -14,7 +15,7 @@ split (:func:`scripts.core.fingerprint.fingerprint`, MONAI's Auto3DSeg analyzers
   ceiling on CPU, none on a GPU).
 
 Each decision is a small pure function of fingerprint numbers, with its constants at module level.
-Device-dependent decisions (widths, batch size, 3D patch budget) take the device type; a plan made
+Device-dependent decisions (widths, batch size, 3D patch budget and spacing) take the device type; a plan made
 for another device type is re-decided from its stored fingerprint without measuring again. Every
 value can still be overridden on the command line: the configs only default to the plan
 (``"spatial_size": "$@plan['spatial_size']"``). This module imports neither torch nor MONAI at import
